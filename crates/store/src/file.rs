@@ -1,0 +1,238 @@
+//! The default backend: one JSON file, shared safely between processes.
+//!
+//! Layout of the data directory (0700):
+//! - `accounts.json` (0600): `{"version":1,"accounts":[...]}`, plus any
+//!   top-level fields a newer or older marathon added, kept as they were;
+//! - `accounts.lock` (0600): held for every read-modify-write, so concurrent
+//!   processes never lose an update. The file is re-read under the lock before
+//!   each change: no change is ever made to a stale in-memory copy;
+//! - `accounts.json.bak-v<N>`: the file as it was before a migration from
+//!   version N;
+//! - `locks/<id>.lock` (0600): per-account locks (OAuth refresh);
+//! - `hot.json` (0600): cooldowns and counters, written lazily, no secrets.
+//!
+//! Reads do not take the lock: writes replace the file by rename, so a reader
+//! always sees a whole file, old or new.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use marathon_core::{Clock, SystemClock};
+
+use crate::doc::{self, Document};
+use crate::lock::{io_err, lock_exclusive, temp_prefix, write_atomic};
+use crate::{
+    AccountId, AccountLock, AddResult, HotState, NewAccount, Store, StoreError, StoredAccount,
+};
+
+const ACCOUNTS: &str = "accounts.json";
+
+/// How long a writer waits for another process to finish its write. Writes
+/// take milliseconds; this only trips if another process is stuck.
+const WRITE_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// The file store. Cheap to keep open; holds no file handles between calls.
+pub struct FileStore {
+    dir: PathBuf,
+    path: PathBuf,
+    lock_path: PathBuf,
+    hot_path: PathBuf,
+    locks_dir: PathBuf,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store in `dir`. Refuses a corrupt file or
+    /// one from a newer marathon; migrates an older one after keeping a backup.
+    pub fn open(dir: &Path) -> Result<FileStore, StoreError> {
+        Self::open_with_clock(dir, Arc::new(SystemClock))
+    }
+
+    /// [`FileStore::open`] with the clock used for `created_at`/`updated_at`.
+    pub fn open_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Result<FileStore, StoreError> {
+        create_private_dir(dir)?;
+        let store = FileStore {
+            dir: dir.to_path_buf(),
+            path: dir.join(ACCOUNTS),
+            lock_path: dir.join("accounts.lock"),
+            hot_path: dir.join("hot.json"),
+            locks_dir: dir.join("locks"),
+            clock,
+        };
+        store.prepare()?;
+        Ok(store)
+    }
+
+    /// The accounts file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Under the lock: removes temporary files left by a writer that died
+    /// mid-write, checks the file is readable, migrates an old version.
+    fn prepare(&self) -> Result<(), StoreError> {
+        let _lock = lock_exclusive(&self.lock_path, WRITE_LOCK_WAIT)?;
+        self.remove_stale_temps()?;
+        let Some(bytes) = self.read_bytes()? else {
+            return Ok(());
+        };
+        let parsed = doc::parse(&bytes, &self.path)?;
+        if let Some(old) = parsed.migrated_from {
+            let backup = self.free_backup_path(old);
+            write_atomic(&backup, &bytes, true)?;
+            write_atomic(&self.path, &parsed.doc.to_bytes(), true)?;
+        }
+        Ok(())
+    }
+
+    fn free_backup_path(&self, old: u64) -> PathBuf {
+        let base = self.dir.join(format!("{ACCOUNTS}.bak-v{old}"));
+        if !base.exists() {
+            return base;
+        }
+        (2..)
+            .map(|n| self.dir.join(format!("{ACCOUNTS}.bak-v{old}.{n}")))
+            .find(|p| !p.exists())
+            .unwrap_or(base)
+    }
+
+    fn remove_stale_temps(&self) -> Result<(), StoreError> {
+        // Only called with the write lock held, so no live writer owns these.
+        let prefix = temp_prefix(&self.path);
+        let entries = std::fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))?;
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn read_bytes(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        match std::fs::read(&self.path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &self.path)(e)),
+        }
+    }
+
+    fn read_doc(&self) -> Result<Document, StoreError> {
+        match self.read_bytes()? {
+            Some(bytes) => Ok(doc::parse(&bytes, &self.path)?.doc),
+            None => Ok(Document::empty()),
+        }
+    }
+
+    /// One read-modify-write under the lock. The file is written only when `f`
+    /// succeeds; a file that cannot be parsed is never written.
+    fn modify<T>(
+        &self,
+        f: impl FnOnce(&mut Document) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _lock = lock_exclusive(&self.lock_path, WRITE_LOCK_WAIT)?;
+        let mut doc = self.read_doc()?;
+        let out = f(&mut doc)?;
+        write_atomic(&self.path, &doc.to_bytes(), true)?;
+        Ok(out)
+    }
+
+    fn account_lock_path(&self, id: &AccountId) -> Result<PathBuf, StoreError> {
+        let safe = !id.0.is_empty()
+            && id.0.len() <= 128
+            && id
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !safe {
+            return Err(StoreError::Invalid(format!(
+                "account id {:?} cannot name a lock file (only letters, digits, '_' and '-')",
+                id.0
+            )));
+        }
+        Ok(self.locks_dir.join(format!("{}.lock", id.0)))
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("create directory", dir))
+}
+
+impl Store for FileStore {
+    fn list(&self) -> Result<Vec<StoredAccount>, StoreError> {
+        Ok(self.read_doc()?.accounts)
+    }
+
+    fn get(&self, id: &AccountId) -> Result<Option<StoredAccount>, StoreError> {
+        Ok(self.read_doc()?.accounts.into_iter().find(|a| &a.id == id))
+    }
+
+    fn find(&self, provider: &str, label: &str) -> Result<Option<StoredAccount>, StoreError> {
+        Ok(self
+            .read_doc()?
+            .accounts
+            .into_iter()
+            .find(|a| a.provider == provider && a.label == label))
+    }
+
+    fn add(&self, account: NewAccount) -> Result<AddResult, StoreError> {
+        let now = self.clock.now();
+        self.modify(|d| doc::add(&mut d.accounts, account, now))
+    }
+
+    fn update(
+        &self,
+        id: &AccountId,
+        f: &mut dyn FnMut(&mut StoredAccount),
+    ) -> Result<StoredAccount, StoreError> {
+        let now = self.clock.now();
+        self.modify(|d| doc::update(&mut d.accounts, id, f, now))
+    }
+
+    fn remove(&self, id: &AccountId) -> Result<(), StoreError> {
+        self.modify(|d| doc::remove(&mut d.accounts, id))
+    }
+
+    fn lock_account(&self, id: &AccountId, wait: Duration) -> Result<AccountLock, StoreError> {
+        let path = self.account_lock_path(id)?;
+        create_private_dir(&self.locks_dir)?;
+        Ok(AccountLock::new(lock_exclusive(&path, wait)?))
+    }
+
+    fn load_hot(&self) -> Result<HotState, StoreError> {
+        match std::fs::read(&self.hot_path) {
+            // Hot state may be lost by design; an unreadable file (a crash
+            // mid-write without fsync) starts over rather than blocking startup.
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HotState::default()),
+            Err(e) => Err(io_err("read", &self.hot_path)(e)),
+        }
+    }
+
+    fn save_hot(&self, hot: &HotState) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(hot).unwrap_or_default();
+        write_atomic(&self.hot_path, &bytes, false)
+    }
+}

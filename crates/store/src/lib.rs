@@ -1,0 +1,390 @@
+//! # marathon-store: where accounts and their credentials live
+//!
+//! The engine ([`marathon_core`]) never sees a credential; this crate keeps them.
+//! Its roles:
+//! - the [`Store`] trait: list, add (with dedupe by provider identity), update
+//!   (atomic read-modify-write of one account), remove, per-account
+//!   cross-process locks (for OAuth refresh) and lazily persisted hot state;
+//! - [`FileStore`], the default backend: one schema-versioned JSON file
+//!   (`accounts.json`, mode 0600) written atomically under a lock file, so
+//!   several processes can share it without losing an update, and a file it does
+//!   not understand (corrupt, or written by a newer marathon) is refused and
+//!   left byte-for-byte untouched;
+//! - [`MemoryStore`], the same semantics in memory, for tests and embedding;
+//! - [`import`]: readers for other tools' credential files (opencode, Claude
+//!   Code, Codex, Gemini) that produce [`NewAccount`]s.
+//!
+//! The API is synchronous on purpose: store calls are off the hot path (the
+//! proxy keeps accounts in memory), and async callers use `spawn_blocking`.
+//!
+//! Secrets are [`Secret`]s: they are written to the store file and nowhere
+//! else, and no [`StoreError`] message ever contains one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use marathon_core::{AccountId, AccountKind, Secret, UnixMillis};
+
+mod doc;
+mod file;
+pub mod import;
+mod lock;
+mod memory;
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+/// A JSON object, used for provider extras and preserved unknown fields.
+pub type Map = serde_json::Map<String, serde_json::Value>;
+
+/// What an account authenticates with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Credential {
+    /// A static API key.
+    ApiKey {
+        /// The key.
+        key: Secret,
+    },
+    /// An OAuth login.
+    Oauth {
+        /// The access token sent upstream.
+        access: Secret,
+        /// The refresh token; single-use at most providers, so a rotated one
+        /// must be stored before it is used again.
+        refresh: Option<Secret>,
+        /// When `access` expires, if known.
+        expires_at: Option<UnixMillis>,
+        /// The OpenID id token, when the provider issues one (Codex).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_token: Option<Secret>,
+        /// Granted scopes, when known.
+        #[serde(default)]
+        scopes: Vec<String>,
+    },
+}
+
+impl Credential {
+    /// The kind of account this credential belongs to.
+    pub fn kind(&self) -> AccountKind {
+        match self {
+            Credential::ApiKey { .. } => AccountKind::ApiKey,
+            Credential::Oauth { .. } => AccountKind::Oauth,
+        }
+    }
+
+    /// Whether two credentials are the same static API key (used to make
+    /// adding the same key twice an update rather than a second account).
+    fn same_api_key(&self, other: &Credential) -> bool {
+        match (self, other) {
+            (Credential::ApiKey { key: a }, Credential::ApiKey { key: b }) => a.same_as(b),
+            _ => false,
+        }
+    }
+}
+
+/// The persisted state of an account. Cooldowns are hot state, not here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountState {
+    /// Usable (subject to cooldowns kept elsewhere).
+    Active,
+    /// The credential was revoked or the refresh token is dead: a person must
+    /// log in again (`marathon auth login`, or `auth add` for a key).
+    NeedsLogin,
+}
+
+impl AccountState {
+    /// The name used in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountState::Active => "active",
+            AccountState::NeedsLogin => "needs_login",
+        }
+    }
+}
+
+impl fmt::Display for AccountState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_state() -> AccountState {
+    AccountState::Active
+}
+
+/// One stored account, credential included.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredAccount {
+    /// Stable id, assigned by the store.
+    pub id: AccountId,
+    /// Provider name (`anthropic`, `openai`, ...).
+    pub provider: String,
+    /// Human name, unique per provider.
+    pub label: String,
+    /// OAuth or API key.
+    pub kind: AccountKind,
+    /// Lower is preferred.
+    #[serde(default)]
+    pub priority: i32,
+    /// A disabled account is never picked.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Persisted state.
+    #[serde(default = "default_state")]
+    pub state: AccountState,
+    /// The provider's identity for this account (email, subject, account id),
+    /// used to recognise the same account when it is added again.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// The credential.
+    pub credential: Credential,
+    /// Provider extras (e.g. `chatgpt_account_id`, a Google project id).
+    #[serde(default)]
+    pub extras: Map,
+    /// Where the credential came from when another tool shares its
+    /// refresh-token family (e.g. `import:codex`).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// When the account was added.
+    #[serde(default)]
+    pub created_at: UnixMillis,
+    /// When the account was last changed.
+    #[serde(default)]
+    pub updated_at: UnixMillis,
+    /// Fields this version does not know, kept as they were on rewrite.
+    #[serde(flatten)]
+    pub unknown: Map,
+}
+
+impl StoredAccount {
+    /// What the engine needs to know about this account.
+    pub fn meta(&self) -> marathon_core::AccountMeta {
+        marathon_core::AccountMeta {
+            id: self.id.clone(),
+            provider: self.provider.clone(),
+            label: self.label.clone(),
+            kind: self.kind,
+            priority: self.priority,
+            enabled: self.enabled,
+        }
+    }
+}
+
+/// An account to add.
+#[derive(Clone, Debug)]
+pub struct NewAccount {
+    /// Provider name.
+    pub provider: String,
+    /// Wanted label; `None` means "the identity, else `<provider>-N`".
+    pub label: Option<String>,
+    /// OAuth or API key (should match the credential).
+    pub kind: AccountKind,
+    /// Lower is preferred.
+    pub priority: i32,
+    /// The provider's identity for this account, for dedupe.
+    pub identity: Option<String>,
+    /// The credential.
+    pub credential: Credential,
+    /// Provider extras.
+    pub extras: Map,
+    /// Where it came from, when the refresh-token family is shared.
+    pub source: Option<String>,
+}
+
+impl NewAccount {
+    /// An API-key account with defaults for everything else.
+    pub fn api_key(provider: impl Into<String>, label: Option<String>, key: Secret) -> Self {
+        NewAccount {
+            provider: provider.into(),
+            label,
+            kind: AccountKind::ApiKey,
+            priority: 0,
+            identity: None,
+            credential: Credential::ApiKey { key },
+            extras: Map::new(),
+            source: None,
+        }
+    }
+}
+
+/// What [`Store::add`] did.
+#[derive(Clone, Debug)]
+pub enum AddResult {
+    /// A new account was stored.
+    Added(StoredAccount),
+    /// The same account (same provider and identity, or the same API key) was
+    /// already stored: its credential was replaced, its label kept.
+    Updated(StoredAccount),
+}
+
+impl AddResult {
+    /// The stored account either way.
+    pub fn account(&self) -> &StoredAccount {
+        match self {
+            AddResult::Added(a) | AddResult::Updated(a) => a,
+        }
+    }
+}
+
+/// Why a store operation failed. Messages name the file involved and say what
+/// to do next; they never contain a secret.
+#[derive(thiserror::Error, Debug)]
+pub enum StoreError {
+    /// Reading or writing a file failed.
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("read", "write", "create directory", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The accounts file is not valid; it was left untouched.
+    #[error(
+        "{} is not a valid marathon accounts file ({detail}); it was left untouched. \
+         Fix it by hand, or move it aside (mv {0} {0}.broken) and add your accounts again",
+        path.display()
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, without any value from the file.
+        detail: String,
+    },
+    /// The accounts file was written by a newer marathon; it was left untouched.
+    #[error(
+        "{} was written by a newer marathon (schema version {found}; this build understands up to {supported}); \
+         it was left untouched. Upgrade marathon to use it",
+        path.display()
+    )]
+    NewerVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version found in the file.
+        found: u64,
+        /// The newest version this build understands.
+        supported: u64,
+    },
+    /// Another account of the provider already has this label.
+    #[error(
+        "{provider} already has an account labelled {label:?}; choose another label, \
+         or rename the existing one with `marathon auth rename {provider} {label} <new>`"
+    )]
+    LabelTaken {
+        /// Provider.
+        provider: String,
+        /// The label.
+        label: String,
+    },
+    /// No account has this id.
+    #[error(
+        "no account with id {0}; it may have been removed by another process (see `marathon auth list`)"
+    )]
+    NotFound(AccountId),
+    /// The account data is not acceptable (empty label, bad provider name...).
+    #[error("invalid account: {0}")]
+    Invalid(String),
+    /// A lock could not be taken in time.
+    #[error(
+        "timed out after {}s waiting for the lock {}; another marathon process is holding it. \
+         Retry, or stop the other process",
+        waited.as_secs_f32(), path.display()
+    )]
+    LockTimeout {
+        /// The lock file (or a description of the in-memory lock).
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+}
+
+/// A cross-process exclusive lock on one account, held until dropped.
+pub struct AccountLock {
+    _guard: Box<dyn std::any::Any + Send>,
+}
+
+impl AccountLock {
+    fn new(guard: impl std::any::Any + Send) -> Self {
+        AccountLock {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl fmt::Debug for AccountLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccountLock")
+    }
+}
+
+/// Hot state: cooldowns and counters. Persisted lazily, may be lost on a
+/// crash, never holds a secret.
+#[derive(Default, Clone, Debug, Serialize, Deserialize)]
+pub struct HotState {
+    /// Per-account hot state.
+    #[serde(default)]
+    pub cooldowns: BTreeMap<AccountId, HotAccount>,
+}
+
+/// Hot state of one account.
+#[derive(Default, Clone, Debug, Serialize, Deserialize)]
+pub struct HotAccount {
+    /// Resting until this instant, if cooling down.
+    #[serde(default)]
+    pub cooling_until: Option<UnixMillis>,
+    /// Why it is cooling (a short label such as `rate_limit`; no secrets).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Successful requests counted.
+    #[serde(default)]
+    pub successes: u64,
+    /// Failed requests counted.
+    #[serde(default)]
+    pub failures: u64,
+}
+
+/// A place accounts live. Implementations are safe to share between threads;
+/// [`FileStore`] is also safe to share between processes.
+pub trait Store: Send + Sync {
+    /// Every account, in stored order.
+    fn list(&self) -> Result<Vec<StoredAccount>, StoreError>;
+    /// One account by id.
+    fn get(&self, id: &AccountId) -> Result<Option<StoredAccount>, StoreError>;
+    /// One account by provider and label.
+    fn find(&self, provider: &str, label: &str) -> Result<Option<StoredAccount>, StoreError>;
+    /// Adds an account, or updates the existing one with the same provider and
+    /// identity (or the same API key): its credential is replaced and its label
+    /// kept. The label defaults to the identity, else `<provider>-N`; an explicit
+    /// label that is taken is an error, a defaulted one gets a `-2` suffix.
+    /// Durable when it returns.
+    fn add(&self, account: NewAccount) -> Result<AddResult, StoreError>;
+    /// Atomic read-modify-write of one account; `updated_at` is set by the
+    /// store and the id cannot change. Durable when it returns.
+    fn update(
+        &self,
+        id: &AccountId,
+        f: &mut dyn FnMut(&mut StoredAccount),
+    ) -> Result<StoredAccount, StoreError>;
+    /// Removes one account.
+    fn remove(&self, id: &AccountId) -> Result<(), StoreError>;
+    /// Cross-process exclusive lock for one account (OAuth refresh). Blocks up
+    /// to `wait`; held until the guard drops.
+    fn lock_account(&self, id: &AccountId, wait: Duration) -> Result<AccountLock, StoreError>;
+    /// Hot state (cooldowns, counters): persisted lazily, may be lost on crash,
+    /// never holds secrets.
+    fn load_hot(&self) -> Result<HotState, StoreError>;
+    /// Saves hot state.
+    fn save_hot(&self, hot: &HotState) -> Result<(), StoreError>;
+}
