@@ -1,0 +1,36 @@
+//! # marathon-core: the rotation engine
+//!
+//! marathon keeps LLM tools running across several accounts per provider. This
+//! crate is the part that decides; it does no I/O and reads no clock of its own,
+//! so every rule is a pure, deterministic function that tests can drive with a
+//! [`clock::ManualClock`].
+//!
+//! Its roles:
+//! - [`outcome`]: the vocabulary — what came back from upstream, what class it is;
+//! - [`classify`]: upstream outcome → [`outcome::Classification`] (every row of the
+//!   classification table), using [`hints`] for reset times and usage windows;
+//! - [`pool`]: one provider's accounts, their health (ready, cooling, probing,
+//!   needs-login, disabled) and selection by [`strategy`];
+//! - [`cooldown`]: how long an account rests (hint-driven, else backoff with jitter);
+//! - [`decision`]: the retry decision as a pure function, bounded by [`budget`];
+//! - [`events`]: what happened, for logs, SSE, webhooks — labels, never secrets;
+//! - [`secret`]: the redacting newtype for keys and tokens.
+
+pub mod account;
+pub mod budget;
+pub mod classify;
+pub mod clock;
+pub mod cooldown;
+pub mod decision;
+pub mod events;
+pub mod hints;
+pub mod outcome;
+pub mod pool;
+pub mod secret;
+pub mod sse;
+pub mod strategy;
+
+pub use account::{AccountId, AccountKind, AccountMeta};
+pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use outcome::{ApiFlavor, Class, Classification, HeaderLookup, HintSource, Outcome, ResetHint, TransportFailure, UsageWindow};
+pub use secret::Secret;
