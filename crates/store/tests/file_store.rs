@@ -1,0 +1,374 @@
+//! The file backend: format, refusal of files it does not understand,
+//! preservation of unknown fields, migration, permissions, locks.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use marathon_core::ManualClock;
+use marathon_store::{
+    AccountState, AddResult, Credential, FileStore, HotAccount, HotState, NewAccount, Secret,
+    Store, StoreError, UnixMillis,
+};
+
+fn key(provider: &str, label: &str, key: &str) -> NewAccount {
+    NewAccount::api_key(provider, Some(label.to_string()), Secret::new(key))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn store(dir: &Path) -> FileStore {
+    FileStore::open_with_clock(
+        dir,
+        Arc::new(ManualClock::new(UnixMillis(1_750_000_000_000))),
+    )
+    .unwrap()
+}
+
+#[test]
+fn add_list_update_remove_round_trip_through_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    let a = s
+        .add(key("anthropic", "work", "sk-ant-api03-aaaa"))
+        .unwrap();
+    let AddResult::Added(a) = a else {
+        panic!("expected Added")
+    };
+    assert_eq!(a.created_at, UnixMillis(1_750_000_000_000));
+    s.add(key("openai", "work", "sk-proj-bbbb")).unwrap();
+
+    // A second handle (as another process would) sees the same accounts.
+    let other = FileStore::open(tmp.path()).unwrap();
+    let listed = other.list().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(other.find("anthropic", "work").unwrap().unwrap().id, a.id);
+
+    let updated = other
+        .update(&a.id, &mut |acc| {
+            acc.priority = 5;
+            acc.state = AccountState::NeedsLogin;
+        })
+        .unwrap();
+    assert_eq!(updated.priority, 5);
+    let seen = s.get(&a.id).unwrap().unwrap();
+    assert_eq!(seen.priority, 5);
+    assert_eq!(seen.state, AccountState::NeedsLogin);
+    match seen.credential {
+        Credential::ApiKey { key } => assert_eq!(key.expose(), "sk-ant-api03-aaaa"),
+        Credential::Oauth { .. } => panic!("kind changed"),
+    }
+
+    s.remove(&a.id).unwrap();
+    assert!(other.get(&a.id).unwrap().is_none());
+    assert_eq!(
+        other.list().unwrap().len(),
+        1,
+        "remove takes one account, not all"
+    );
+    assert!(matches!(s.remove(&a.id), Err(StoreError::NotFound(_))));
+}
+
+#[test]
+fn labels_are_unique_per_provider_and_same_key_is_an_update() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    s.add(key("anthropic", "work", "sk-ant-1")).unwrap();
+    let err = s.add(key("anthropic", "work", "sk-ant-2")).unwrap_err();
+    assert!(matches!(err, StoreError::LabelTaken { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("marathon auth rename anthropic work"),
+        "{err}"
+    );
+    // Same label in another provider is fine.
+    s.add(key("openai", "work", "sk-2")).unwrap();
+    // The same key again updates rather than duplicating.
+    let again = s.add(key("anthropic", "other", "sk-ant-1")).unwrap();
+    assert!(matches!(again, AddResult::Updated(ref a) if a.label == "work"));
+    assert_eq!(s.list().unwrap().len(), 2);
+
+    // Renaming onto a taken label is refused and changes nothing.
+    let b = s
+        .add(key("anthropic", "home", "sk-ant-3"))
+        .unwrap()
+        .account()
+        .clone();
+    let err = s
+        .update(&b.id, &mut |a| a.label = "work".into())
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LabelTaken { .. }));
+    assert_eq!(s.get(&b.id).unwrap().unwrap().label, "home");
+}
+
+#[test]
+fn unknown_fields_top_level_and_per_account_survive_a_rewrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("accounts.json");
+    std::fs::write(
+        &path,
+        r#"{
+  "version": 1,
+  "team": {"name": "core", "seats": 4},
+  "accounts": [
+    {"id": "acc_1", "provider": "anthropic", "label": "work", "kind": "api_key",
+     "credential": {"type": "api_key", "key": "sk-ant-keep"},
+     "future_field": [1, 2, 3], "notes": "from a newer minor release"}
+  ],
+  "zz_last": true
+}"#,
+    )
+    .unwrap();
+    let s = store(tmp.path());
+    s.add(key("openai", "new", "sk-new")).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["team"], serde_json::json!({"name": "core", "seats": 4}));
+    assert_eq!(v["zz_last"], true);
+    assert_eq!(
+        v["accounts"][0]["future_field"],
+        serde_json::json!([1, 2, 3])
+    );
+    assert_eq!(v["accounts"][0]["notes"], "from a newer minor release");
+    assert_eq!(v["accounts"][0]["credential"]["key"], "sk-ant-keep");
+    assert_eq!(v["accounts"][1]["label"], "new");
+}
+
+fn assert_refused_and_untouched(contents: &[u8], expect: impl Fn(&StoreError) -> bool, hint: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("accounts.json");
+    std::fs::write(&path, contents).unwrap();
+    let err = FileStore::open(tmp.path()).unwrap_err();
+    assert!(expect(&err), "unexpected error: {err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "names the file: {msg}"
+    );
+    assert!(msg.contains(hint), "says what to do: {msg}");
+    assert!(!msg.contains("sk-ant-LEAK"), "no secret in: {msg}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        contents,
+        "byte-for-byte untouched after open"
+    );
+
+    // A handle opened before the file went bad refuses every operation too.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let s = FileStore::open(tmp2.path()).unwrap();
+    let path2 = tmp2.path().join("accounts.json");
+    std::fs::write(&path2, contents).unwrap();
+    assert!(s.add(key("anthropic", "x", "sk-x")).is_err());
+    assert!(s.list().is_err());
+    assert!(
+        s.remove(&marathon_store::AccountId("acc_1".into()))
+            .is_err()
+    );
+    assert_eq!(
+        std::fs::read(&path2).unwrap(),
+        contents,
+        "byte-for-byte untouched after add"
+    );
+    let names: Vec<_> = std::fs::read_dir(tmp2.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("bak")),
+        "no migration of a refused file: {names:?}"
+    );
+}
+
+#[test]
+fn a_corrupt_file_is_refused_and_never_overwritten() {
+    let truncated = br#"{"version":1,"accounts":[{"id":"acc_1","provider":"anthropic","label":"w","kind":"api_key","credential":{"type":"api_key","key":"sk-ant-LEAK"#;
+    assert_refused_and_untouched(
+        truncated,
+        |e| matches!(e, StoreError::Corrupt { .. }),
+        "move it aside",
+    );
+    let wrong_type = br#"{"version":1,"accounts":[{"id":"acc_1","provider":"anthropic","label":"w","kind":"api_key","credential":{"type":"api_key","key":"k"},"priority":"sk-ant-LEAK"}]}"#;
+    assert_refused_and_untouched(
+        wrong_type,
+        |e| matches!(e, StoreError::Corrupt { .. }),
+        "Fix it by hand",
+    );
+    assert_refused_and_untouched(
+        b"",
+        |e| matches!(e, StoreError::Corrupt { .. }),
+        "move it aside",
+    );
+    assert_refused_and_untouched(
+        b"\"sk-ant-LEAK\"",
+        |e| matches!(e, StoreError::Corrupt { .. }),
+        "move it aside",
+    );
+}
+
+#[test]
+fn a_file_from_a_newer_version_is_refused_and_never_overwritten() {
+    let newer = br#"{"version":2,"accounts":[{"id":"acc_1","provider":"anthropic","label":"w","kind":"passkey","credential":{"type":"passkey","blob":"sk-ant-LEAK"}}]}"#;
+    assert_refused_and_untouched(
+        newer,
+        |e| {
+            matches!(
+                e,
+                StoreError::NewerVersion {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            )
+        },
+        "Upgrade marathon",
+    );
+}
+
+#[test]
+fn a_v0_file_is_migrated_after_a_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("accounts.json");
+    let v0 = br#"[{"id":"acc_old","provider":"openai","label":"legacy","kind":"api_key","credential":{"type":"api_key","key":"sk-legacy"}}]"#;
+    std::fs::write(&path, v0).unwrap();
+    let s = FileStore::open(tmp.path()).unwrap();
+    let backup = tmp.path().join("accounts.json.bak-v0");
+    assert_eq!(std::fs::read(&backup).unwrap(), v0);
+    assert_eq!(mode(&backup), 0o600);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["accounts"][0]["label"], "legacy");
+    assert_eq!(s.find("openai", "legacy").unwrap().unwrap().id.0, "acc_old");
+}
+
+#[test]
+fn files_are_private() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let s = FileStore::open(&dir).unwrap();
+    let a = s
+        .add(key("anthropic", "work", "sk-ant-1"))
+        .unwrap()
+        .account()
+        .clone();
+    let _g = s.lock_account(&a.id, Duration::from_secs(1)).unwrap();
+    s.save_hot(&HotState::default()).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("accounts.json")), 0o600);
+    assert_eq!(mode(&dir.join("accounts.lock")), 0o600);
+    assert_eq!(mode(&dir.join("hot.json")), 0o600);
+    assert_eq!(mode(&dir.join("locks")), 0o700);
+    assert_eq!(
+        mode(&dir.join("locks").join(format!("{}.lock", a.id))),
+        0o600
+    );
+    // Nothing else (no leftover temporary file) in the directory.
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["accounts.json", "accounts.lock", "hot.json", "locks"]
+    );
+}
+
+#[test]
+fn account_locks_exclude_other_handles_and_time_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s1 = FileStore::open(tmp.path()).unwrap();
+    let s2 = FileStore::open(tmp.path()).unwrap();
+    let id = marathon_store::AccountId("acc_lockme".into());
+    let guard = s1.lock_account(&id, Duration::from_secs(1)).unwrap();
+    let err = s2.lock_account(&id, Duration::from_millis(50)).unwrap_err();
+    assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
+    assert!(
+        err.to_string().contains("another marathon process"),
+        "{err}"
+    );
+    // Another account is independent.
+    let _other = s2
+        .lock_account(
+            &marathon_store::AccountId("acc_other".into()),
+            Duration::ZERO,
+        )
+        .unwrap();
+    drop(guard);
+    s2.lock_account(&id, Duration::from_millis(50)).unwrap();
+    // An id that cannot be a file name is refused rather than escaping locks/.
+    assert!(
+        s1.lock_account(
+            &marathon_store::AccountId("../../etc".into()),
+            Duration::ZERO
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn hot_state_round_trips_and_a_damaged_hot_file_starts_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FileStore::open(tmp.path()).unwrap();
+    assert!(s.load_hot().unwrap().cooldowns.is_empty());
+    let mut hot = HotState::default();
+    hot.cooldowns.insert(
+        marathon_store::AccountId("acc_1".into()),
+        HotAccount {
+            cooling_until: Some(UnixMillis(1_750_000_060_000)),
+            reason: Some("rate_limit".into()),
+            successes: 3,
+            failures: 1,
+        },
+    );
+    s.save_hot(&hot).unwrap();
+    let back = s.load_hot().unwrap();
+    let h = &back.cooldowns[&marathon_store::AccountId("acc_1".into())];
+    assert_eq!(h.cooling_until, Some(UnixMillis(1_750_000_060_000)));
+    assert_eq!(h.successes, 3);
+    std::fs::write(tmp.path().join("hot.json"), b"{\"cooldowns\":").unwrap();
+    assert!(s.load_hot().unwrap().cooldowns.is_empty());
+}
+
+#[test]
+fn oauth_credentials_round_trip_with_rotated_refresh_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    let acc = NewAccount {
+        provider: "anthropic".into(),
+        label: None,
+        kind: marathon_store::AccountKind::Oauth,
+        priority: 1,
+        identity: Some("ana@example.com".into()),
+        credential: Credential::Oauth {
+            access: Secret::new("sk-ant-oat01-access"),
+            refresh: Some(Secret::new("sk-ant-ort01-first")),
+            expires_at: Some(UnixMillis(1_750_000_000_000 + 28_800_000)),
+            id_token: None,
+            scopes: vec!["user:inference".into(), "user:profile".into()],
+        },
+        extras: Default::default(),
+        source: Some("import:claude-code".into()),
+    };
+    let a = s.add(acc).unwrap().account().clone();
+    assert_eq!(a.label, "ana@example.com");
+    s.update(&a.id, &mut |acc| {
+        if let Credential::Oauth { refresh, .. } = &mut acc.credential {
+            *refresh = Some(Secret::new("sk-ant-ort01-second"));
+        }
+    })
+    .unwrap();
+    // Durable: a fresh handle reads the rotated token from disk.
+    let fresh = FileStore::open(tmp.path()).unwrap();
+    match fresh.get(&a.id).unwrap().unwrap().credential {
+        Credential::Oauth {
+            refresh, scopes, ..
+        } => {
+            assert_eq!(refresh.unwrap().expose(), "sk-ant-ort01-second");
+            assert_eq!(scopes, ["user:inference", "user:profile"]);
+        }
+        Credential::ApiKey { .. } => panic!("kind changed"),
+    }
+}
