@@ -1,0 +1,1145 @@
+//! One provider's accounts: their health, and which one serves the next request.
+//!
+//! A [`Pool`] is plain data behind `&mut self`: the proxy holds it under a
+//! short lock, calls [`Pool::pick`] before an attempt and [`Pool::record`]
+//! (or [`Pool::release`]) after it. Time comes in as an argument.
+//!
+//! ## Health
+//!
+//! - **ready**: usable; ordered by the [`Strategy`].
+//! - **cooling** until an instant: benched after an account-scoped failure.
+//! - **probing**: the cooldown is over; exactly one request at a time may try
+//!   the account (its pick says `probe: true`). Success makes it ready again
+//!   (a `recovered` event); an account-scoped failure re-cools it with a longer
+//!   backoff.
+//! - **needs-login**: only [`Pool::mark_needs_login`] puts an account here
+//!   (the proxy first tries a refresh), and only a login
+//!   ([`Pool::mark_ready`], [`Pool::refreshed`]) takes it out.
+//! - **disabled**: `enabled: false` in its [`AccountMeta`].
+//!
+//! ## Cost of a pick
+//!
+//! Selection is O(log n) in the number of accounts and never scans them all:
+//! usable accounts live in one ordered set keyed by `(tier, strategy key)`, so
+//! the answer is its first element not in the request's (small) exclude list.
+//! Cooldowns live in a second ordered set of `(until, account)`, promoted
+//! lazily at the start of each pick the way mini-redis expires keys; hot
+//! accounts (see [`PoolConfig::proactive_threshold`]) carry a third set of
+//! the instants their usage windows reset.
+//!
+//! ## Protocol with the proxy
+//!
+//! Every successful `pick` takes a slot (an in-flight count, or the probe)
+//! that exactly one `record` or `release` ends. Outcomes of same-account
+//! retries inside one request (a refresh-and-retry after a 401, the one
+//! transport retry) need not be recorded separately: record the final outcome
+//! on that account. A `record` that arrives for an account picked before its
+//! cooldown began (parallel requests) still ends a slot; its failure counts
+//! once within [`PoolConfig::dedupe_window`] and while the account is cooling.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::account::{AccountId, AccountKind, AccountMeta};
+use crate::clock::UnixMillis;
+use crate::cooldown::{self, cooldown_for};
+use crate::events::{Event, EventKind};
+use crate::outcome::{Class, Classification, UsageWindow};
+use crate::strategy::Strategy;
+
+/// How many session ids the affinity map remembers before evicting.
+pub const SESSION_CAPACITY: usize = 10_000;
+
+/// A pool's tuning. `Default` gives the documented defaults.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PoolConfig {
+    /// How the next account is chosen among ready ones.
+    pub strategy: Strategy,
+    /// Backoff base when a 429 carries no reset hint (default 30 s).
+    pub rate_limit_cooldown: Duration,
+    /// Backoff cap (default 1 h).
+    pub max_cooldown: Duration,
+    /// Rest after billing, `insufficient_quota`, 402 and the like (default 6 h).
+    pub unusable_cooldown: Duration,
+    /// Rest after a 403, or a 401 that was not fixed by a refresh (default 5 min).
+    pub auth_failure_cooldown: Duration,
+    /// Short rest after repeated transport failures (default 2 s).
+    pub transport_penalty: Duration,
+    /// Failures of one account within this window after it was benched count
+    /// once, so parallel requests do not double its backoff (default 2 s).
+    pub dedupe_window: Duration,
+    /// An account with a usage window at or above this utilisation is picked
+    /// only when no other usable account exists (default 0.95; `None` = off).
+    pub proactive_threshold: Option<f64>,
+    /// Jitter as a fraction of a computed backoff (default 0.1).
+    pub jitter: f64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            strategy: Strategy::Sticky,
+            rate_limit_cooldown: Duration::from_secs(30),
+            max_cooldown: Duration::from_secs(3600),
+            unusable_cooldown: Duration::from_secs(6 * 3600),
+            auth_failure_cooldown: Duration::from_secs(300),
+            transport_penalty: Duration::from_secs(2),
+            dedupe_window: Duration::from_secs(2),
+            proactive_threshold: Some(0.95),
+            jitter: 0.1,
+        }
+    }
+}
+
+/// An account's health as shown to people and other processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Health {
+    /// Usable.
+    Ready,
+    /// Benched until `until`.
+    Cooling {
+        /// When the account will be probed again.
+        until: UnixMillis,
+    },
+    /// The cooldown is over; the next request probes it (one at a time).
+    Probing,
+    /// Needs a new login or key.
+    NeedsLogin,
+    /// Disabled by the user.
+    Disabled,
+}
+
+impl Health {
+    /// `ready`, `cooling`, `probing`, `needs_login`, `disabled`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Ready => "ready",
+            Health::Cooling { .. } => "cooling",
+            Health::Probing => "probing",
+            Health::NeedsLogin => "needs_login",
+            Health::Disabled => "disabled",
+        }
+    }
+}
+
+/// What a request asks of [`Pool::pick`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PickRequest<'a> {
+    /// The client's session id (from a header), for session affinity.
+    pub session: Option<&'a str>,
+    /// Accounts this request already tried; never picked again.
+    pub exclude: &'a [AccountId],
+}
+
+/// The answer of [`Pool::pick`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pick {
+    /// Use this account.
+    Account {
+        /// Its id (to look up credentials, and to `record`).
+        id: AccountId,
+        /// Its label (for logs, traces, events).
+        label: String,
+        /// Whether this request is the one probe of an account whose cooldown ended.
+        probe: bool,
+    },
+    /// No account can take the request now.
+    Exhausted(Exhausted),
+}
+
+/// Why nothing could be picked, and when to try again.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Exhausted {
+    /// The earliest time any enabled account that does not need a login
+    /// becomes usable; `None` when none will without someone acting.
+    pub soonest: Option<UnixMillis>,
+    /// Every account's status, for the error body.
+    pub accounts: Vec<AccountStatus>,
+}
+
+impl Exhausted {
+    /// The matching `exhausted` event.
+    pub fn event(&self, at: UnixMillis, provider: impl Into<String>) -> Event {
+        Event::new(
+            at,
+            provider,
+            EventKind::Exhausted {
+                soonest: self.soonest,
+            },
+        )
+    }
+}
+
+/// One account's state, for `marathon status`, the status endpoint and
+/// exhaustion bodies. Carries labels and counters, never credentials.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AccountStatus {
+    /// Stable id.
+    pub id: AccountId,
+    /// Human name.
+    pub label: String,
+    /// OAuth or API key.
+    pub kind: AccountKind,
+    /// Lower is preferred.
+    pub priority: i32,
+    /// Whether the user enabled it.
+    pub enabled: bool,
+    /// Health at the time of the call.
+    pub health: Health,
+    /// Time left on the cooldown (serialized as whole milliseconds).
+    #[serde(rename = "cooldown_remaining_ms", with = "opt_millis", default)]
+    pub cooldown_remaining: Option<Duration>,
+    /// Successful responses recorded.
+    pub successes: u64,
+    /// Failed outcomes recorded (any class but success, request and cancelled).
+    pub failures: u64,
+    /// Consecutive account-scoped failures; drives the backoff.
+    #[serde(default)]
+    pub failure_streak: u32,
+    /// The class of the last recorded outcome.
+    pub last_class: Option<crate::outcome::Class>,
+    /// The reason of the last failure (cleared by a success).
+    pub last_reason: Option<String>,
+    /// Quota windows from the latest usage headers.
+    pub usage: Vec<UsageWindow>,
+    /// Requests on this account right now.
+    pub in_flight: u32,
+}
+
+mod opt_millis {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let ms: Option<u64> = serde::Deserialize::deserialize(d)?;
+        Ok(ms.map(Duration::from_millis))
+    }
+}
+
+/// Ordering key of a usable account. `tier` 1 holds accounts past the
+/// proactive threshold, so they sort after every normal account; `a`, `b`,
+/// `c` are the strategy's key; `idx` breaks ties and names the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    tier: u8,
+    a: u64,
+    b: u64,
+    c: u64,
+    idx: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Ready,
+    Cooling { until: UnixMillis, class: Class },
+    Probing { taken: bool },
+    NeedsLogin,
+}
+
+#[derive(Debug)]
+struct Slot {
+    meta: AccountMeta,
+    /// Insertion order; the tie-breaker after priority.
+    seq: u64,
+    state: State,
+    streak: u32,
+    transport_streak: u32,
+    successes: u64,
+    failures: u64,
+    last_class: Option<Class>,
+    last_reason: Option<String>,
+    usage: Vec<UsageWindow>,
+    in_flight: u32,
+    picks: u64,
+    last_pick: u64,
+    last_cooled: Option<UnixMillis>,
+    hot: bool,
+    hot_until: Option<UnixMillis>,
+    /// Earliest future usage-window reset (ms), `u64::MAX` when unknown.
+    drain_at: u64,
+    /// Where this slot currently sits in the pool's sets, so updates can
+    /// remove the old entry without searching.
+    key: Option<Key>,
+    cooling_entry: Option<UnixMillis>,
+    hot_entry: Option<UnixMillis>,
+}
+
+/// One provider's accounts and their health. See the module docs.
+#[derive(Debug)]
+pub struct Pool {
+    provider: String,
+    config: PoolConfig,
+    rng: u64,
+    slots: Vec<Option<Slot>>,
+    /// Bumped when a slot is freed, so stale session entries miss.
+    generations: Vec<u32>,
+    free: Vec<usize>,
+    ids: HashMap<AccountId, usize>,
+    usable: BTreeSet<Key>,
+    cooling: BTreeSet<(UnixMillis, usize)>,
+    hot: BTreeSet<(UnixMillis, usize)>,
+    sticky: Option<usize>,
+    sessions: Sessions,
+    next_seq: u64,
+    pick_seq: u64,
+    probes_in_flight: usize,
+}
+
+impl Pool {
+    /// An empty pool for `provider`. `seed` feeds the jitter generator, so two
+    /// pools built with the same seed and fed the same calls behave identically.
+    pub fn new(provider: impl Into<String>, config: PoolConfig, seed: u64) -> Self {
+        Pool {
+            provider: provider.into(),
+            config,
+            rng: seed,
+            slots: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            ids: HashMap::new(),
+            usable: BTreeSet::new(),
+            cooling: BTreeSet::new(),
+            hot: BTreeSet::new(),
+            sticky: None,
+            sessions: Sessions::new(SESSION_CAPACITY),
+            next_seq: 0,
+            pick_seq: 0,
+            probes_in_flight: 0,
+        }
+    }
+
+    /// The provider name.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// Changes the strategy (e.g. on configuration reload); re-indexes every account.
+    pub fn set_strategy(&mut self, strategy: Strategy) {
+        if self.config.strategy == strategy {
+            return;
+        }
+        self.config.strategy = strategy;
+        self.sticky = None;
+        for i in 0..self.slots.len() {
+            self.sync(i);
+        }
+    }
+
+    /// Adds an account, or updates label, kind, priority and enabled of an
+    /// existing id. Health and counters of an existing account are kept, so a
+    /// store reload does not forget a cooldown.
+    pub fn upsert(&mut self, meta: AccountMeta) {
+        if let Some(&i) = self.ids.get(&meta.id) {
+            if let Some(s) = self.slots[i].as_mut() {
+                s.meta = meta;
+            }
+            self.sync(i);
+            return;
+        }
+        let slot = Slot {
+            meta: meta.clone(),
+            seq: self.next_seq,
+            state: State::Ready,
+            streak: 0,
+            transport_streak: 0,
+            successes: 0,
+            failures: 0,
+            last_class: None,
+            last_reason: None,
+            usage: Vec::new(),
+            in_flight: 0,
+            picks: 0,
+            last_pick: 0,
+            last_cooled: None,
+            hot: false,
+            hot_until: None,
+            drain_at: u64::MAX,
+            key: None,
+            cooling_entry: None,
+            hot_entry: None,
+        };
+        self.next_seq += 1;
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.generations.push(0);
+                self.slots.len() - 1
+            }
+        };
+        self.ids.insert(meta.id, i);
+        self.sync(i);
+    }
+
+    /// Forgets an account. Late `record`s for it are ignored.
+    pub fn remove(&mut self, id: &AccountId) {
+        let Some(i) = self.ids.remove(id) else { return };
+        let Some(s) = self.slots[i].take() else {
+            return;
+        };
+        if let Some(k) = s.key {
+            self.usable.remove(&k);
+        }
+        if let Some(t) = s.cooling_entry {
+            self.cooling.remove(&(t, i));
+        }
+        if let Some(t) = s.hot_entry {
+            self.hot.remove(&(t, i));
+        }
+        if s.state == (State::Probing { taken: true }) {
+            self.probes_in_flight -= 1;
+        }
+        if self.sticky == Some(i) {
+            self.sticky = None;
+        }
+        self.generations[i] = self.generations[i].wrapping_add(1);
+        self.free.push(i);
+    }
+
+    /// Number of accounts (any health).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the pool has no accounts.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Chooses the account for the next attempt and takes a slot on it (ended
+    /// by [`Pool::record`] or [`Pool::release`]).
+    ///
+    /// Order of preference: the session's account (if the request names a
+    /// session and that account is usable), then for `sticky` the current
+    /// account, then the strategy's first usable account. Accounts at or past
+    /// the proactive threshold come only after every other usable account.
+    /// Cooling, needs-login and disabled accounts are never picked.
+    pub fn pick(&mut self, now: UnixMillis, req: &PickRequest<'_>) -> Pick {
+        self.promote(now);
+        let session_idx = req
+            .session
+            .and_then(|s| self.sessions.get(s, &self.generations));
+        let Some((i, via_session)) = self.choose(req, session_idx) else {
+            return Pick::Exhausted(Exhausted {
+                soonest: self.soonest_ready(now),
+                accounts: self.status(now),
+            });
+        };
+        if !via_session && self.config.strategy == Strategy::Sticky {
+            self.sticky = Some(i);
+        }
+        if let Some(session) = req.session
+            && session_idx != Some(i)
+        {
+            self.sessions.insert(session, i, self.generations[i]);
+        }
+        self.pick_seq += 1;
+        let pick_seq = self.pick_seq;
+        let Some(s) = self.slots[i].as_mut() else {
+            unreachable!("chosen slots are live")
+        };
+        s.in_flight = s.in_flight.saturating_add(1);
+        s.picks += 1;
+        s.last_pick = pick_seq;
+        let probe = s.state == State::Probing { taken: false };
+        if probe {
+            s.state = State::Probing { taken: true };
+            self.probes_in_flight += 1;
+        }
+        let pick = Pick::Account {
+            id: s.meta.id.clone(),
+            label: s.meta.label.clone(),
+            probe,
+        };
+        self.sync(i);
+        pick
+    }
+
+    /// Applies an attempt's outcome and ends the slot its pick took.
+    ///
+    /// Success clears the failure streak (and makes a probed account ready,
+    /// with a `recovered` event); account-scoped classes bench the account
+    /// ([`cooldown`]); provider, request and cancelled outcomes do not;
+    /// transport failures bench it briefly only after two in a row. A 401
+    /// benches the account but never marks it needs-login: that is the proxy's
+    /// call after a refresh ([`Pool::mark_needs_login`]). Usage windows are
+    /// updated from any response that carries them. Unknown ids are ignored.
+    pub fn record(&mut self, id: &AccountId, c: &Classification, now: UnixMillis) -> Vec<Event> {
+        let Some(&i) = self.ids.get(id) else {
+            return Vec::new();
+        };
+        self.promote(now);
+        let mut events = Vec::new();
+        let threshold = self.config.proactive_threshold;
+        let Some(s) = self.slots[i].as_mut() else {
+            return events;
+        };
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if s.state == (State::Probing { taken: true }) {
+            s.state = State::Probing { taken: false };
+            self.probes_in_flight -= 1;
+        }
+        if !c.usage.is_empty() {
+            s.merge_usage(&c.usage, now, threshold);
+        }
+        if c.class != Class::Cancelled {
+            s.last_class = Some(c.class);
+            s.last_reason = (c.class != Class::Success).then(|| c.reason.clone());
+        }
+        let mut bench = false;
+        match c.class {
+            Class::Success => {
+                s.successes += 1;
+                s.transport_streak = 0;
+                match s.state {
+                    State::Ready => s.streak = 0,
+                    State::Probing { .. } => {
+                        s.state = State::Ready;
+                        s.streak = 0;
+                        events.push(Event::new(
+                            now,
+                            self.provider.clone(),
+                            EventKind::Recovered {
+                                account: s.meta.label.clone(),
+                            },
+                        ));
+                    }
+                    // A request that started before the cooldown: the
+                    // failure that benched the account is the newer news.
+                    State::Cooling { .. } | State::NeedsLogin => {}
+                }
+            }
+            Class::Request => s.transport_streak = 0,
+            Class::Cancelled => {}
+            Class::Provider => {
+                s.failures += 1;
+                s.transport_streak = 0;
+            }
+            Class::Transport => {
+                s.failures += 1;
+                s.transport_streak += 1;
+                bench = s.transport_streak >= 2;
+            }
+            Class::RateLimited | Class::Unusable | Class::Auth | Class::Forbidden => {
+                s.failures += 1;
+                s.transport_streak = 0;
+                bench = true;
+            }
+        }
+        if bench {
+            self.bench(i, c, now, &mut events);
+        }
+        self.sync(i);
+        events
+    }
+
+    /// Ends a slot without an outcome (the client went away, the proxy gave
+    /// up before sending): no penalty, no counters.
+    pub fn release(&mut self, id: &AccountId) {
+        let Some(&i) = self.ids.get(id) else { return };
+        let Some(s) = self.slots[i].as_mut() else {
+            return;
+        };
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if s.state == (State::Probing { taken: true }) {
+            s.state = State::Probing { taken: false };
+            self.probes_in_flight -= 1;
+        }
+        self.sync(i);
+    }
+
+    /// The account needs a new login (refresh failed permanently, or still 401
+    /// after a refresh). It leaves rotation until [`Pool::mark_ready`] or
+    /// [`Pool::refreshed`].
+    pub fn mark_needs_login(
+        &mut self,
+        id: &AccountId,
+        now: UnixMillis,
+        reason: &str,
+    ) -> Vec<Event> {
+        let Some(&i) = self.ids.get(id) else {
+            return Vec::new();
+        };
+        let Some(s) = self.slots[i].as_mut() else {
+            return Vec::new();
+        };
+        if s.state == State::NeedsLogin {
+            return Vec::new();
+        }
+        if s.state == (State::Probing { taken: true }) {
+            self.probes_in_flight -= 1;
+        }
+        s.state = State::NeedsLogin;
+        s.last_reason = Some(reason.to_owned());
+        let event = Event::new(
+            now,
+            self.provider.clone(),
+            EventKind::NeedsLogin {
+                account: s.meta.label.clone(),
+                reason: reason.to_owned(),
+            },
+        );
+        self.sync(i);
+        vec![event]
+    }
+
+    /// Puts the account back in rotation (after a new login, or by hand):
+    /// clears cooldown, needs-login and failure streaks. A `recovered` event
+    /// when it was not already ready.
+    pub fn mark_ready(&mut self, id: &AccountId, now: UnixMillis) -> Vec<Event> {
+        let Some(&i) = self.ids.get(id) else {
+            return Vec::new();
+        };
+        let Some(s) = self.slots[i].as_mut() else {
+            return Vec::new();
+        };
+        let was = s.state;
+        if was == (State::Probing { taken: true }) {
+            self.probes_in_flight -= 1;
+        }
+        s.state = State::Ready;
+        s.streak = 0;
+        s.transport_streak = 0;
+        let mut events = Vec::new();
+        if was != State::Ready {
+            s.last_reason = None;
+            events.push(Event::new(
+                now,
+                self.provider.clone(),
+                EventKind::Recovered {
+                    account: s.meta.label.clone(),
+                },
+            ));
+        }
+        self.sync(i);
+        events
+    }
+
+    /// The proxy refreshed the account's OAuth token: a `refreshed` event, and
+    /// an account benched for auth (401/403) or needing login is ready again.
+    pub fn refreshed(&mut self, id: &AccountId, now: UnixMillis) -> Vec<Event> {
+        let Some(&i) = self.ids.get(id) else {
+            return Vec::new();
+        };
+        let Some(s) = self.slots[i].as_mut() else {
+            return Vec::new();
+        };
+        let events = vec![Event::new(
+            now,
+            self.provider.clone(),
+            EventKind::Refreshed {
+                account: s.meta.label.clone(),
+            },
+        )];
+        if matches!(
+            s.state,
+            State::NeedsLogin
+                | State::Cooling {
+                    class: Class::Auth | Class::Forbidden,
+                    ..
+                }
+        ) {
+            s.state = State::Ready;
+            s.last_reason = None;
+        }
+        self.sync(i);
+        events
+    }
+
+    /// A token refresh failed: a `refresh_failed` event, and when `permanent`
+    /// (`invalid_grant`, `refresh_token_reused`, ...) the account needs login.
+    pub fn refresh_failed(
+        &mut self,
+        id: &AccountId,
+        now: UnixMillis,
+        permanent: bool,
+        reason: &str,
+    ) -> Vec<Event> {
+        let Some(label) = self.label_of(id) else {
+            return Vec::new();
+        };
+        let mut events = vec![Event::new(
+            now,
+            self.provider.clone(),
+            EventKind::RefreshFailed {
+                account: label,
+                permanent,
+                reason: reason.to_owned(),
+            },
+        )];
+        if permanent {
+            events.extend(self.mark_needs_login(id, now, reason));
+        }
+        events
+    }
+
+    /// Benches the account until `until`, from shared or restored state (another
+    /// proxy process saw the 429, or the store remembered it across a restart).
+    /// The given instant replaces the current cooldown; an instant not after
+    /// `now` ends a cooldown (the account is then probed). Needs-login wins
+    /// over cooldowns and is left alone.
+    pub fn set_cooldown(
+        &mut self,
+        id: &AccountId,
+        until: UnixMillis,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Vec<Event> {
+        let Some(&i) = self.ids.get(id) else {
+            return Vec::new();
+        };
+        let Some(s) = self.slots[i].as_mut() else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        match s.state {
+            State::NeedsLogin => {}
+            State::Cooling { until: current, .. } if current == until => {}
+            State::Cooling { .. } if until <= now => s.state = State::Probing { taken: false },
+            _ if until <= now => {}
+            state => {
+                if state == (State::Probing { taken: true }) {
+                    self.probes_in_flight -= 1;
+                }
+                let class = match state {
+                    State::Cooling { class, .. } => class,
+                    _ => s
+                        .last_class
+                        .filter(|c| c.blames_account())
+                        .unwrap_or(Class::RateLimited),
+                };
+                s.state = State::Cooling { until, class };
+                s.last_reason = Some(reason.to_owned());
+                events.push(Event::new(
+                    now,
+                    self.provider.clone(),
+                    EventKind::Cooldown {
+                        account: s.meta.label.clone(),
+                        until,
+                        class,
+                        reason: reason.to_owned(),
+                        hint: None,
+                    },
+                ));
+            }
+        }
+        self.sync(i);
+        events
+    }
+
+    /// Every account's status, in priority order.
+    pub fn status(&self, now: UnixMillis) -> Vec<AccountStatus> {
+        let mut live: Vec<&Slot> = self.slots.iter().flatten().collect();
+        live.sort_by_key(|s| (s.meta.priority, s.seq));
+        live.into_iter().map(|s| s.status(now)).collect()
+    }
+
+    /// One account's status.
+    pub fn account_status(&self, id: &AccountId, now: UnixMillis) -> Option<AccountStatus> {
+        let &i = self.ids.get(id)?;
+        self.slots[i].as_ref().map(|s| s.status(now))
+    }
+
+    /// The earliest time any enabled account that does not need a login can
+    /// take a request: `now` when one can already (including an account whose
+    /// probe is in flight: it will be free shortly), else the end of the
+    /// earliest cooldown, else `None`.
+    pub fn soonest_ready(&self, now: UnixMillis) -> Option<UnixMillis> {
+        if !self.usable.is_empty() || self.probes_in_flight > 0 {
+            return Some(now);
+        }
+        self.cooling.first().map(|&(t, _)| t.max(now))
+    }
+
+    /// Ends cooldowns that are over (→ probing) and proactive demotions whose
+    /// usage window has reset. Amortised O(log n) per expired entry.
+    fn promote(&mut self, now: UnixMillis) {
+        while let Some(&(t, i)) = self.cooling.first() {
+            if t > now {
+                break;
+            }
+            self.cooling.pop_first();
+            if let Some(s) = self.slots[i].as_mut() {
+                s.cooling_entry = None;
+                if matches!(s.state, State::Cooling { .. }) {
+                    s.state = State::Probing { taken: false };
+                }
+            }
+            self.sync(i);
+        }
+        while let Some(&(t, i)) = self.hot.first() {
+            if t > now {
+                break;
+            }
+            self.hot.pop_first();
+            if let Some(s) = self.slots[i].as_mut() {
+                s.hot_entry = None;
+                s.hot = false;
+                s.hot_until = None;
+                s.usage.retain(|w| w.resets_at.is_none_or(|r| r > now));
+            }
+            self.sync(i);
+        }
+    }
+
+    /// The slot to use and whether session affinity chose it.
+    fn choose(&self, req: &PickRequest<'_>, session_idx: Option<usize>) -> Option<(usize, bool)> {
+        let excluded = |i: usize| {
+            !req.exclude.is_empty()
+                && self.slots[i]
+                    .as_ref()
+                    .is_some_and(|s| req.exclude.contains(&s.meta.id))
+        };
+        let usable_key = |i: usize| {
+            self.slots[i]
+                .as_ref()
+                .and_then(|s| s.key)
+                .filter(|_| !excluded(i))
+        };
+        // Fast path: a preferred account in the normal tier needs no search.
+        let preferred = [
+            session_idx.map(|i| (i, true)),
+            self.sticky
+                .filter(|_| self.config.strategy == Strategy::Sticky)
+                .map(|i| (i, false)),
+        ];
+        for (i, via_session) in preferred.into_iter().flatten() {
+            if usable_key(i).is_some_and(|k| k.tier == 0) {
+                return Some((i, via_session));
+            }
+        }
+        let first = self.usable.iter().find(|k| !excluded(k.idx as usize))?;
+        // Every normal-tier account is excluded or busy: a hot preferred
+        // account is as good as any other hot one, and keeps its cache.
+        if first.tier > 0 {
+            for (i, via_session) in preferred.into_iter().flatten() {
+                if usable_key(i).is_some() {
+                    return Some((i, via_session));
+                }
+            }
+        }
+        Some((first.idx as usize, false))
+    }
+
+    /// Benches slot `i` for `c`, deduplicating parallel failures.
+    fn bench(&mut self, i: usize, c: &Classification, now: UnixMillis, events: &mut Vec<Event>) {
+        let sample = self.next_sample();
+        let cfg = &self.config;
+        let Some(s) = self.slots[i].as_mut() else {
+            return;
+        };
+        let cooling_until = match s.state {
+            State::Cooling { until, .. } if until > now => Some(until),
+            State::NeedsLogin => return,
+            _ => None,
+        };
+        let recent = s
+            .last_cooled
+            .is_some_and(|t| now < t.plus(cfg.dedupe_window));
+        let transport = c.class == Class::Transport;
+        let duplicate = cooling_until.is_some() || (recent && !transport);
+        let decided = if duplicate {
+            // Counted once: same streak as the failure that benched it, and no
+            // jitter, so only a genuinely later reset (a longer hint, or a 402
+            // after a 429) moves the cooldown.
+            let Some(cd) = cooldown_for(c, s.streak.saturating_sub(1), cfg, now, 0.0) else {
+                return;
+            };
+            if cooling_until.is_some_and(|u| cd.until <= u) {
+                return;
+            }
+            cd
+        } else {
+            let Some(cd) = cooldown_for(c, s.streak, cfg, now, sample) else {
+                return;
+            };
+            if !transport {
+                s.streak = s.streak.saturating_add(1);
+                s.last_cooled = Some(now);
+            }
+            cd
+        };
+        s.state = State::Cooling {
+            until: decided.until,
+            class: c.class,
+        };
+        events.push(Event::new(
+            now,
+            self.provider.clone(),
+            EventKind::Cooldown {
+                account: s.meta.label.clone(),
+                until: decided.until,
+                class: c.class,
+                reason: c.reason.clone(),
+                hint: decided.hint,
+            },
+        ));
+    }
+
+    fn label_of(&self, id: &AccountId) -> Option<String> {
+        let &i = self.ids.get(id)?;
+        self.slots[i].as_ref().map(|s| s.meta.label.clone())
+    }
+
+    fn next_sample(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(cooldown::GOLDEN_GAMMA);
+        cooldown::unit_sample(cooldown::splitmix64(self.rng))
+    }
+
+    /// Brings slot `i`'s entries in the three ordered sets in line with its
+    /// state. Every mutation ends here, so the sets cannot drift.
+    fn sync(&mut self, i: usize) {
+        let Some(s) = self.slots[i].as_mut() else {
+            return;
+        };
+        let want = key_for(&self.config, s, i);
+        if s.key != want {
+            if let Some(k) = s.key {
+                self.usable.remove(&k);
+            }
+            if let Some(k) = want {
+                self.usable.insert(k);
+            }
+            s.key = want;
+        }
+        let want_cool = match s.state {
+            State::Cooling { until, .. } if s.meta.enabled => Some(until),
+            _ => None,
+        };
+        if s.cooling_entry != want_cool {
+            if let Some(t) = s.cooling_entry {
+                self.cooling.remove(&(t, i));
+            }
+            if let Some(t) = want_cool {
+                self.cooling.insert((t, i));
+            }
+            s.cooling_entry = want_cool;
+        }
+        let want_hot = s.hot_until.filter(|_| s.hot);
+        if s.hot_entry != want_hot {
+            if let Some(t) = s.hot_entry {
+                self.hot.remove(&(t, i));
+            }
+            if let Some(t) = want_hot {
+                self.hot.insert((t, i));
+            }
+            s.hot_entry = want_hot;
+        }
+    }
+}
+
+/// The slot's place in the usable set, or `None` if it may not be picked.
+fn key_for(cfg: &PoolConfig, s: &Slot, idx: usize) -> Option<Key> {
+    if !s.meta.enabled || !matches!(s.state, State::Ready | State::Probing { taken: false }) {
+        return None;
+    }
+    // Order-preserving map of i32 onto u64.
+    let prio = (i64::from(s.meta.priority) - i64::from(i32::MIN)) as u64;
+    let (a, b, c) = match cfg.strategy {
+        Strategy::Sticky | Strategy::Priority => (prio, s.seq, 0),
+        Strategy::RoundRobin => (s.last_pick, s.seq, 0),
+        Strategy::LeastUsed => (u64::from(s.in_flight), s.picks, prio),
+        Strategy::DrainSoonest => (s.drain_at, prio, s.seq),
+    };
+    Some(Key {
+        tier: u8::from(s.hot),
+        a,
+        b,
+        c,
+        idx: idx as u32,
+    })
+}
+
+impl Slot {
+    fn merge_usage(&mut self, fresh: &[UsageWindow], now: UnixMillis, threshold: Option<f64>) {
+        for w in fresh {
+            match self.usage.iter_mut().find(|old| old.name == w.name) {
+                Some(old) => *old = w.clone(),
+                None => self.usage.push(w.clone()),
+            }
+        }
+        // A window whose reset has passed says nothing about now.
+        self.usage.retain(|w| w.resets_at.is_none_or(|r| r > now));
+        self.drain_at = self
+            .usage
+            .iter()
+            .filter_map(|w| w.resets_at)
+            .map(|t| t.0)
+            .min()
+            .unwrap_or(u64::MAX);
+        let hot: Vec<&UsageWindow> = match threshold {
+            Some(th) => self.usage.iter().filter(|w| w.utilization >= th).collect(),
+            None => Vec::new(),
+        };
+        self.hot = !hot.is_empty();
+        // Hot until the last hot window resets; a hot window without a reset
+        // time keeps the account demoted until fresh usage says otherwise.
+        self.hot_until = if hot.iter().all(|w| w.resets_at.is_some()) {
+            hot.iter().filter_map(|w| w.resets_at).max()
+        } else {
+            None
+        };
+    }
+
+    fn health(&self, now: UnixMillis) -> Health {
+        if !self.meta.enabled {
+            return Health::Disabled;
+        }
+        match self.state {
+            State::Ready => Health::Ready,
+            State::Cooling { until, .. } if until > now => Health::Cooling { until },
+            State::Cooling { .. } | State::Probing { .. } => Health::Probing,
+            State::NeedsLogin => Health::NeedsLogin,
+        }
+    }
+
+    fn status(&self, now: UnixMillis) -> AccountStatus {
+        let health = self.health(now);
+        AccountStatus {
+            id: self.meta.id.clone(),
+            label: self.meta.label.clone(),
+            kind: self.meta.kind,
+            priority: self.meta.priority,
+            enabled: self.meta.enabled,
+            health,
+            cooldown_remaining: match self.state {
+                State::Cooling { until, .. } if until > now => Some(now.until(until)),
+                _ => None,
+            },
+            successes: self.successes,
+            failures: self.failures,
+            failure_streak: self.streak,
+            last_class: self.last_class,
+            last_reason: self.last_reason.clone(),
+            usage: self.usage.clone(),
+            in_flight: self.in_flight,
+        }
+    }
+}
+
+/// Session id → account, bounded, with CLOCK (second-chance) eviction: each
+/// hit sets a reference bit; eviction skips and clears referenced entries, so
+/// active sessions survive and the cost per insert is amortised O(1).
+#[derive(Debug)]
+struct Sessions {
+    cap: usize,
+    map: HashMap<Box<str>, SessionEntry>,
+    ring: VecDeque<Box<str>>,
+}
+
+#[derive(Debug)]
+struct SessionEntry {
+    idx: usize,
+    generation: u32,
+    referenced: bool,
+}
+
+impl Sessions {
+    fn new(cap: usize) -> Self {
+        Sessions {
+            cap: cap.max(1),
+            map: HashMap::new(),
+            ring: VecDeque::new(),
+        }
+    }
+
+    fn get(&mut self, session: &str, generations: &[u32]) -> Option<usize> {
+        let e = self.map.get_mut(session)?;
+        if generations.get(e.idx) != Some(&e.generation) {
+            return None;
+        }
+        e.referenced = true;
+        Some(e.idx)
+    }
+
+    fn insert(&mut self, session: &str, idx: usize, generation: u32) {
+        if let Some(e) = self.map.get_mut(session) {
+            *e = SessionEntry {
+                idx,
+                generation,
+                referenced: true,
+            };
+            return;
+        }
+        while self.map.len() >= self.cap {
+            let Some(old) = self.ring.pop_front() else {
+                break;
+            };
+            match self.map.get_mut(&old) {
+                Some(e) if e.referenced => {
+                    e.referenced = false;
+                    self.ring.push_back(old);
+                }
+                _ => {
+                    self.map.remove(&old);
+                }
+            }
+        }
+        let key: Box<str> = session.into();
+        self.ring.push_back(key.clone());
+        self.map.insert(
+            key,
+            SessionEntry {
+                idx,
+                generation,
+                referenced: false,
+            },
+        );
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_map_is_bounded_and_keeps_referenced_entries() {
+        let gens = vec![0u32; 4];
+        let mut s = Sessions::new(3);
+        s.insert("a", 0, 0);
+        s.insert("b", 1, 0);
+        s.insert("c", 2, 0);
+        assert_eq!(s.get("a", &gens), Some(0));
+        s.insert("d", 3, 0);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.get("a", &gens), Some(0), "referenced entry survived");
+        assert_eq!(s.get("b", &gens), None, "unreferenced oldest entry evicted");
+        for i in 0..100 {
+            s.insert(&format!("x{i}"), 1, 0);
+        }
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn session_entry_for_a_reused_slot_misses() {
+        let mut s = Sessions::new(10);
+        s.insert("a", 0, 0);
+        assert_eq!(s.get("a", &[1]), None);
+    }
+}
