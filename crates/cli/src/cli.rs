@@ -1,0 +1,221 @@
+//! The command line, as clap types. Every command's `--help` carries examples.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  printf %s \"$ANTHROPIC_API_KEY\" | marathon auth add anthropic --label work
+  marathon auth import claude-code
+  marathon auth list
+  marathon status
+
+Files: --home DIR (or MARATHON_HOME) keeps DIR/config.toml and DIR/data/.
+Otherwise ~/.config/marathon/config.toml and ~/.local/share/marathon/ (XDG).";
+
+/// Keep LLM coding tools running across several accounts per provider.
+#[derive(Debug, Parser)]
+#[command(name = "marathon", version, after_help = MAIN_EXAMPLES, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Directory for config.toml and data/ (instead of the XDG directories)
+    #[arg(long, global = true, env = "MARATHON_HOME", value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Manage accounts: add, list, remove, rename, enable/disable, import
+    Auth(AuthArgs),
+    /// Show every account and its state (offline view from the store)
+    #[command(after_help = "\
+Examples:
+  marathon status
+  marathon status --json | jq '.[] | select(.state != \"active\")'
+
+Cooldowns shown are the last ones a marathon process saved; a running proxy
+holds the live state.")]
+    Status(StatusArgs),
+}
+
+/// `marathon auth`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  printf %s \"$OPENAI_API_KEY\" | marathon auth add openai --label work
+  marathon auth list
+  marathon auth rename openai work work-2024
+  marathon auth disable openai work-2024
+  marathon auth import codex --move")]
+pub(crate) struct AuthArgs {
+    #[command(subcommand)]
+    pub(crate) command: AuthCommand,
+}
+
+/// `marathon auth <command>`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuthCommand {
+    /// Add an API-key account (the key is read from stdin or a hidden prompt)
+    #[command(after_help = "\
+The key is never taken from the command line (it would end up in shell
+history and the process list): pipe it on stdin, or run in a terminal and
+paste it at the hidden prompt. Adding the same key again updates it.
+
+Examples:
+  printf %s \"$ANTHROPIC_API_KEY\" | marathon auth add anthropic --label work
+  marathon auth add openai --label personal --priority 10   # prompts for the key
+  pass show openai/team | marathon auth add openai --label team")]
+    Add(AddArgs),
+    /// List accounts (no secrets are shown)
+    #[command(after_help = "\
+Examples:
+  marathon auth list
+  marathon auth list --provider anthropic
+  marathon auth list --json")]
+    List(ListArgs),
+    /// Remove one account
+    #[command(after_help = "\
+Removes only the named account; other accounts of the provider stay.
+
+Example:
+  marathon auth remove anthropic old-work")]
+    Remove(AccountRef),
+    /// Give an account a new label
+    #[command(after_help = "\
+Example:
+  marathon auth rename anthropic ana@example.com work")]
+    Rename(RenameArgs),
+    /// Stop using an account without removing it
+    #[command(after_help = "\
+Example:
+  marathon auth disable openai personal
+  marathon auth enable openai personal")]
+    Disable(AccountRef),
+    /// Use a disabled account again
+    #[command(after_help = "\
+Example:
+  marathon auth enable openai personal")]
+    Enable(AccountRef),
+    /// Set an account's priority (lower is preferred)
+    #[command(after_help = "\
+With the `priority` strategy the lowest number is tried first; other
+strategies use it to break ties. Negative numbers are allowed.
+
+Examples:
+  marathon auth priority anthropic work 0
+  marathon auth priority anthropic personal 10")]
+    Priority(PriorityArgs),
+    /// Import accounts from another tool's credential file
+    #[command(after_help = "\
+Default source files:
+  opencode      ~/.local/share/opencode/auth.json
+  claude-code   ~/.claude/.credentials.json
+  codex         ~/.codex/auth.json
+  gemini        ~/.gemini/oauth_creds.json
+
+An imported OAuth login shares its refresh token with the tool it came from.
+Refresh tokens are single-use: when one side refreshes, the other's copy stops
+working. With --move, marathon takes the credential over and removes it from
+the source file (after it is safely stored here); log the other tool in again
+with a different account if you still need it.
+
+Examples:
+  marathon auth import claude-code
+  marathon auth import codex --move
+  marathon auth import opencode --path ./backup/auth.json")]
+    Import(ImportArgs),
+}
+
+/// `marathon auth add`.
+#[derive(Debug, Args)]
+pub(crate) struct AddArgs {
+    /// Provider name (e.g. anthropic, openai, google, or one from your config)
+    pub(crate) provider: String,
+    /// Label for the account, unique per provider [default: <provider>-N]
+    #[arg(long, short)]
+    pub(crate) label: Option<String>,
+    /// Priority (lower is preferred)
+    #[arg(long, short, default_value_t = 0, allow_negative_numbers = true)]
+    pub(crate) priority: i32,
+}
+
+/// `marathon auth list`.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Only this provider's accounts
+    #[arg(long)]
+    pub(crate) provider: Option<String>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// An account named by provider and label.
+#[derive(Debug, Args)]
+pub(crate) struct AccountRef {
+    /// Provider name
+    pub(crate) provider: String,
+    /// The account's label (see `marathon auth list`)
+    pub(crate) label: String,
+}
+
+/// `marathon auth rename`.
+#[derive(Debug, Args)]
+pub(crate) struct RenameArgs {
+    /// Provider name
+    pub(crate) provider: String,
+    /// The current label
+    pub(crate) old: String,
+    /// The new label
+    pub(crate) new: String,
+}
+
+/// `marathon auth priority`.
+#[derive(Debug, Args)]
+pub(crate) struct PriorityArgs {
+    /// Provider name
+    pub(crate) provider: String,
+    /// The account's label
+    pub(crate) label: String,
+    /// New priority (lower is preferred)
+    #[arg(allow_negative_numbers = true)]
+    pub(crate) priority: i32,
+}
+
+/// `marathon auth import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// Which tool's credentials to read
+    pub(crate) from: ImportSource,
+    /// Read this file instead of the tool's default location
+    #[arg(long, value_name = "FILE")]
+    pub(crate) path: Option<PathBuf>,
+    /// Take the credentials over: remove them from the source file once stored
+    #[arg(long = "move")]
+    pub(crate) move_: bool,
+}
+
+/// Tools marathon can import from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ImportSource {
+    /// opencode's auth.json
+    Opencode,
+    /// Claude Code's .credentials.json
+    ClaudeCode,
+    /// Codex CLI's auth.json
+    Codex,
+    /// Gemini CLI's oauth_creds.json
+    Gemini,
+}
+
+/// `marathon status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub(crate) json: bool,
+}

@@ -1,0 +1,116 @@
+//! `marathon status`: every account and its state, from the store (offline).
+
+use marathon_core::{Clock, SystemClock, UnixMillis};
+use marathon_store::{HotAccount, Store};
+
+use super::Context;
+use super::auth::{NO_ACCOUNTS, account_json, kind_name, sort_accounts, state_cell};
+use crate::cli::StatusArgs;
+use crate::output::{Style, Table, cell};
+
+pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    let mut accounts = store.list()?;
+    sort_accounts(&mut accounts);
+    let hot = store.load_hot()?;
+    let now = SystemClock.now();
+    if args.json {
+        let rows: Vec<serde_json::Value> = accounts
+            .iter()
+            .map(|a| {
+                let mut v = account_json(a);
+                let h = hot.cooldowns.get(&a.id).filter(|h| is_cooling(h, now));
+                v["cooling_until"] = serde_json::json!(h.and_then(|h| h.cooling_until));
+                v["cooling_reason"] = serde_json::json!(h.and_then(|h| h.reason.clone()));
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "accounts in {} (offline view; a running proxy holds the live state)",
+        store.path().display()
+    );
+    if accounts.is_empty() {
+        println!("{NO_ACCOUNTS}");
+        return Ok(());
+    }
+    let style = Style::stdout();
+    let mut table = Table::new(&[
+        "PROVIDER", "LABEL", "KIND", "STATE", "PRIORITY", "ENABLED", "NOTE",
+    ]);
+    for a in &accounts {
+        let mut notes = Vec::new();
+        if let Some(h) = hot.cooldowns.get(&a.id).filter(|h| is_cooling(h, now)) {
+            let until = h.cooling_until.unwrap_or(now);
+            let reason = h
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            notes.push(format!(
+                "cooling for {}{reason}",
+                short_duration(now, until)
+            ));
+        }
+        if a.state == marathon_store::AccountState::NeedsLogin {
+            notes.push("log in again".to_string());
+        }
+        if let Some(source) = a.source.as_deref().and_then(|s| s.strip_prefix("import:")) {
+            notes.push(format!("shares its refresh token with {source}"));
+        }
+        let note = notes.join("; ");
+        table.row(vec![
+            cell(&a.provider),
+            cell(&a.label),
+            cell(kind_name(a)),
+            state_cell(a, style),
+            cell(a.priority.to_string()),
+            if a.enabled {
+                cell("yes")
+            } else {
+                (String::from("no"), style.dim("no"))
+            },
+            cell(note),
+        ]);
+    }
+    print!("{}", table.render(style));
+    Ok(())
+}
+
+fn is_cooling(h: &HotAccount, now: UnixMillis) -> bool {
+    h.cooling_until.is_some_and(|t| t > now)
+}
+
+/// `4h 10m`, `3m 5s`, `12s`: two units at most, for a table.
+fn short_duration(now: UnixMillis, until: UnixMillis) -> String {
+    let s = now.until(until).as_secs();
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_durations() {
+        let t = UnixMillis(1_000_000);
+        assert_eq!(short_duration(t, UnixMillis(1_012_000)), "12s");
+        assert_eq!(short_duration(t, UnixMillis(1_000_000 + 185_000)), "3m 5s");
+        assert_eq!(
+            short_duration(t, UnixMillis(1_000_000 + 4 * 3_600_000 + 600_000)),
+            "4h 10m"
+        );
+        assert_eq!(
+            short_duration(t, UnixMillis(1_000_000 + 2 * 86_400_000 + 3_600_000)),
+            "2d 1h"
+        );
+    }
+}

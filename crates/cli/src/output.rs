@@ -1,0 +1,208 @@
+//! Terminal output: tables, colour (only on a terminal), and error reports
+//! that say what to do next.
+
+use std::fmt;
+use std::io::IsTerminal;
+
+use marathon_store::StoreError;
+
+/// An error meant for a person: what went wrong, what to do, and the exit
+/// code (2 for a mistake in the command, 1 for anything else).
+#[derive(Debug)]
+pub(crate) struct Failure {
+    message: String,
+    hint: Option<String>,
+    code: u8,
+}
+
+impl Failure {
+    /// The command asked for something that cannot be (unknown provider or
+    /// account, bad input): exit code 2.
+    pub(crate) fn usage(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            hint: Some(hint.into()),
+            code: 2,
+        }
+    }
+
+    /// Something failed while doing what was asked: exit code 1.
+    pub(crate) fn runtime(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            hint: Some(hint.into()),
+            code: 1,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Prints `error: ...`, its causes, and a `hint: ...` line to stderr; returns
+/// the exit code.
+pub(crate) fn report_error(err: &anyhow::Error) -> u8 {
+    let style = Style::for_stream(std::io::stderr().is_terminal());
+    let (code, hint) = match err.downcast_ref::<Failure>() {
+        Some(f) => (f.code, f.hint.clone()),
+        None => (1, err.chain().find_map(hint_for)),
+    };
+    eprintln!("{} {err}", style.red("error:"));
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    if let Some(hint) = hint {
+        eprintln!("{} {hint}", style.bold("hint:"));
+    }
+    code
+}
+
+fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(e) = cause.downcast_ref::<StoreError>() {
+        return Some(
+            match e {
+                StoreError::Corrupt { .. } | StoreError::NewerVersion { .. } => {
+                    "your accounts file was not changed; nothing was lost"
+                }
+                StoreError::LabelTaken { .. } | StoreError::NotFound(_) => {
+                    "`marathon auth list` shows the accounts"
+                }
+                StoreError::LockTimeout { .. } => {
+                    "`ps aux | grep marathon` shows other marathon processes"
+                }
+                StoreError::Io { .. } => {
+                    "check the directory exists and is writable, or pick another with --home"
+                }
+                StoreError::Invalid(_) => "see `marathon auth --help`",
+            }
+            .to_string(),
+        );
+    }
+    if cause
+        .downcast_ref::<marathon_config::ConfigError>()
+        .is_some()
+    {
+        return Some(
+            "fix the setting named above; example.toml documents every setting".to_string(),
+        );
+    }
+    None
+}
+
+/// Colour on or off. Off unless the stream is a terminal and `NO_COLOR` is unset.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Style {
+    color: bool,
+}
+
+impl Style {
+    pub(crate) fn stdout() -> Self {
+        Self::for_stream(std::io::stdout().is_terminal())
+    }
+
+    pub(crate) fn for_stderr() -> Self {
+        Self::for_stream(std::io::stderr().is_terminal())
+    }
+
+    fn for_stream(is_terminal: bool) -> Self {
+        Style {
+            color: is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+
+    fn paint(self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+
+    pub(crate) fn bold(self, s: &str) -> String {
+        self.paint("1", s)
+    }
+    pub(crate) fn red(self, s: &str) -> String {
+        self.paint("31", s)
+    }
+    pub(crate) fn green(self, s: &str) -> String {
+        self.paint("32", s)
+    }
+    pub(crate) fn yellow(self, s: &str) -> String {
+        self.paint("33", s)
+    }
+    pub(crate) fn dim(self, s: &str) -> String {
+        self.paint("2", s)
+    }
+}
+
+/// A plain text table: a header row and left-aligned columns. Cells may
+/// carry colour codes; widths are measured on the visible text.
+pub(crate) struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<(String, String)>>,
+}
+
+impl Table {
+    pub(crate) fn new(header: &[&str]) -> Self {
+        Table {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row of `(visible text, painted text)` cells.
+    pub(crate) fn row(&mut self, cells: Vec<(String, String)>) {
+        self.rows.push(cells);
+    }
+
+    pub(crate) fn render(&self, style: Style) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, (plain, _)) in row.iter().enumerate() {
+                if let Some(w) = widths.get_mut(i) {
+                    *w = (*w).max(plain.chars().count());
+                }
+            }
+        }
+        let mut out = String::new();
+        let line = |out: &mut String, cells: Vec<(usize, String)>| {
+            let last = cells.len().saturating_sub(1);
+            for (i, (visible, painted)) in cells.into_iter().enumerate() {
+                out.push_str(&painted);
+                if i != last {
+                    out.push_str(&" ".repeat(widths[i].saturating_sub(visible) + 2));
+                }
+            }
+            let trimmed = out.trim_end_matches(' ').len();
+            out.truncate(trimmed);
+            out.push('\n');
+        };
+        line(
+            &mut out,
+            self.header
+                .iter()
+                .map(|h| (h.chars().count(), style.bold(h)))
+                .collect(),
+        );
+        for row in &self.rows {
+            line(
+                &mut out,
+                row.iter()
+                    .map(|(plain, painted)| (plain.chars().count(), painted.clone()))
+                    .collect(),
+            );
+        }
+        out
+    }
+}
+
+/// A cell without colour.
+pub(crate) fn cell(s: impl Into<String>) -> (String, String) {
+    let s = s.into();
+    (s.clone(), s)
+}
