@@ -1,0 +1,152 @@
+//! `MARATHON_*` overrides: they win over the file. A variable that looks like a
+//! provider setting but names no provider is an error, so a typo does not
+//! silently leave the file's value in place.
+
+use marathon_core::Secret;
+
+use crate::ConfigError;
+use crate::model::{Config, ProviderConfig};
+use crate::values;
+
+/// Server and event settings, by variable name.
+pub const GLOBAL_VARS: [&str; 6] = [
+    "MARATHON_LISTEN",
+    "MARATHON_ACCESS_KEYS",
+    "MARATHON_MAX_BODY",
+    "MARATHON_PEEK_FIRST_EVENT",
+    "MARATHON_WEBHOOK",
+    "MARATHON_EVENT_COMMAND",
+];
+
+/// Provider settings: `MARATHON_<PROVIDER>_<SUFFIX>`, where `<PROVIDER>` is the
+/// provider name upper-cased with `-` as `_` (`my-llm` → `MY_LLM`).
+pub const PROVIDER_SUFFIXES: [&str; 10] = [
+    "UPSTREAM",
+    "STRATEGY",
+    "MAX_ATTEMPTS",
+    "RATE_LIMIT_COOLDOWN",
+    "AUTH_FAILURE_COOLDOWN",
+    "NETWORK_RETRY_ATTEMPTS",
+    "MAX_WAIT",
+    "REFRESH_LEAD",
+    "PROACTIVE_THRESHOLD",
+    "SESSION_HEADER",
+];
+
+/// The variable prefix for a provider's settings (`my-llm` → `MARATHON_MY_LLM_`).
+pub fn provider_prefix(name: &str) -> String {
+    format!("MARATHON_{}_", name.to_ascii_uppercase().replace('-', "_"))
+}
+
+pub(crate) fn apply(
+    config: &mut Config,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("MARATHON_"))
+        .collect();
+    vars.sort();
+    let mut listen_set = false;
+    for (var, value) in &vars {
+        let err = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        match var.as_str() {
+            "MARATHON_LISTEN" => {
+                config.server.listen = values::listen(value).map_err(err)?;
+                listen_set = true;
+            }
+            "MARATHON_ACCESS_KEYS" => {
+                // Comma-separated; a key itself never contains a comma in practice.
+                config.server.access_keys = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new)
+                    .collect();
+            }
+            "MARATHON_MAX_BODY" => config.server.max_body = values::bytes(value).map_err(err)?,
+            "MARATHON_PEEK_FIRST_EVENT" => {
+                config.server.peek_first_event = values::boolean(value).map_err(err)?
+            }
+            "MARATHON_WEBHOOK" => {
+                config.events.webhook = if value.trim().is_empty() {
+                    None
+                } else {
+                    Some(values::url("webhook URL", value).map_err(err)?)
+                }
+            }
+            "MARATHON_EVENT_COMMAND" => {
+                config.events.command = Some(value.trim().to_owned()).filter(|c| !c.is_empty());
+            }
+            _ => provider_var(config, var, value)?,
+        }
+    }
+    if let Err(m) = config.server.check_exposure() {
+        let var = if listen_set {
+            "MARATHON_LISTEN"
+        } else {
+            "MARATHON_ACCESS_KEYS"
+        };
+        return Err(ConfigError::Env {
+            var: var.to_owned(),
+            message: m,
+        });
+    }
+    Ok(())
+}
+
+fn provider_var(config: &mut Config, var: &str, value: &str) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Env {
+        var: var.to_owned(),
+        message,
+    };
+    // Longest suffix first, so `..._MAX_ATTEMPTS` is never read as a provider ending in `_MAX`.
+    let mut suffixes = PROVIDER_SUFFIXES;
+    suffixes.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let Some(suffix) = suffixes
+        .iter()
+        .find(|s| var.len() > "MARATHON_".len() + s.len() && var.ends_with(&format!("_{s}")))
+    else {
+        // Not a provider setting: another part of marathon (MARATHON_HOME, MARATHON_LOG, ...).
+        return Ok(());
+    };
+    let middle = &var["MARATHON_".len()..var.len() - suffix.len() - 1];
+    let name = middle.to_ascii_lowercase().replace('_', "-");
+    let name = crate::presets::canonical_name(&name).to_owned();
+    let known: Vec<String> = config.providers.keys().cloned().collect();
+    let Some(provider) = config.providers.get_mut(&name) else {
+        return Err(err(format!(
+            "names no configured provider {name:?} (known: {}; a variable is MARATHON_<PROVIDER>_{suffix})",
+            known.join(", ")
+        )));
+    };
+    set(provider, suffix, value).map_err(err)
+}
+
+fn set(p: &mut ProviderConfig, suffix: &str, value: &str) -> Result<(), String> {
+    match suffix {
+        "UPSTREAM" => p.upstream = values::url("upstream", value)?,
+        "STRATEGY" => p.strategy = values::strategy(value)?,
+        "MAX_ATTEMPTS" => p.max_attempts = values::max_attempts_str(value)?,
+        "RATE_LIMIT_COOLDOWN" => p.rate_limit_cooldown = values::duration(value)?,
+        "AUTH_FAILURE_COOLDOWN" => p.auth_failure_cooldown = values::duration(value)?,
+        "NETWORK_RETRY_ATTEMPTS" => {
+            p.network_retry_attempts = values::count("network_retry_attempts", value)?
+        }
+        "MAX_WAIT" => p.max_wait = values::optional_duration(value)?,
+        "REFRESH_LEAD" => p.refresh_lead = values::duration(value)?,
+        "PROACTIVE_THRESHOLD" => p.proactive_threshold = values::threshold_str(value)?,
+        "SESSION_HEADER" => {
+            p.session_header = if value.is_empty() {
+                None
+            } else {
+                Some(values::header_name(value)?)
+            }
+        }
+        _ => unreachable!("PROVIDER_SUFFIXES and set() list the same settings"),
+    }
+    Ok(())
+}

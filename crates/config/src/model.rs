@@ -1,0 +1,267 @@
+//! The configuration as the rest of marathon sees it: plain, validated values.
+//! Everything here has already been checked; nothing needs re-parsing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use marathon_core::strategy::Strategy;
+use marathon_core::{AccountKind, ApiFlavor, Secret};
+
+/// The whole configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The proxy server (`[server]`).
+    pub server: ServerConfig,
+    /// Providers by name: the built-in presets, overridden or extended by `[providers.<name>]`.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Event sinks (`[events]`).
+    pub events: EventsConfig,
+}
+
+impl Config {
+    /// The provider called `name`, accepting the preset aliases
+    /// (`gemini` → `google`, `openai-chatgpt` → `codex`, ...), so a route
+    /// `/gemini/...` reaches the `google` provider.
+    pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers
+            .get(name)
+            .or_else(|| self.providers.get(crate::presets::canonical_name(name)))
+    }
+}
+
+/// `[server]`: how the proxy listens and what it accepts.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to bind; `127.0.0.1:8787` by default.
+    pub listen: SocketAddr,
+    /// Keys clients must present (as `Authorization: Bearer`, `x-api-key` or
+    /// `x-marathon-key`) when non-empty. Required for a non-loopback bind.
+    pub access_keys: Vec<Secret>,
+    /// Request bodies up to this many bytes are buffered so they can be replayed
+    /// on another account; larger ones stream through without retry. 32 MiB by default.
+    pub max_body: u64,
+    /// Hold a streamed response until its first event arrives, so a rate limit
+    /// or overload reported inside a `200` stream can still rotate. On by default.
+    pub peek_first_event: bool,
+}
+
+impl ServerConfig {
+    /// The default listen address.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8787";
+    /// The default replay buffer cap (32 MiB).
+    pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
+
+    /// Refuses a listen address reachable from other machines unless access
+    /// keys are set: an open proxy would hand out the accounts' credentials.
+    /// Called by [`crate::load`]; call it again after applying command-line flags.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() && self.access_keys.is_empty() {
+            return Err(format!(
+                "listening on {} exposes your accounts to other machines; set server.access_keys \
+                 (or MARATHON_ACCESS_KEYS), or listen on 127.0.0.1",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            access_keys: Vec::new(),
+            max_body: Self::DEFAULT_MAX_BODY,
+            peek_first_event: true,
+        }
+    }
+}
+
+/// `[events]`: where events go besides the log and the proxy's SSE stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// Each event is POSTed as JSON to this `http(s)://` URL.
+    pub webhook: Option<String>,
+    /// Each event is written as JSON to this shell command's stdin.
+    pub command: Option<String>,
+}
+
+/// Which API a provider speaks, which decides its default upstream, how
+/// credentials are carried, and how its responses are classified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    /// Anthropic Messages API (API keys and Claude Pro/Max logins).
+    Anthropic,
+    /// OpenAI API.
+    Openai,
+    /// ChatGPT-backed Codex (`chatgpt.com/backend-api/codex`).
+    Codex,
+    /// Google Gemini (API keys, Gemini CLI / Code Assist logins).
+    Google,
+    /// GitHub Copilot.
+    Copilot,
+    /// Any server speaking the OpenAI API; needs an explicit `upstream`.
+    OpenaiCompatible,
+}
+
+impl ProviderKind {
+    /// Every kind, in the order error messages list them.
+    pub const ALL: [ProviderKind; 6] = [
+        ProviderKind::Anthropic,
+        ProviderKind::Openai,
+        ProviderKind::Codex,
+        ProviderKind::Google,
+        ProviderKind::Copilot,
+        ProviderKind::OpenaiCompatible,
+    ];
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Openai => "openai",
+            ProviderKind::Codex => "codex",
+            ProviderKind::Google => "google",
+            ProviderKind::Copilot => "copilot",
+            ProviderKind::OpenaiCompatible => "openai-compatible",
+        }
+    }
+
+    /// The API family the engine classifies responses by.
+    pub fn flavor(self) -> ApiFlavor {
+        match self {
+            ProviderKind::Anthropic => ApiFlavor::Anthropic,
+            ProviderKind::Openai | ProviderKind::Codex | ProviderKind::OpenaiCompatible => {
+                ApiFlavor::Openai
+            }
+            ProviderKind::Google => ApiFlavor::Google,
+            ProviderKind::Copilot => ApiFlavor::Copilot,
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProviderKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let found = match s {
+            "openai-chatgpt" | "chatgpt" => Some(ProviderKind::Codex),
+            "gemini" => Some(ProviderKind::Google),
+            "github-copilot" => Some(ProviderKind::Copilot),
+            other => ProviderKind::ALL.into_iter().find(|k| k.as_str() == other),
+        };
+        found.ok_or_else(|| {
+            let names: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.as_str()).collect();
+            format!(
+                "unknown provider kind {s:?} (expected one of {})",
+                names.join(", ")
+            )
+        })
+    }
+}
+
+/// One provider: where it lives, how its accounts rotate, how the credential
+/// is carried.
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    /// The provider's name: the proxy route `/<name>/...` and the accounts' `provider`.
+    pub name: String,
+    /// The API it speaks.
+    pub kind: ProviderKind,
+    /// Base URL requests are forwarded to (no trailing slash).
+    pub upstream: String,
+    /// How the next account is chosen.
+    pub strategy: Strategy,
+    /// Attempts per request; `None` = one per account.
+    pub max_attempts: Option<u32>,
+    /// Cooldown after a rate limit that came without a reset hint.
+    pub rate_limit_cooldown: Duration,
+    /// Cooldown after a 401/403 that a refresh did not fix.
+    pub auth_failure_cooldown: Duration,
+    /// Retries on the same account after a connect error or reset, before rotating.
+    pub network_retry_attempts: u32,
+    /// When every account is cooling, wait up to this long for one to recover
+    /// instead of answering 429 at once; `None` = answer at once.
+    pub max_wait: Option<Duration>,
+    /// Refresh an OAuth access token this long before it expires.
+    pub refresh_lead: Duration,
+    /// Move off an account before it hits its limit, once a usage window's
+    /// utilisation reaches this fraction (0 < t ≤ 1); `None` = only on a limit.
+    pub proactive_threshold: Option<f64>,
+    /// Requests carrying the same value in this header stay on one account.
+    pub session_header: Option<String>,
+    /// How the upstream request carries the account's credential.
+    pub auth: AuthStyle,
+}
+
+/// How an upstream request carries an account's credential: which of the
+/// client's headers to drop, and which to set for each kind of account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthStyle {
+    /// Lower-case header names removed from the client's request first (its own
+    /// credentials, which must never reach upstream next to the account's).
+    pub strip: Vec<String>,
+    /// Headers set for an API-key account.
+    pub api_key: Vec<HeaderRule>,
+    /// Headers set for an OAuth account.
+    pub oauth: Vec<HeaderRule>,
+}
+
+impl AuthStyle {
+    /// The headers to set for an account of this kind.
+    pub fn rules(&self, kind: AccountKind) -> &[HeaderRule] {
+        match kind {
+            AccountKind::ApiKey => &self.api_key,
+            AccountKind::Oauth => &self.oauth,
+        }
+    }
+}
+
+/// One header set on the upstream request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderRule {
+    /// Lower-case header name.
+    pub name: String,
+    /// Where its value comes from.
+    pub value: HeaderSource,
+    /// Append to a comma-separated value the client already sent (e.g.
+    /// `anthropic-beta`, where the client's own betas must survive) instead of
+    /// replacing it.
+    pub merge: bool,
+}
+
+/// Where a header's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderSource {
+    /// The account's key or access token, after `prefix` (e.g. `"Bearer "`).
+    Credential {
+        /// Text before the credential.
+        prefix: String,
+    },
+    /// A fixed value.
+    Static(String),
+    /// The account's provider extra with this key (e.g. `chatgpt_account_id`);
+    /// the header is left out when the account has none.
+    Extra(String),
+}
+
+impl HeaderRule {
+    pub(crate) fn credential(name: &str, prefix: &str) -> Self {
+        HeaderRule {
+            name: name.to_owned(),
+            value: HeaderSource::Credential {
+                prefix: prefix.to_owned(),
+            },
+            merge: false,
+        }
+    }
+}

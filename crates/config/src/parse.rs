@@ -1,0 +1,646 @@
+//! The config file: TOML → raw, spanned values → checked [`Config`].
+//!
+//! Structure (tables, unknown keys, types of compound values) is checked by
+//! serde with `deny_unknown_fields`; every scalar setting is read as a spanned
+//! [`Scalar`] and checked here, so an error always knows its key and position.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use marathon_core::Secret;
+use marathon_core::strategy::Strategy;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::ConfigError;
+use crate::model::{
+    AuthStyle, Config, EventsConfig, HeaderRule, ProviderConfig, ProviderKind, ServerConfig,
+};
+use crate::presets;
+use crate::values;
+
+/// Default settings every provider starts from (DESIGN §2).
+pub(crate) mod defaults {
+    use std::time::Duration;
+
+    /// Cooldown after a rate limit without a reset hint.
+    pub(crate) const RATE_LIMIT_COOLDOWN: Duration = Duration::from_secs(60);
+    /// Cooldown after an auth failure a refresh did not fix.
+    pub(crate) const AUTH_FAILURE_COOLDOWN: Duration = Duration::from_secs(300);
+    /// "Retry the same account once, then rotate."
+    pub(crate) const NETWORK_RETRY_ATTEMPTS: u32 = 1;
+    /// Refresh this long before expiry.
+    pub(crate) const REFRESH_LEAD: Duration = Duration::from_secs(300);
+}
+
+/// A TOML scalar, before we know which setting it is for.
+#[derive(Clone, Debug)]
+pub(crate) enum Scalar {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Scalar::Str(_) => "a string",
+            Scalar::Int(_) => "an integer",
+            Scalar::Float(_) => "a float",
+            Scalar::Bool(_) => "a boolean",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_owned()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                i64::try_from(v)
+                    .map(Scalar::Int)
+                    .map_err(|_| E::custom("number too large"))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+type Field = Option<Spanned<Scalar>>;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    events: RawEvents,
+    #[serde(default)]
+    defaults: RawProvider,
+    #[serde(default)]
+    providers: BTreeMap<Spanned<String>, RawProvider>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Field,
+    access_keys: Option<Vec<Spanned<Secret>>>,
+    max_body: Field,
+    peek_first_event: Field,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    webhook: Field,
+    command: Field,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: Field,
+    upstream: Field,
+    strategy: Field,
+    max_attempts: Field,
+    rate_limit_cooldown: Field,
+    auth_failure_cooldown: Field,
+    network_retry_attempts: Field,
+    max_wait: Field,
+    refresh_lead: Field,
+    proactive_threshold: Field,
+    session_header: Field,
+    auth: Option<Spanned<RawAuth>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    api_key_header: Field,
+    api_key_prefix: Field,
+    strip: Option<Vec<Spanned<String>>>,
+}
+
+/// Parses `src` (the contents of `file`) into a checked config, without
+/// looking at the environment.
+pub(crate) fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(src).map_err(|e| from_toml(e, src, file))?;
+    let cx = Cx { src, file };
+    let server = server(&cx, raw.server)?;
+    let events = events(&cx, raw.events)?;
+    for (key, what) in [
+        ("kind", &raw.defaults.kind),
+        ("upstream", &raw.defaults.upstream),
+    ] {
+        if let Some(v) = what {
+            return Err(cx.err(
+                v.span(),
+                &format!("defaults.{key}"),
+                format!("{key} is set per provider, not in [defaults]"),
+            ));
+        }
+    }
+    if let Some(auth) = &raw.defaults.auth {
+        return Err(cx.err(
+            auth.span(),
+            "defaults.auth",
+            "auth is set per provider, not in [defaults]".to_owned(),
+        ));
+    }
+    let mut providers = BTreeMap::new();
+    for (name, kind) in presets::BUILTIN {
+        let p = provider(
+            &cx,
+            name,
+            kind,
+            &RawProvider::default(),
+            &raw.defaults,
+            None,
+        )?;
+        providers.insert(name.to_owned(), p);
+    }
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (key, section) in &raw.providers {
+        let written = key.get_ref().as_str();
+        let path = format!("providers.{written}");
+        values::provider_name(written).map_err(|m| cx.err(key.span(), &path, m))?;
+        let name = presets::canonical_name(written);
+        if let Some(other) = seen.insert(name.to_owned(), written.to_owned()) {
+            return Err(cx.err(
+                key.span(),
+                &path,
+                format!("[providers.{written}] and [providers.{other}] configure the same provider {name:?}; keep one"),
+            ));
+        }
+        let builtin = presets::BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, k)| *k);
+        let kind = match (&section.kind, builtin) {
+            (Some(k), builtin) => {
+                let kp = format!("{path}.kind");
+                let kind = with_str(
+                    &cx,
+                    k,
+                    &kp,
+                    "a provider kind such as \"openai\"",
+                    values::kind,
+                )?;
+                if let Some(b) = builtin.filter(|b| *b != kind) {
+                    return Err(cx.err(
+                        k.span(),
+                        &kp,
+                        format!(
+                            "{name} is built in with kind {b}; give a {kind} provider its own name"
+                        ),
+                    ));
+                }
+                kind
+            }
+            (None, Some(b)) => b,
+            (None, None) => {
+                return Err(cx.err(
+                    key.span(),
+                    &path,
+                    format!(
+                        "unknown provider {written:?}: a provider that is not built in needs `kind` (e.g. kind = \"openai\") and `upstream`"
+                    ),
+                ));
+            }
+        };
+        let p = provider(
+            &cx,
+            name,
+            kind,
+            section,
+            &raw.defaults,
+            Some((&path, key.span())),
+        )?;
+        providers.insert(name.to_owned(), p);
+    }
+    let config = Config {
+        server,
+        providers,
+        events,
+    };
+    Ok(config)
+}
+
+struct Cx<'a> {
+    src: &'a str,
+    file: &'a Path,
+}
+
+impl Cx<'_> {
+    fn err(&self, span: Range<usize>, key: &str, message: String) -> ConfigError {
+        let (line, column) = line_col(self.src, span.start);
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: (!key.is_empty()).then(|| key.to_owned()),
+            message,
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let offset = (0..=offset)
+        .rev()
+        .find(|i| src.is_char_boundary(*i))
+        .unwrap_or(0);
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// A toml/serde error → our error: position from its span, key path from the
+/// keys toml collected (only reachable through its context-free `Display`).
+fn from_toml(mut e: toml::de::Error, src: &str, file: &Path) -> ConfigError {
+    let message = e.message().trim_end().to_owned();
+    let (line, column) = e.span().map_or((1, 1), |s| line_col(src, s.start));
+    e.set_input(None);
+    let rendered = e.to_string();
+    let mut key = rendered
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("in `"))
+        .and_then(|l| l.strip_suffix('`'))
+        .map(str::to_owned);
+    // serde names an unknown key only in the message; make it part of the path.
+    if let Some(unknown) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+    {
+        key = Some(match key {
+            Some(parent) => format!("{parent}.{unknown}"),
+            None => unknown.to_owned(),
+        });
+    }
+    // serde's type errors quote the offending value; under access_keys that is a secret.
+    let message = if key
+        .as_deref()
+        .is_some_and(|k| k.starts_with("server.access_keys"))
+    {
+        "expected a list of strings, e.g. access_keys = [\"<key>\"]".to_owned()
+    } else {
+        message
+    };
+    ConfigError::Invalid {
+        file: file.to_owned(),
+        line,
+        column,
+        key,
+        message,
+    }
+}
+
+/// Reads a string-valued field through `parse`.
+fn with_str<T>(
+    cx: &Cx<'_>,
+    v: &Spanned<Scalar>,
+    key: &str,
+    expected: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    match v.get_ref() {
+        Scalar::Str(s) => parse(s).map_err(|m| cx.err(v.span(), key, m)),
+        other => Err(cx.err(
+            v.span(),
+            key,
+            format!("expected {expected}, found {}", other.type_name()),
+        )),
+    }
+}
+
+fn server(cx: &Cx<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError> {
+    let mut s = ServerConfig::default();
+    if let Some(v) = &raw.listen {
+        s.listen = with_str(
+            cx,
+            v,
+            "server.listen",
+            "an address such as \"127.0.0.1:8787\"",
+            values::listen,
+        )?;
+    }
+    if let Some(keys) = raw.access_keys {
+        for k in &keys {
+            if k.get_ref().expose().trim().is_empty() {
+                return Err(cx.err(
+                    k.span(),
+                    "server.access_keys",
+                    "an access key must not be empty".to_owned(),
+                ));
+            }
+        }
+        s.access_keys = keys.into_iter().map(Spanned::into_inner).collect();
+    }
+    if let Some(v) = &raw.max_body {
+        s.max_body = match v.get_ref() {
+            Scalar::Int(n) => u64::try_from(*n).map_err(|_| {
+                cx.err(
+                    v.span(),
+                    "server.max_body",
+                    format!("max_body must not be negative (got {n})"),
+                )
+            })?,
+            Scalar::Str(t) => {
+                values::bytes(t).map_err(|m| cx.err(v.span(), "server.max_body", m))?
+            }
+            other => {
+                return Err(cx.err(
+                    v.span(),
+                    "server.max_body",
+                    format!(
+                        "expected a size such as \"32MiB\" or a number of bytes, found {}",
+                        other.type_name()
+                    ),
+                ));
+            }
+        };
+    }
+    if let Some(v) = &raw.peek_first_event {
+        s.peek_first_event = boolean(cx, v, "server.peek_first_event")?;
+    }
+    if let Err(m) = s.check_exposure() {
+        let span = raw.listen.as_ref().map_or(0..0, |v| v.span());
+        return Err(cx.err(span, "server.listen", m));
+    }
+    Ok(s)
+}
+
+fn boolean(cx: &Cx<'_>, v: &Spanned<Scalar>, key: &str) -> Result<bool, ConfigError> {
+    match v.get_ref() {
+        Scalar::Bool(b) => Ok(*b),
+        other => Err(cx.err(
+            v.span(),
+            key,
+            format!("expected true or false, found {}", other.type_name()),
+        )),
+    }
+}
+
+fn events(cx: &Cx<'_>, raw: RawEvents) -> Result<EventsConfig, ConfigError> {
+    let mut e = EventsConfig::default();
+    if let Some(v) = &raw.webhook {
+        e.webhook = Some(with_str(cx, v, "events.webhook", "a URL", |s| {
+            values::url("webhook URL", s)
+        })?);
+    }
+    if let Some(v) = &raw.command {
+        let cmd = with_str(cx, v, "events.command", "a shell command", |s| {
+            Ok(s.trim().to_owned())
+        })?;
+        if cmd.is_empty() {
+            return Err(cx.err(
+                v.span(),
+                "events.command",
+                "the command is empty; remove the key to run none".to_owned(),
+            ));
+        }
+        e.command = Some(cmd);
+    }
+    Ok(e)
+}
+
+/// One provider: its own section, else `[defaults]`, else the built-in default.
+fn provider(
+    cx: &Cx<'_>,
+    name: &str,
+    kind: ProviderKind,
+    own: &RawProvider,
+    defaults: &RawProvider,
+    section: Option<(&str, Range<usize>)>,
+) -> Result<ProviderConfig, ConfigError> {
+    let own_path = section
+        .as_ref()
+        .map_or_else(|| format!("providers.{name}"), |(p, _)| (*p).to_owned());
+    // The field's value and the key path it was written at.
+    let pick = |f: fn(&RawProvider) -> &Field, key: &str| -> Option<(Spanned<Scalar>, String)> {
+        if let Some(v) = f(own) {
+            Some((v.clone(), format!("{own_path}.{key}")))
+        } else {
+            f(defaults)
+                .as_ref()
+                .map(|v| (v.clone(), format!("defaults.{key}")))
+        }
+    };
+
+    let upstream = match &own.upstream {
+        Some(v) => with_str(cx, v, &format!("{own_path}.upstream"), "a URL", |s| {
+            values::url("upstream", s)
+        })?,
+        None => match presets::default_upstream(kind) {
+            Some(u) => u.to_owned(),
+            None => {
+                let span = section.map_or(0..0, |(_, s)| s);
+                return Err(cx.err(
+                    span,
+                    &own_path,
+                    format!("provider {name:?} has kind {kind} and needs `upstream` (the server's base URL)"),
+                ));
+            }
+        },
+    };
+
+    let strategy = match pick(|r| &r.strategy, "strategy") {
+        Some((v, key)) => with_str(
+            cx,
+            &v,
+            &key,
+            "a strategy name such as \"sticky\"",
+            values::strategy,
+        )?,
+        None => Strategy::default(),
+    };
+    let max_attempts = match pick(|r| &r.max_attempts, "max_attempts") {
+        Some((v, key)) => match v.get_ref() {
+            Scalar::Int(n) => {
+                values::max_attempts_int(*n).map_err(|m| cx.err(v.span(), &key, m))?
+            }
+            Scalar::Str(s) => values::max_attempts_str(s).map_err(|m| cx.err(v.span(), &key, m))?,
+            other => {
+                return Err(cx.err(
+                    v.span(),
+                    &key,
+                    format!(
+                        "expected a number of attempts or \"accounts\", found {}",
+                        other.type_name()
+                    ),
+                ));
+            }
+        },
+        None => None,
+    };
+    let duration = |field: fn(&RawProvider) -> &Field, key: &str, default| match pick(field, key) {
+        Some((v, path)) => with_str(
+            cx,
+            &v,
+            &path,
+            "a duration such as \"30s\"",
+            values::duration,
+        ),
+        None => Ok(default),
+    };
+    let rate_limit_cooldown = duration(
+        |r| &r.rate_limit_cooldown,
+        "rate_limit_cooldown",
+        defaults::RATE_LIMIT_COOLDOWN,
+    )?;
+    let auth_failure_cooldown = duration(
+        |r| &r.auth_failure_cooldown,
+        "auth_failure_cooldown",
+        defaults::AUTH_FAILURE_COOLDOWN,
+    )?;
+    let refresh_lead = duration(|r| &r.refresh_lead, "refresh_lead", defaults::REFRESH_LEAD)?;
+    let network_retry_attempts = match pick(|r| &r.network_retry_attempts, "network_retry_attempts")
+    {
+        Some((v, key)) => match v.get_ref() {
+            Scalar::Int(n) => values::count_int("network_retry_attempts", *n)
+                .map_err(|m| cx.err(v.span(), &key, m))?,
+            other => {
+                return Err(cx.err(
+                    v.span(),
+                    &key,
+                    format!("expected a whole number, found {}", other.type_name()),
+                ));
+            }
+        },
+        None => defaults::NETWORK_RETRY_ATTEMPTS,
+    };
+    let max_wait = match pick(|r| &r.max_wait, "max_wait") {
+        Some((v, key)) => with_str(
+            cx,
+            &v,
+            &key,
+            "a duration such as \"30s\", or \"off\"",
+            values::optional_duration,
+        )?,
+        None => None,
+    };
+    let proactive_threshold = match pick(|r| &r.proactive_threshold, "proactive_threshold") {
+        Some((v, key)) => match v.get_ref() {
+            Scalar::Float(t) => values::threshold(*t).map_err(|m| cx.err(v.span(), &key, m))?,
+            Scalar::Int(t) => {
+                values::threshold(*t as f64).map_err(|m| cx.err(v.span(), &key, m))?
+            }
+            Scalar::Str(s) => values::threshold_str(s).map_err(|m| cx.err(v.span(), &key, m))?,
+            Scalar::Bool(_) => {
+                return Err(cx.err(
+                    v.span(),
+                    &key,
+                    "expected a fraction like 0.95 or \"off\", found a boolean".to_owned(),
+                ));
+            }
+        },
+        None => None,
+    };
+    let session_header = match pick(|r| &r.session_header, "session_header") {
+        Some((v, key)) => with_str(cx, &v, &key, "a header name", |s| {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                values::header_name(s).map(Some)
+            }
+        })?,
+        None => None,
+    };
+
+    let mut auth = presets::default_auth(kind);
+    if let Some(raw) = &own.auth {
+        apply_auth(cx, &mut auth, raw.get_ref(), &format!("{own_path}.auth"))?;
+    }
+
+    Ok(ProviderConfig {
+        name: name.to_owned(),
+        kind,
+        upstream,
+        strategy,
+        max_attempts,
+        rate_limit_cooldown,
+        auth_failure_cooldown,
+        network_retry_attempts,
+        max_wait,
+        refresh_lead,
+        proactive_threshold,
+        session_header,
+        auth,
+    })
+}
+
+/// `[providers.x.auth]`: where an API key goes for servers that do not take
+/// `Authorization: Bearer` (e.g. Azure's `api-key`), and extra client headers to drop.
+fn apply_auth(
+    cx: &Cx<'_>,
+    auth: &mut AuthStyle,
+    raw: &RawAuth,
+    path: &str,
+) -> Result<(), ConfigError> {
+    if raw.api_key_header.is_some() || raw.api_key_prefix.is_some() {
+        let current = auth.api_key.first().cloned();
+        let (mut header, mut prefix) = match current.map(|r| (r.name, r.value)) {
+            Some((n, crate::model::HeaderSource::Credential { prefix })) => (n, prefix),
+            _ => ("authorization".to_owned(), "Bearer ".to_owned()),
+        };
+        if let Some(v) = &raw.api_key_header {
+            header = with_str(
+                cx,
+                v,
+                &format!("{path}.api_key_header"),
+                "a header name",
+                values::header_name,
+            )?;
+            // A custom header carries the bare key unless a prefix is given.
+            prefix = String::new();
+        }
+        if let Some(v) = &raw.api_key_prefix {
+            prefix = with_str(
+                cx,
+                v,
+                &format!("{path}.api_key_prefix"),
+                "a string such as \"Bearer \"",
+                |s| Ok(s.to_owned()),
+            )?;
+        }
+        auth.api_key
+            .retain(|r| !matches!(r.value, crate::model::HeaderSource::Credential { .. }));
+        auth.api_key
+            .insert(0, HeaderRule::credential(&header, &prefix));
+        if !auth.strip.contains(&header) {
+            auth.strip.push(header);
+        }
+    }
+    if let Some(strip) = &raw.strip {
+        for h in strip {
+            let name = values::header_name(h.get_ref())
+                .map_err(|m| cx.err(h.span(), &format!("{path}.strip"), m))?;
+            if !auth.strip.contains(&name) {
+                auth.strip.push(name);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! Value parsers shared by the config file and `MARATHON_*` variables, so a
+//! value means the same wherever it is written. Errors say what was expected;
+//! none of these values is secret, so quoting the input is fine.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use marathon_core::strategy::Strategy;
+
+use crate::model::ProviderKind;
+
+/// `30s`, `5m`, `1h`, `1h 30m`, `250ms`.
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?}: {e} (expected e.g. \"30s\", \"5m\", \"1h\")"))
+}
+
+/// A duration, or `off` for none (`0s` also means none: waiting zero is not waiting).
+pub(crate) fn optional_duration(s: &str) -> Result<Option<Duration>, String> {
+    if s.trim() == "off" {
+        return Ok(None);
+    }
+    let d = duration(s).map_err(|e| format!("{e} or \"off\""))?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
+pub(crate) fn strategy(s: &str) -> Result<Strategy, String> {
+    Strategy::from_str(s.trim()).map_err(|_| {
+        let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
+        format!(
+            "unknown strategy {s:?} (expected one of {})",
+            names.join(", ")
+        )
+    })
+}
+
+pub(crate) fn kind(s: &str) -> Result<ProviderKind, String> {
+    ProviderKind::from_str(s.trim())
+}
+
+/// A positive attempt count, or `accounts` for one attempt per account.
+pub(crate) fn max_attempts_str(s: &str) -> Result<Option<u32>, String> {
+    let s = s.trim();
+    if s == "accounts" {
+        return Ok(None);
+    }
+    let n: i64 = s.parse().map_err(|_| {
+        format!("invalid max_attempts {s:?} (expected a number of at least 1, or \"accounts\")")
+    })?;
+    max_attempts_int(n)
+}
+
+pub(crate) fn max_attempts_int(n: i64) -> Result<Option<u32>, String> {
+    match u32::try_from(n) {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(format!(
+            "max_attempts must be at least 1 (got {n}); \"accounts\" means one per account"
+        )),
+    }
+}
+
+pub(crate) fn count(name: &str, s: &str) -> Result<u32, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("invalid {name} {s:?} (expected a whole number, 0 or more)"))
+}
+
+pub(crate) fn count_int(name: &str, n: i64) -> Result<u32, String> {
+    u32::try_from(n).map_err(|_| {
+        format!(
+            "{name} must be a whole number from 0 to {} (got {n})",
+            u32::MAX
+        )
+    })
+}
+
+/// A fraction in (0, 1], or `off`.
+pub(crate) fn threshold_str(s: &str) -> Result<Option<f64>, String> {
+    let s = s.trim();
+    if s == "off" {
+        return Ok(None);
+    }
+    let t: f64 = s.parse().map_err(|_| {
+        format!("invalid proactive_threshold {s:?} (expected a fraction like 0.95, or \"off\")")
+    })?;
+    threshold(t)
+}
+
+pub(crate) fn threshold(t: f64) -> Result<Option<f64>, String> {
+    if t > 0.0 && t <= 1.0 {
+        Ok(Some(t))
+    } else {
+        Err(format!(
+            "proactive_threshold must be above 0 and at most 1 (got {t}); e.g. 0.95, or \"off\""
+        ))
+    }
+}
+
+pub(crate) fn listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("invalid listen address {s:?} (expected IP:port, e.g. \"127.0.0.1:8787\")")
+    })
+}
+
+/// An `http://` or `https://` base URL; the trailing slash is dropped so
+/// `upstream + path` joins cleanly.
+pub(crate) fn url(what: &str, s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    match rest {
+        Some(rest)
+            if !rest.is_empty()
+                && !rest.starts_with('/')
+                && !rest.contains(char::is_whitespace) =>
+        {
+            Ok(s.trim_end_matches('/').to_owned())
+        }
+        _ => Err(format!(
+            "invalid {what} {s:?} (expected an http:// or https:// URL)"
+        )),
+    }
+}
+
+/// A header name (RFC 9110 token), lower-cased.
+pub(crate) fn header_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!("invalid header name {s:?}"))
+    }
+}
+
+/// Bytes: a number, or a number with `B`, `KB`, `MB`, `GB` (powers of 1000)
+/// or `KiB`, `MiB`, `GiB` (powers of 1024).
+pub(crate) fn bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?} (expected e.g. \"32MiB\", \"500KB\" or a number of bytes)"
+            ));
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            format!("invalid size {s:?} (expected e.g. \"32MiB\", \"500KB\" or a number of bytes)")
+        })
+}
+
+pub(crate) fn boolean(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("invalid boolean {s:?} (expected true or false)")),
+    }
+}
+
+/// Provider names become routes and parts of variable names, so they are kept simple.
+pub(crate) fn provider_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid provider name {s:?} (use lower-case letters, digits and '-')"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(
+            duration("5 minutes later")
+                .unwrap_err()
+                .contains("\"5 minutes later\"")
+        );
+        assert!(duration("30").is_err(), "a unit is required");
+        assert_eq!(optional_duration("off").unwrap(), None);
+        assert_eq!(optional_duration("0s").unwrap(), None);
+        assert_eq!(
+            optional_duration("2m").unwrap(),
+            Some(Duration::from_secs(120))
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(bytes("32MiB").unwrap(), 32 << 20);
+        assert_eq!(bytes("500KB").unwrap(), 500_000);
+        assert_eq!(bytes("1 GiB").unwrap(), 1 << 30);
+        assert_eq!(bytes("1024").unwrap(), 1024);
+        assert!(bytes("32 megs").is_err());
+        assert!(bytes("MiB").is_err());
+        assert!(bytes("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn urls_and_names() {
+        assert_eq!(
+            url("upstream", "http://127.0.0.1:9000/").unwrap(),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(
+            url("upstream", "https://chatgpt.com/backend-api/codex").unwrap(),
+            "https://chatgpt.com/backend-api/codex"
+        );
+        assert!(url("upstream", "api.openai.com").is_err());
+        assert!(url("upstream", "ftp://x").is_err());
+        assert!(url("upstream", "https://").is_err());
+        assert_eq!(header_name("X-Session-Id").unwrap(), "x-session-id");
+        assert!(header_name("bad header").is_err());
+        assert!(provider_name("my-llm2").is_ok());
+        assert!(provider_name("My_LLM").is_err());
+        assert!(provider_name("").is_err());
+    }
+
+    #[test]
+    fn counts_and_thresholds() {
+        assert_eq!(max_attempts_str("3").unwrap(), Some(3));
+        assert_eq!(max_attempts_str("accounts").unwrap(), None);
+        assert!(max_attempts_str("0").is_err());
+        assert!(max_attempts_int(-1).is_err());
+        assert_eq!(threshold_str("0.9").unwrap(), Some(0.9));
+        assert_eq!(threshold_str("off").unwrap(), None);
+        assert!(threshold(1.5).is_err());
+        assert!(threshold(0.0).is_err());
+        assert_eq!(count("network_retry_attempts", "2").unwrap(), 2);
+        assert!(count("network_retry_attempts", "-1").is_err());
+        assert!(boolean("maybe").is_err());
+    }
+}
