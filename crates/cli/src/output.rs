@@ -5,6 +5,7 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use marathon_store::StoreError;
+use marathon_store::import::ImportError;
 
 /// An error meant for a person: what went wrong, what to do, and the exit
 /// code (2 for a mistake in the command, 1 for anything else).
@@ -79,6 +80,18 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
                     "check the directory exists and is writable, or pick another with --home"
                 }
                 StoreError::Invalid(_) => "see `marathon auth --help`",
+            }
+            .to_string(),
+        );
+    }
+    if let Some(e) = cause.downcast_ref::<ImportError>() {
+        return Some(
+            match e {
+                ImportError::Read { .. } | ImportError::Malformed { .. } => {
+                    "check it is the tool's credentials file (log in with the tool again), or pass another with --path"
+                }
+                ImportError::Changed { .. } => "run the same import again (without --move first if unsure)",
+                ImportError::Write { .. } => "the accounts were stored; remove the credential from the source by hand",
             }
             .to_string(),
         );
