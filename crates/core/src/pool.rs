@@ -795,9 +795,7 @@ impl Pool {
             self.hot.pop_first();
             if let Some(s) = self.slots[i].as_mut() {
                 s.hot_entry = None;
-                s.hot = false;
-                s.hot_until = None;
-                s.usage.retain(|w| w.resets_at.is_none_or(|r| r > now));
+                s.refresh_usage(now, self.config.proactive_threshold);
             }
             self.sync(i);
         }
@@ -866,8 +864,15 @@ impl Pool {
             let Some(cd) = cooldown_for(c, s.streak.saturating_sub(1), cfg, now, 0.0) else {
                 return;
             };
-            if cooling_until.is_some_and(|u| cd.until <= u) {
-                return;
+            if let Some(current) = cooling_until {
+                // A backoff recomputed from a later `now` is always a little
+                // later; that is not news. A provider's reset time or a worse
+                // class (a 402 after a 429) is.
+                let same_class =
+                    matches!(s.state, State::Cooling { class, .. } if class == c.class);
+                if cd.until <= current || (same_class && cd.hint.is_none()) {
+                    return;
+                }
             }
             cd
         } else {
@@ -979,6 +984,12 @@ impl Slot {
                 None => self.usage.push(w.clone()),
             }
         }
+        self.refresh_usage(now, threshold);
+    }
+
+    /// Drops windows that have reset and recomputes the drain key and the
+    /// proactive demotion from what is left.
+    fn refresh_usage(&mut self, now: UnixMillis, threshold: Option<f64>) {
         // A window whose reset has passed says nothing about now.
         self.usage.retain(|w| w.resets_at.is_none_or(|r| r > now));
         self.drain_at = self
