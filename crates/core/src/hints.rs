@@ -697,17 +697,21 @@ impl ErrorBody {
         let mut eb = ErrorBody::default();
         let looks_json = text.starts_with('{') || text.starts_with('[');
         if looks_json {
+            // A value cut off by the truncation is not trusted as a type or a
+            // number ("rate_lim", "17643"); a cut-off message is still worth reading.
             for key in ["code", "reason", "type", "status", "error"] {
-                for v in lenient_strings(text, key) {
-                    eb.push_token(v);
+                for (v, complete) in lenient_strings(text, key) {
+                    if complete {
+                        eb.push_token(v);
+                    }
                 }
             }
-            eb.message = lenient_strings(text, "message").next().map(cap);
+            eb.message = lenient_strings(text, "message").next().map(|(m, _)| cap(m));
             eb.resets_at = lenient_number(text, "resets_at").and_then(parse_epoch);
             eb.resets_in = lenient_number(text, "resets_in_seconds").and_then(parse_seconds);
             eb.retry_delay = lenient_strings(text, "retryDelay")
-                .next()
-                .and_then(parse_go_duration);
+                .find(|(_, complete)| *complete)
+                .and_then(|(v, _)| parse_go_duration(v));
             eb.long_window = text.contains("QUOTA_EXHAUSTED") || text.contains("PerDay");
         }
         if eb.message.is_none() {
@@ -743,9 +747,10 @@ impl ErrorBody {
     }
 }
 
-/// String values of `"key": "..."` anywhere in (possibly truncated) JSON text.
-/// An unterminated final value is returned up to the end of the text.
-fn lenient_strings<'t>(text: &'t str, key: &str) -> impl Iterator<Item = &'t str> {
+/// String values of `"key": "..."` anywhere in (possibly truncated) JSON text,
+/// each with whether its closing quote was seen. An unterminated final value is
+/// returned up to the end of the text.
+fn lenient_strings<'t>(text: &'t str, key: &str) -> impl Iterator<Item = (&'t str, bool)> {
     let needle = format!("\"{key}\"");
     let mut from = 0;
     std::iter::from_fn(move || {
@@ -759,25 +764,29 @@ fn lenient_strings<'t>(text: &'t str, key: &str) -> impl Iterator<Item = &'t str
             let Some(rest) = rest.trim_start().strip_prefix('"') else {
                 continue;
             };
-            let mut end = rest.len();
+            let mut end = None;
             let mut escaped = false;
             for (i, c) in rest.char_indices() {
                 match c {
                     '\\' if !escaped => escaped = true,
                     '"' if !escaped => {
-                        end = i;
+                        end = Some(i);
                         break;
                     }
                     _ => escaped = false,
                 }
             }
-            return Some(&rest[..end]);
+            return Some(match end {
+                Some(end) => (&rest[..end], true),
+                None => (rest, false),
+            });
         }
         None
     })
 }
 
-/// The numeric text of `"key": 123` (or `"key": "123"`) in possibly truncated JSON.
+/// The numeric text of `"key": 123` (or `"key": "123"`) in possibly truncated
+/// JSON; `None` when the number runs into the end of the text (it may be cut).
 fn lenient_number<'t>(text: &'t str, key: &str) -> Option<&'t str> {
     let needle = format!("\"{key}\"");
     let pos = text.find(&needle)?;
@@ -786,9 +795,7 @@ fn lenient_number<'t>(text: &'t str, key: &str) -> Option<&'t str> {
         .strip_prefix(':')?
         .trim_start();
     let rest = rest.strip_prefix('"').unwrap_or(rest);
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     (end > 0).then(|| &rest[..end])
 }
 
@@ -1110,13 +1117,23 @@ mod tests {
 
     #[test]
     fn lenient_truncated_body() {
-        let eb = ErrorBody::parse(br#"{"error":{"type":"usage_limit_reached","message":"The usage limit has been reached","plan_type":"plus","resets_at":1764334800"#);
+        let eb = ErrorBody::parse(br#"{"error":{"type":"usage_limit_reached","message":"The usage limit has been reached","resets_at":1764334800,"plan_type":"pl"#);
         assert_eq!(eb.tokens, ["usage_limit_reached"]);
         assert_eq!(eb.resets_at, Some(UnixMillis(1_764_334_800_000)));
         assert_eq!(
             eb.message.as_deref(),
             Some("The usage limit has been reached")
         );
+    }
+
+    #[test]
+    fn cut_off_values_not_trusted() {
+        let eb = ErrorBody::parse(br#"{"error":{"type":"usage_limit_rea"#);
+        assert!(eb.tokens.is_empty());
+        let eb =
+            ErrorBody::parse(br#"{"error":{"type":"usage_limit_reached","resets_in_seconds":36"#);
+        assert_eq!(eb.tokens, ["usage_limit_reached"]);
+        assert_eq!(eb.resets_in, None);
     }
 
     #[test]
