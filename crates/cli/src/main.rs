@@ -8,19 +8,48 @@ mod output;
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 
 fn main() -> ExitCode {
-    match run() {
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => ExitCode::from(output::report_error(&err)),
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let cli = cli::Cli::parse();
+fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let ctx = commands::Context::new(cli.home.as_deref());
     match cli.command {
         cli::Command::Auth(auth) => commands::auth::run(&ctx, auth.command),
         cli::Command::Status(args) => commands::status::run(&ctx, &args),
     }
+}
+
+/// Parses the command line. An unexpected positional argument is not echoed
+/// back, as clap would: the likeliest one is a key pasted where it does not
+/// belong, and the error may end up in a log.
+fn parse() -> Result<cli::Cli, ExitCode> {
+    let err = match cli::Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(err) => err,
+    };
+    let positional = matches!(
+        err.get(ContextKind::InvalidArg),
+        Some(ContextValue::String(arg)) if !arg.starts_with('-')
+    );
+    if err.kind() == ErrorKind::UnknownArgument && positional {
+        eprintln!("error: unexpected extra argument (not shown, in case it is a key or token)");
+        eprintln!(
+            "hint: marathon never takes a key on the command line; pipe it on stdin \
+             (printf %s \"$KEY\" | marathon auth add <provider> --label <name>). \
+             `--help` on each command shows its arguments"
+        );
+        return Err(ExitCode::from(2));
+    }
+    let _ = err.print();
+    Err(ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2)))
 }

@@ -288,6 +288,13 @@ fn keys_must_come_on_stdin_as_one_token() {
     // There is no way to pass the key as an argument.
     let out = home.run(&["auth", "add", "openai", "sk-proj-in-argv"]);
     assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("not shown, in case it is a key"), "{err}");
+    assert!(!err.contains("sk-proj-in-argv"), "{err}");
+    // A mistyped flag is still named, so the user can fix it.
+    let out = home.run(&["auth", "add", "openai", "--lable", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--lable"), "{}", stderr(&out));
     assert!(!home.accounts_file().exists());
 }
 
