@@ -640,7 +640,7 @@ pub(crate) fn limited(style: QuotaStyle, v: &QuotaView, model: &str, request_id:
             &format!(
                 "This request would exceed your organization's rate limit of {} requests per {}. Please try again later.",
                 v.limit,
-                go_duration(v.window)
+                human_duration(v.window)
             ),
             request_id,
         ),

@@ -910,3 +910,49 @@ async fn introspected_bearer_tokens_are_attributed_by_sub() {
     assert_eq!(r.status, 529);
     assert_eq!(sim.count("carol"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_requests_never_overrun_a_quota() {
+    let sim = marathon_sim::start(Scenario::new([Account::ok("a", "k-a").quota(
+        5,
+        Duration::from_secs(60),
+        QuotaStyle::OpenAi,
+    )]))
+    .await
+    .unwrap();
+    let runs: Vec<_> = (0..20)
+        .map(|_| {
+            let url = sim.url();
+            tokio::spawn(async move {
+                curl(&[
+                    "-H",
+                    "Authorization: Bearer k-a",
+                    "-d",
+                    CHAT_BODY,
+                    &format!("{url}/v1/chat/completions"),
+                ])
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in runs {
+        statuses.push(r.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 5);
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 15);
+    assert_eq!(sim.count("a"), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_listening() {
+    let sim = marathon_sim::start(Scenario::new([Account::ok("a", "k-a")]))
+        .await
+        .unwrap();
+    let url = sim.url();
+    assert_eq!(curl(&[&format!("{url}/_sim/health")]).await.status, 200);
+    sim.shutdown().await;
+    let r = curl(&[&format!("{url}/_sim/health")]).await;
+    assert_eq!(r.code, 7, "connection refused after shutdown: {r:?}");
+}
