@@ -9,9 +9,10 @@ use crate::model::{Config, ProviderConfig};
 use crate::values;
 
 /// Server and event settings, by variable name.
-pub const GLOBAL_VARS: [&str; 6] = [
+pub const GLOBAL_VARS: [&str; 7] = [
     "MARATHON_LISTEN",
     "MARATHON_ACCESS_KEYS",
+    "MARATHON_ACCESS_KEY",
     "MARATHON_MAX_BODY",
     "MARATHON_PEEK_FIRST_EVENT",
     "MARATHON_WEBHOOK",
@@ -58,7 +59,8 @@ pub(crate) fn apply(
                 config.server.listen = values::listen(value).map_err(err)?;
                 listen_set = true;
             }
-            "MARATHON_ACCESS_KEYS" => {
+            // The singular is accepted too: with one key it is the natural spelling.
+            "MARATHON_ACCESS_KEYS" | "MARATHON_ACCESS_KEY" => {
                 // Comma-separated; a key itself never contains a comma in practice.
                 config.server.access_keys = value
                     .split(',')

@@ -114,7 +114,23 @@ pub enum ConfigError {
 /// Loads the config file at `paths.config_file` (a missing file means all
 /// defaults) and applies `MARATHON_*` variables from the process environment.
 pub fn load(paths: &Paths) -> Result<Config, ConfigError> {
-    load_with_env(paths, std::env::vars())
+    // `vars()` would panic on a non-UTF-8 variable anywhere in the environment:
+    // such a variable of ours is an error, anyone else's is none of our business.
+    let mut vars = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        let Ok(k) = k.into_string() else { continue };
+        match v.into_string() {
+            Ok(v) => vars.push((k, v)),
+            Err(_) if k.starts_with("MARATHON_") => {
+                return Err(ConfigError::Env {
+                    var: k,
+                    message: "the value is not valid UTF-8".to_owned(),
+                });
+            }
+            Err(_) => {}
+        }
+    }
+    load_with_env(paths, vars)
 }
 
 /// [`load`] with the environment given explicitly (for tests and embedders).

@@ -798,6 +798,16 @@ fn env_cannot_open_the_proxy_without_access_keys() {
     .unwrap();
     let keys: Vec<&str> = c.server.access_keys.iter().map(|k| k.expose()).collect();
     assert_eq!(keys, ["k1", "k2"]);
+    let c = env(
+        "",
+        &[
+            ("MARATHON_LISTEN", "0.0.0.0:8787"),
+            ("MARATHON_ACCESS_KEY", "solo"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.server.access_keys.len(), 1);
+    assert_eq!(c.server.access_keys[0].expose(), "solo");
 }
 
 #[test]
