@@ -144,7 +144,7 @@ fn add_list_rename_disable_priority_remove() {
     assert!(find("anthropic", "home").is_none());
 
     home.ok(&["auth", "enable", "anthropic", "personal"], "");
-    assert_eq!(find_enabled(&home, "personal"), true);
+    assert!(find_enabled(&home, "personal"));
 
     // Remove takes exactly one account.
     assert_eq!(

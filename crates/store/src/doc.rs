@@ -380,7 +380,7 @@ mod tests {
     #[test]
     fn default_labels_use_identity_then_provider_number() {
         let mut accounts = Vec::new();
-        let mut oauth = |identity: Option<&str>, token: &str| NewAccount {
+        let oauth = |identity: Option<&str>, token: &str| NewAccount {
             provider: "anthropic".into(),
             label: None,
             kind: AccountKind::Oauth,

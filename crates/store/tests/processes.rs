@@ -142,7 +142,10 @@ fn a_writer_killed_at_random_points_never_breaks_the_file() {
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
         let committed = reader.join().unwrap();
-        eprintln!("round {round}: killed after {delay:?}, {} writes committed", committed.len());
+        eprintln!(
+            "round {round}: killed after {delay:?}, {} writes committed",
+            committed.len()
+        );
         committed_total.extend(committed);
 
         if tmp.path().join("accounts.json").exists() {
