@@ -52,9 +52,27 @@ Example scenario (TOML):
 Try: curl -s localhost:8080/v1/messages -H 'x-api-key: sk-alice' \\
        -d '{\"model\":\"m\",\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("marathon-sim: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // A plain message, not anyhow's Debug with a backtrace: the usual failure
+    // is a typo in a scenario file, and the message already names file and line.
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("marathon-sim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let mut scenario = match &args.scenario {
         Some(path) => Scenario::from_file(path)?,
         None => Scenario::default(),

@@ -956,3 +956,63 @@ async fn shutdown_stops_listening() {
     let r = curl(&[&format!("{url}/_sim/health")]).await;
     assert_eq!(r.code, 7, "connection refused after shutdown: {r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_prints_its_url_and_serves_the_demo() {
+    use tokio::io::AsyncBufReadExt;
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/demo.toml");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_marathon-sim"))
+        .args(["--port", "0", "--quiet", "--scenario"])
+        .arg(&demo)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    tokio::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    let r = curl(&[
+        "-H",
+        "x-api-key: sk-sim-steady",
+        "-d",
+        ANTHROPIC_BODY,
+        &format!("{url}/v1/messages"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        curl(&[&format!("{url}/_sim/counts")]).await.json()["steady"],
+        1
+    );
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_rejects_a_bad_scenario_naming_file_and_key() {
+    let dir = std::env::temp_dir().join(format!("marathon-sim-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[[accounts]]\nname = \"a\"\nstatuss = 500\n").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_marathon-sim"))
+        .args(["--port", "0", "--scenario"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("line 3") && err.contains("statuss"),
+        "{err}"
+    );
+    assert!(!err.contains("backtrace"), "{err}");
+}
