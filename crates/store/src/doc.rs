@@ -364,6 +364,27 @@ mod tests {
     }
 
     #[test]
+    fn v0_object_form_migrates_and_keeps_unknown_fields() {
+        let bytes = br#"{"version":0,"accounts":[],"team":"core"}"#;
+        let parsed = parse(bytes, p()).unwrap();
+        assert_eq!(parsed.migrated_from, Some(0));
+        let out: serde_json::Value = serde_json::from_slice(&parsed.doc.to_bytes()).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"version": 1, "accounts": [], "team": "core"})
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let a = r#"{"id":"acc_1","provider":"openai","label":"a","kind":"api_key","credential":{"type":"api_key","key":"k"}}"#;
+        let b = a.replace("\"a\"", "\"b\"");
+        let bytes = format!(r#"{{"version":1,"accounts":[{a},{b}]}}"#);
+        let err = parse(bytes.as_bytes(), p()).err().unwrap().to_string();
+        assert!(err.contains("two accounts share the id acc_1"), "{err}");
+    }
+
+    #[test]
     fn newer_version_is_refused() {
         let err = parse(br#"{"version":7,"accounts":[]}"#, p()).err().unwrap();
         assert!(matches!(

@@ -112,15 +112,30 @@ impl FileStore {
     }
 
     fn remove_stale_temps(&self) -> Result<(), StoreError> {
-        // Only called with the write lock held, so no live writer owns these.
-        let prefix = temp_prefix(&self.path);
+        let accounts_prefix = temp_prefix(&self.path);
+        let hot_prefix = temp_prefix(&self.hot_path);
         let entries = std::fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))?;
         for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&prefix))
-            {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            // Temporaries of the accounts file and its backups are only written
+            // with the write lock held, which we hold: none belongs to a live
+            // writer. Hot-state writes take no lock, so only old ones go.
+            let stale =
+                if name.starts_with(&accounts_prefix[..accounts_prefix.len() - ".tmp-".len()]) {
+                    name.contains(".tmp-")
+                } else if name.starts_with(&hot_prefix) {
+                    entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Duration::from_secs(60))
+                } else {
+                    false
+                };
+            if stale {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
