@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use marathon_store::{FileStore, NewAccount, Secret, Store};
+use marathon_store::{AccountId, FileStore, NewAccount, Secret, Store, StoreError};
 
 const CHILD: &str = "MARATHON_STORE_CHILD";
 
@@ -21,11 +21,20 @@ fn child() {
         return;
     };
     let dir = std::env::var("MARATHON_STORE_DIR").unwrap();
+    let store = FileStore::open(Path::new(&dir)).unwrap();
+    if role == "locker" {
+        // Hold one account's lock until killed.
+        let _guard = store
+            .lock_account(&AccountId("acc_shared".into()), Duration::from_secs(5))
+            .unwrap();
+        println!("LOCKED");
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
     let count: usize = std::env::var("MARATHON_STORE_COUNT")
         .unwrap()
         .parse()
         .unwrap();
-    let store = FileStore::open(Path::new(&dir)).unwrap();
     let mut out = std::io::stdout().lock();
     for i in 0..count {
         let label = format!("{role}-{i}");
@@ -176,4 +185,28 @@ fn a_writer_killed_at_random_points_never_breaks_the_file() {
         !committed_total.is_empty(),
         "seed {start_seed}: no round got a write in; the test proved nothing"
     );
+}
+
+#[test]
+fn an_account_lock_excludes_other_processes_and_dies_with_its_holder() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::open(tmp.path()).unwrap();
+    let mut child = spawn_writer(tmp.path(), "locker", 0);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("LOCKED"))),
+        "the child took the lock"
+    );
+    let id = AccountId("acc_shared".into());
+    let err = store
+        .lock_account(&id, Duration::from_millis(100))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
+    // SIGKILL: no destructor runs, yet the kernel drops the lock with the process.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    store.lock_account(&id, Duration::from_secs(5)).unwrap();
 }
