@@ -9,6 +9,7 @@
 //! - [`outcome`]: the vocabulary — what came back from upstream, what class it is;
 //! - [`classify`]: upstream outcome → [`outcome::Classification`] (every row of the
 //!   classification table), using [`hints`] for reset times and usage windows;
+//! - [`sse`]: finding an error event inside a `200` event stream, chunk by chunk;
 //! - [`pool`]: one provider's accounts, their health (ready, cooling, probing,
 //!   needs-login, disabled) and selection by [`strategy`];
 //! - [`cooldown`]: how long an account rests (hint-driven, else backoff with jitter);
