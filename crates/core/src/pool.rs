@@ -36,6 +36,8 @@
 //! on that account. A `record` that arrives for an account picked before its
 //! cooldown began (parallel requests) still ends a slot; its failure counts
 //! once within [`PoolConfig::dedupe_window`] and while the account is cooling.
+//! The probe slot of a recovering account is free again when nothing is in
+//! flight on it any more, so there is never more than one probe at a time.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -275,6 +277,8 @@ struct Slot {
     key: Option<Key>,
     cooling_entry: Option<UnixMillis>,
     hot_entry: Option<UnixMillis>,
+    /// Whether this slot counts in `Pool::probes_in_flight`.
+    probe_counted: bool,
 }
 
 /// One provider's accounts and their health. See the module docs.
@@ -295,6 +299,7 @@ pub struct Pool {
     sessions: Sessions,
     next_seq: u64,
     pick_seq: u64,
+    /// Enabled accounts whose probe is out: usable again shortly.
     probes_in_flight: usize,
 }
 
@@ -375,6 +380,7 @@ impl Pool {
             key: None,
             cooling_entry: None,
             hot_entry: None,
+            probe_counted: false,
         };
         self.next_seq += 1;
         let i = match self.free.pop() {
@@ -407,7 +413,7 @@ impl Pool {
         if let Some(t) = s.hot_entry {
             self.hot.remove(&(t, i));
         }
-        if s.state == (State::Probing { taken: true }) {
+        if s.probe_counted {
             self.probes_in_flight -= 1;
         }
         if self.sticky == Some(i) {
@@ -465,7 +471,6 @@ impl Pool {
         let probe = s.state == State::Probing { taken: false };
         if probe {
             s.state = State::Probing { taken: true };
-            self.probes_in_flight += 1;
         }
         let pick = Pick::Account {
             id: s.meta.id.clone(),
@@ -496,10 +501,7 @@ impl Pool {
             return events;
         };
         s.in_flight = s.in_flight.saturating_sub(1);
-        if s.state == (State::Probing { taken: true }) {
-            s.state = State::Probing { taken: false };
-            self.probes_in_flight -= 1;
-        }
+        s.end_probe_if_idle();
         if !c.usage.is_empty() {
             s.merge_usage(&c.usage, now, threshold);
         }
@@ -562,10 +564,7 @@ impl Pool {
             return;
         };
         s.in_flight = s.in_flight.saturating_sub(1);
-        if s.state == (State::Probing { taken: true }) {
-            s.state = State::Probing { taken: false };
-            self.probes_in_flight -= 1;
-        }
+        s.end_probe_if_idle();
         self.sync(i);
     }
 
@@ -586,9 +585,6 @@ impl Pool {
         };
         if s.state == State::NeedsLogin {
             return Vec::new();
-        }
-        if s.state == (State::Probing { taken: true }) {
-            self.probes_in_flight -= 1;
         }
         s.state = State::NeedsLogin;
         s.last_reason = Some(reason.to_owned());
@@ -615,9 +611,6 @@ impl Pool {
             return Vec::new();
         };
         let was = s.state;
-        if was == (State::Probing { taken: true }) {
-            self.probes_in_flight -= 1;
-        }
         s.state = State::Ready;
         s.streak = 0;
         s.transport_streak = 0;
@@ -719,9 +712,6 @@ impl Pool {
             State::Cooling { .. } if until <= now => s.state = State::Probing { taken: false },
             _ if until <= now => {}
             state => {
-                if state == (State::Probing { taken: true }) {
-                    self.probes_in_flight -= 1;
-                }
                 let class = match state {
                     State::Cooling { class, .. } => class,
                     _ => s
@@ -951,6 +941,15 @@ impl Pool {
             }
             s.hot_entry = want_hot;
         }
+        let want_probe = s.meta.enabled && s.state == (State::Probing { taken: true });
+        if s.probe_counted != want_probe {
+            if want_probe {
+                self.probes_in_flight += 1;
+            } else {
+                self.probes_in_flight -= 1;
+            }
+            s.probe_counted = want_probe;
+        }
     }
 }
 
@@ -1011,6 +1010,19 @@ impl Slot {
         } else {
             None
         };
+    }
+
+    /// The probe slot is free again once nothing is in flight on the account.
+    /// `record` cannot tell the probe's outcome from that of a request picked
+    /// before the cooldown, but no request is picked while the probe is out,
+    /// so "in flight drops to zero" is exactly "the probe and every older
+    /// request have finished": never two probes at once. The outcomes
+    /// themselves still count as they come: any success makes the account
+    /// ready, any account-scoped failure re-cools it.
+    fn end_probe_if_idle(&mut self) {
+        if self.state == (State::Probing { taken: true }) && self.in_flight == 0 {
+            self.state = State::Probing { taken: false };
+        }
     }
 
     fn health(&self, now: UnixMillis) -> Health {
