@@ -1,0 +1,551 @@
+//! The rotation loop: one client request → pick an account, send, classify,
+//! decide (pass through, retry, rotate, answer "exhausted") — the phases of
+//! pingora's `ProxyHttp`, in one place.
+//!
+//! A retry is only possible while the request body is replayable and no
+//! response byte has gone to the client; both are tracked here.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use marathon_core::classify::classify;
+use marathon_core::decision::{decide, AttemptContext, AttemptTrace, Decision};
+use marathon_core::events::{Event, EventKind};
+use marathon_core::outcome::Outcome;
+use marathon_core::pool::{Exhausted, Pick, PickRequest};
+use marathon_core::sse::ErrorScanner;
+use marathon_core::{AccountId, AccountKind, Class, Classification, Secret, TransportFailure};
+
+use crate::body::{ProxyBody, StreamWatch};
+use crate::errors::{exhausted_response, proxy_error};
+use crate::headers::{prepare_request_headers, strip_hop_by_hop, Lookup};
+use crate::state::{AppState, ProviderRuntime, TokenError};
+
+/// How much of an error body is read to classify it (the rest streams on).
+const ERROR_BODY_PEEK: usize = 64 * 1024;
+/// How long to wait for the first SSE event when peeking.
+const PEEK_TIMEOUT: Duration = Duration::from_secs(30);
+
+static ACCOUNT_HEADER: HeaderName = HeaderName::from_static("x-marathon-account");
+static ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-marathon-attempts");
+static REPLAYABLE_HEADER: HeaderName = HeaderName::from_static("x-marathon-replayable");
+
+/// The client's request body: in memory (can be re-sent) or streaming (once).
+enum ClientBody {
+    Replayable(Bytes),
+    Once(Option<ProxyBody>),
+}
+
+impl ClientBody {
+    fn replayable(&self) -> bool {
+        matches!(self, ClientBody::Replayable(_))
+    }
+
+    fn for_attempt(&mut self) -> ProxyBody {
+        match self {
+            ClientBody::Replayable(b) if b.is_empty() => ProxyBody::Empty,
+            ClientBody::Replayable(b) => ProxyBody::full(b.clone()),
+            ClientBody::Once(b) => b.take().unwrap_or(ProxyBody::Empty),
+        }
+    }
+}
+
+/// Reads the body into memory up to `cap`; past it, streams the rest.
+async fn read_client_body(headers: &HeaderMap, mut body: Incoming, cap: usize) -> Result<ClientBody, hyper::Error> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap as u64) {
+        return Ok(ClientBody::Once(Some(ProxyBody::stream(VecDeque::new(), body, None))));
+    }
+    let mut buf = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+    let mut chunks = VecDeque::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        if buf.len() + data.len() > cap {
+            chunks.push_back(buf.split().freeze());
+            chunks.push_back(data);
+            return Ok(ClientBody::Once(Some(ProxyBody::stream(chunks, body, None))));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(ClientBody::Replayable(buf.freeze()))
+}
+
+/// Frees the account's in-flight slot if the request ends before its outcome
+/// is recorded — above all when the client goes away (no penalty).
+struct Slot {
+    rt: Arc<ProviderRuntime>,
+    id: Option<AccountId>,
+}
+
+impl Slot {
+    fn recorded(&mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.rt.pool.lock().unwrap_or_else(|e| e.into_inner()).release(&id);
+        }
+    }
+}
+
+/// A response head that came back, with what was read of its body.
+struct Upstream {
+    head: http::response::Parts,
+    prefix: VecDeque<Bytes>,
+    rest: Option<Incoming>,
+    scanner: Option<ErrorScanner>,
+}
+
+/// The current account of a request.
+struct Current {
+    id: AccountId,
+    label: String,
+    kind: AccountKind,
+    secret: Secret,
+}
+
+/// Serves one request for one provider.
+pub(crate) async fn forward(
+    state: Arc<AppState>,
+    rt: Arc<ProviderRuntime>,
+    req: Request<Incoming>,
+    path: &str,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let settings = &rt.settings;
+    rt.metrics.requests.fetch_add(1, Relaxed);
+    let now = state.now();
+    rt.budget.lock().unwrap_or_else(|e| e.into_inner()).deposit(now);
+
+    let (parts, body) = req.into_parts();
+    let query = parts.uri.query().map(str::to_string);
+    let mut client_body = match read_client_body(&parts.headers, body, state.settings.max_body).await {
+        Ok(b) => b,
+        // The client stopped sending: nobody upstream was involved.
+        Err(_) => return proxy_error(settings.flavor, StatusCode::BAD_REQUEST, "the request body could not be read"),
+    };
+    if !client_body.replayable() {
+        tracing::info!(
+            provider = %settings.name,
+            "request body larger than {} bytes: streaming it through once; it will not be retried on another account",
+            state.settings.max_body
+        );
+    }
+    let session: Option<String> = settings
+        .session_header
+        .as_ref()
+        .and_then(|h| parts.headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut base_headers = parts.headers.clone();
+    prepare_request_headers(&mut base_headers);
+    if let Ok(host) = HeaderValue::from_str(settings.upstream.authority().as_str()) {
+        base_headers.insert(header::HOST, host);
+    }
+    let Some(uri) = settings.upstream.join(path, query.as_deref()) else {
+        return proxy_error(settings.flavor, StatusCode::BAD_REQUEST, "the request path is not valid");
+    };
+
+    let mut trace = AttemptTrace::new();
+    let mut excluded: Vec<AccountId> = Vec::new();
+    let mut ctx = AttemptContext::new(now, client_body.replayable(), 0, AccountKind::ApiKey);
+    let mut current: Option<Current> = None;
+    let mut rotated_from: Option<(String, String)> = None;
+    let mut waited = Duration::ZERO;
+
+    loop {
+        // 1. Select an account (unless the last decision was "same account again").
+        let mut slot = Slot { rt: rt.clone(), id: None };
+        if current.is_none() {
+            let now = state.now();
+            let pick = {
+                let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
+                ctx.accounts_in_pool = u32::try_from(pool.len()).unwrap_or(u32::MAX);
+                pool.pick(now, &PickRequest { session: session.as_deref(), exclude: &excluded })
+            };
+            match pick {
+                Pick::Account { id, label, .. } => {
+                    slot.id = Some(id.clone());
+                    if let Some((from, reason)) = rotated_from.take() {
+                        rt.metrics.failovers.fetch_add(1, Relaxed);
+                        state.publish(vec![Event {
+                            at: now,
+                            provider: settings.name.clone(),
+                            kind: EventKind::Failover { from, to: label.clone(), reason },
+                        }]);
+                    }
+                    let cred = rt.creds.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+                    let Some(cred) = cred else {
+                        // Removed from the store a moment ago.
+                        excluded.push(id);
+                        continue;
+                    };
+                    let secret = match cred.kind {
+                        AccountKind::ApiKey => cred.stored_secret().clone(),
+                        AccountKind::Oauth => match &state.tokens {
+                            None => cred.stored_secret().clone(),
+                            Some(tokens) => match tokens.access_token(&id).await {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    account_unusable(&state, &rt, &id, &cred.label, &e);
+                                    slot.recorded();
+                                    excluded.push(id);
+                                    continue;
+                                }
+                            },
+                        },
+                    };
+                    ctx.kind = cred.kind;
+                    current = Some(Current { id, label, kind: cred.kind, secret });
+                }
+                Pick::Exhausted(ex) => {
+                    let now = state.now();
+                    if let (Some(max_wait), Some(soonest)) = (settings.max_wait, ex.soonest) {
+                        let wait = now.until(soonest);
+                        if waited + wait <= max_wait && ctx.replayable {
+                            waited += wait;
+                            excluded.clear();
+                            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+                            continue;
+                        }
+                    }
+                    rt.metrics.exhausted.fetch_add(1, Relaxed);
+                    state.publish(vec![Event {
+                        at: now,
+                        provider: settings.name.clone(),
+                        kind: EventKind::Exhausted { soonest: ex.soonest },
+                    }]);
+                    let resp = exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
+                    log_request(&settings.name, &parts, resp.status(), None, &trace, started);
+                    return resp;
+                }
+            }
+        }
+        let Some(cur) = current.as_ref() else { continue };
+        if ctx.attempt > 1 {
+            rt.metrics.retries.fetch_add(1, Relaxed);
+        }
+
+        // 2. Send.
+        let mut headers = base_headers.clone();
+        let applied = {
+            let creds = rt.creds.read().unwrap_or_else(|e| e.into_inner());
+            let empty = serde_json::Map::new();
+            let extras = creds.get(&cur.id).map_or(&empty, |c| &c.extras);
+            settings.credentials.apply(&mut headers, cur.kind, &cur.secret, extras)
+        };
+        if applied.is_err() {
+            tracing::error!(provider = %settings.name, account = %cur.label, "stored credential is not a valid header value; skipping the account");
+            excluded.push(cur.id.clone());
+            current = None;
+            continue;
+        }
+        let mut up_req = Request::new(client_body.for_attempt());
+        *up_req.method_mut() = parts.method.clone();
+        *up_req.uri_mut() = uri.clone();
+        *up_req.headers_mut() = headers;
+
+        let sent = Instant::now();
+        let result = tokio::time::timeout(state.settings.upstream_timeout, state.client.request(up_req)).await;
+        let upstream = match result {
+            Err(_) => Err(TransportFailure::Timeout),
+            Ok(Err(e)) if e.is_connect() => Err(TransportFailure::Connect),
+            Ok(Err(_)) => Err(TransportFailure::ResetBeforeResponse),
+            Ok(Ok(resp)) => {
+                rt.metrics.observe_latency(sent.elapsed());
+                Ok(read_head(resp, state.settings.peek_first_event).await)
+            }
+        };
+
+        // 3. Classify.
+        let now = state.now();
+        let classification = match &upstream {
+            Err(t) => classify(settings.flavor, &Outcome::Transport(*t), now),
+            Ok((up, Some(error_data))) => {
+                let _ = up;
+                classify(settings.flavor, &Outcome::StreamError { data: error_data }, now)
+            }
+            Ok((up, None)) => {
+                let body = contiguous(&up.prefix);
+                classify(
+                    settings.flavor,
+                    &Outcome::Response { status: up.head.status.as_u16(), headers: &Lookup(&up.head.headers), body: &body },
+                    now,
+                )
+            }
+        };
+        let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).record(&cur.id, &classification, now);
+        slot.recorded();
+        state.publish(events);
+        trace.record(cur.label.clone(), &classification, now);
+
+        // 4. Decide.
+        let decision = {
+            let mut budget = rt.budget.lock().unwrap_or_else(|e| e.into_inner());
+            decide(&settings.retry, &ctx, &classification, now, &mut budget)
+        };
+        ctx.advance(&decision, &classification, ctx.kind);
+        match decision {
+            Decision::PassThrough => {
+                let resp = match upstream {
+                    Ok((up, _)) => respond(&state, &rt, up, cur, &trace, client_body.replayable()),
+                    Err(t) => {
+                        let mut r = proxy_error(
+                            settings.flavor,
+                            StatusCode::BAD_GATEWAY,
+                            &format!("marathon could not reach the {} upstream ({})", settings.name, classification.reason),
+                        );
+                        let _ = t;
+                        add_trace_headers(r.headers_mut(), Some(&cur.label), &trace);
+                        r
+                    }
+                };
+                log_request(&settings.name, &parts, resp.status(), Some(&cur.label), &trace, started);
+                return resp;
+            }
+            Decision::RefreshAndRetry => {
+                let refreshed = match &state.tokens {
+                    Some(tokens) => tokens.force_refresh(&cur.id, &cur.secret).await,
+                    None => Err(TokenError::Permanent("no OAuth refresher is configured".into())),
+                };
+                match refreshed {
+                    Ok(secret) => {
+                        rt.metrics.refreshes.fetch_add(1, Relaxed);
+                        if let Some(c) = current.as_mut() {
+                            c.secret = secret;
+                        }
+                    }
+                    Err(e) => {
+                        let (id, label) = (cur.id.clone(), cur.label.clone());
+                        account_unusable(&state, &rt, &id, &label, &e);
+                        rotated_from = Some((label, classification.reason.clone()));
+                        excluded.push(id);
+                        current = None;
+                    }
+                }
+            }
+            Decision::RetrySame { after } => {
+                tokio::time::sleep(after).await;
+            }
+            Decision::Rotate { after } => {
+                if matches!(classification.class, Class::Auth) {
+                    // Still 401 after a refresh (or an API key the provider refuses).
+                    let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).mark_needs_login(
+                        &cur.id,
+                        now,
+                        &classification.reason,
+                    );
+                    state.publish(events);
+                    persist_needs_login(&state, &cur.id);
+                }
+                rotated_from = Some((cur.label.clone(), short_reason(&classification)));
+                excluded.push(cur.id.clone());
+                current = None;
+                tokio::time::sleep(after).await;
+            }
+            Decision::Exhausted => {
+                let now = state.now();
+                let ex = {
+                    let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
+                    Exhausted { soonest: pool.soonest_ready(now), accounts: pool.status(now) }
+                };
+                rt.metrics.exhausted.fetch_add(1, Relaxed);
+                state.publish(vec![Event {
+                    at: now,
+                    provider: settings.name.clone(),
+                    kind: EventKind::Exhausted { soonest: ex.soonest },
+                }]);
+                let resp = exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
+                log_request(&settings.name, &parts, resp.status(), None, &trace, started);
+                return resp;
+            }
+        }
+    }
+}
+
+/// "429 unified" style reason for failover events.
+fn short_reason(c: &Classification) -> String {
+    match c.status {
+        Some(s) => format!("{s} {}", c.reason),
+        None => c.reason.clone(),
+    }
+}
+
+/// Refresh failed: permanently → needs-login (event, persisted); for now →
+/// skip the account for this request.
+fn account_unusable(state: &AppState, rt: &ProviderRuntime, id: &AccountId, label: &str, e: &TokenError) {
+    let now = state.now();
+    match e {
+        TokenError::Permanent(reason) => {
+            state.publish(vec![Event {
+                at: now,
+                provider: rt.settings.name.clone(),
+                kind: EventKind::RefreshFailed { account: label.to_string(), permanent: true, reason: reason.clone() },
+            }]);
+            let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).mark_needs_login(id, now, reason);
+            state.publish(events);
+            persist_needs_login(state, id);
+        }
+        TokenError::Transient(reason) => {
+            state.publish(vec![Event {
+                at: now,
+                provider: rt.settings.name.clone(),
+                kind: EventKind::RefreshFailed { account: label.to_string(), permanent: false, reason: reason.clone() },
+            }]);
+        }
+    }
+}
+
+/// Writes the needs-login state to the store in the background, so other
+/// processes and the next start see it.
+fn persist_needs_login(state: &AppState, id: &AccountId) {
+    let store = state.store.clone();
+    let id = id.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.update(&id, &mut |a| a.state = marathon_store::AccountState::NeedsLogin) {
+            tracing::warn!("could not persist needs-login state: {e}");
+        }
+    });
+}
+
+/// Reads what classification needs of a response: an error body's first
+/// bytes, or a 200 stream's first event. Returns the in-stream error data if
+/// the first event is an error.
+async fn read_head(resp: Response<Incoming>, peek_sse: bool) -> (Upstream, Option<Vec<u8>>) {
+    let (head, mut body) = resp.into_parts();
+    let mut prefix = VecDeque::new();
+    let is_sse = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut scanner = is_sse.then(ErrorScanner::new);
+    let mut error_data = None;
+    if !head.status.is_success() {
+        let mut read = 0;
+        while read < ERROR_BODY_PEEK {
+            match tokio::time::timeout(PEEK_TIMEOUT, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        read += data.len();
+                        prefix.push_back(data);
+                    }
+                }
+                _ => break,
+            }
+        }
+    } else if let (true, Some(sc)) = (peek_sse, scanner.as_mut()) {
+        let mut seen = BytesMut::new();
+        let deadline = tokio::time::Instant::now() + PEEK_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if let Some(err) = sc.feed(&data) {
+                        error_data = Some(err);
+                    }
+                    seen.extend_from_slice(&data);
+                    prefix.push_back(data);
+                    if error_data.is_some() || sc.events_seen() >= 1 || seen.len() > ERROR_BODY_PEEK {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    (Upstream { head, prefix, rest: Some(body), scanner }, error_data)
+}
+
+fn contiguous(chunks: &VecDeque<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks[0].clone(),
+        _ => {
+            let mut b = BytesMut::new();
+            for c in chunks {
+                b.extend_from_slice(c);
+            }
+            b.freeze()
+        }
+    }
+}
+
+/// Builds the client's response from the upstream's, streaming the body on.
+fn respond(
+    state: &Arc<AppState>,
+    rt: &Arc<ProviderRuntime>,
+    mut up: Upstream,
+    cur: &Current,
+    trace: &AttemptTrace,
+    replayable: bool,
+) -> Response<ProxyBody> {
+    let mut head = up.head;
+    strip_hop_by_hop(&mut head.headers);
+    add_trace_headers(&mut head.headers, Some(&cur.label), trace);
+    if !replayable {
+        head.headers.insert(REPLAYABLE_HEADER.clone(), HeaderValue::from_static("false"));
+    }
+    rt.metrics.count_status(head.status.as_u16());
+    let watch = up.scanner.take().map(|scanner| {
+        let (state, rt, id, label) = (state.clone(), rt.clone(), cur.id.clone(), cur.label.clone());
+        StreamWatch::new(
+            scanner,
+            Arc::new(move |data: &[u8]| {
+                let now = state.now();
+                let c = classify(rt.settings.flavor, &Outcome::StreamError { data }, now);
+                rt.metrics.stream_errors.fetch_add(1, Relaxed);
+                tracing::warn!(provider = %rt.settings.name, account = %label, reason = %c.reason, "error event inside the stream; passed to the client, account benched for the next request");
+                let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).record(&id, &c, now);
+                state.publish(events);
+            }),
+        )
+    });
+    let body = match up.rest.take() {
+        Some(rest) => ProxyBody::stream(up.prefix, rest, watch),
+        None => ProxyBody::full(contiguous(&up.prefix)),
+    };
+    Response::from_parts(head, body)
+}
+
+pub(crate) fn add_trace_headers(h: &mut HeaderMap, account: Option<&str>, trace: &AttemptTrace) {
+    if let Some(a) = account.and_then(|a| HeaderValue::from_str(a).ok()) {
+        h.insert(ACCOUNT_HEADER.clone(), a);
+    }
+    if let Ok(v) = HeaderValue::from_str(&trace.to_string()) {
+        h.insert(ATTEMPTS_HEADER.clone(), v);
+    }
+}
+
+fn log_request(
+    provider: &str,
+    parts: &http::request::Parts,
+    status: StatusCode,
+    account: Option<&str>,
+    trace: &AttemptTrace,
+    started: Instant,
+) {
+    tracing::info!(
+        target: "marathon::request",
+        provider,
+        method = %parts.method,
+        path = parts.uri.path(),
+        status = status.as_u16(),
+        account = account.unwrap_or("-"),
+        attempts = %trace,
+        ms = started.elapsed().as_millis() as u64,
+    );
+}

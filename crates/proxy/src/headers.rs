@@ -1,0 +1,259 @@
+//! Request and response header rewriting: hop-by-hop headers, the client's
+//! credentials out, the chosen account's credentials in.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use marathon_core::{AccountKind, HeaderLookup, Secret};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Headers that carry a client's credential to a provider; always replaced.
+pub(crate) const CREDENTIAL_HEADERS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("x-marathon-key"),
+];
+
+/// Removes hop-by-hop headers, including any named by `Connection`.
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+}
+
+/// Prepares a client's request headers for upstream, before the account's
+/// credential is added: hop-by-hop and credential headers out, `host` out
+/// (the client sets the upstream's), and `accept-encoding` out so error
+/// bodies arrive readable for classification.
+pub(crate) fn prepare_request_headers(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+    for n in &CREDENTIAL_HEADERS {
+        h.remove(n);
+    }
+    h.remove(header::HOST);
+    h.remove(header::ACCEPT_ENCODING);
+}
+
+/// How a provider's upstream requests carry an account's credential —
+/// `marathon_config::AuthStyle`, with header names parsed once at start-up.
+#[derive(Clone, Debug)]
+pub struct CredentialStyle {
+    strip: Vec<HeaderName>,
+    api_key: Vec<Rule>,
+    oauth: Vec<Rule>,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    name: HeaderName,
+    value: Source,
+    merge: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    Credential(String),
+    Static(HeaderValue),
+    Extra(String),
+}
+
+/// A header name or value in the auth style is not valid HTTP.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid header {0:?} in the provider's auth settings")]
+pub struct BadAuthStyle(String);
+
+impl CredentialStyle {
+    /// Compiles a config auth style.
+    pub fn from_config(style: &marathon_config::AuthStyle) -> Result<Self, BadAuthStyle> {
+        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|_| BadAuthStyle(n.to_string()));
+        let rules = |rs: &[marathon_config::HeaderRule]| -> Result<Vec<Rule>, BadAuthStyle> {
+            rs.iter()
+                .map(|r| {
+                    let value = match &r.value {
+                        marathon_config::HeaderSource::Credential { prefix } => Source::Credential(prefix.clone()),
+                        marathon_config::HeaderSource::Static(v) => {
+                            Source::Static(HeaderValue::from_str(v).map_err(|_| BadAuthStyle(r.name.clone()))?)
+                        }
+                        marathon_config::HeaderSource::Extra(k) => Source::Extra(k.clone()),
+                    };
+                    Ok(Rule { name: name(&r.name)?, value, merge: r.merge })
+                })
+                .collect()
+        };
+        Ok(CredentialStyle {
+            strip: style.strip.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
+            api_key: rules(&style.api_key)?,
+            oauth: rules(&style.oauth)?,
+        })
+    }
+
+    /// Removes the client's credentials and sets the account's.
+    pub(crate) fn apply(
+        &self,
+        h: &mut HeaderMap,
+        kind: AccountKind,
+        secret: &Secret,
+        extras: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), InvalidCredential> {
+        for n in &self.strip {
+            h.remove(n);
+        }
+        let rules = match kind {
+            AccountKind::ApiKey => &self.api_key,
+            AccountKind::Oauth => &self.oauth,
+        };
+        for rule in rules {
+            let value = match &rule.value {
+                Source::Credential(prefix) => {
+                    let mut v = HeaderValue::try_from(format!("{prefix}{}", secret.expose())).map_err(|_| InvalidCredential)?;
+                    v.set_sensitive(true);
+                    v
+                }
+                Source::Static(v) => v.clone(),
+                Source::Extra(key) => match extras.get(key).and_then(|v| v.as_str()).and_then(|v| HeaderValue::from_str(v).ok()) {
+                    Some(v) => v,
+                    None => continue,
+                },
+            };
+            if rule.merge {
+                merge_list(h, &rule.name, value);
+            } else {
+                h.insert(rule.name.clone(), value);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stored credential cannot be a header value (control characters).
+#[derive(Debug, thiserror::Error)]
+#[error("the account's credential contains characters that cannot be sent in a header; re-add it")]
+pub(crate) struct InvalidCredential;
+
+/// Adds `value` to a comma-separated header the client may have sent, once.
+fn merge_list(h: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    let Ok(flag) = value.to_str() else { return };
+    let merged = match h.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if existing.split(',').any(|f| f.trim() == flag) => return,
+        Some(existing) if !existing.trim().is_empty() => format!("{existing},{flag}"),
+        _ => flag.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&merged) {
+        h.insert(name.clone(), v);
+    }
+}
+
+/// Reads the client's presented key (for the optional access-key check).
+pub(crate) fn presented_key(h: &HeaderMap) -> Option<&str> {
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+    get("x-marathon-key")
+        .or_else(|| get("x-api-key"))
+        .or_else(|| get("x-goog-api-key"))
+        .or_else(|| get("authorization").map(|v| v.strip_prefix("Bearer ").unwrap_or(v)))
+}
+
+/// `HeaderLookup` over a hyper header map, for the classifier.
+pub(crate) struct Lookup<'a>(pub &'a HeaderMap);
+
+impl HeaderLookup for Lookup<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-foo"),
+            ("keep-alive", "timeout=5"),
+            ("x-foo", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
+    }
+
+    fn style(kind: marathon_config::ProviderKind) -> CredentialStyle {
+        CredentialStyle::from_config(&marathon_config::presets::default_auth(kind)).unwrap()
+    }
+
+    fn extras(pairs: &[(&str, &str)]) -> serde_json::Map<String, serde_json::Value> {
+        pairs.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect()
+    }
+
+    #[test]
+    fn client_credentials_are_replaced_by_the_accounts() {
+        let mut h = map(&[("x-api-key", "client-key"), ("authorization", "Bearer client"), ("anthropic-version", "2023-06-01")]);
+        prepare_request_headers(&mut h);
+        let secret = Secret::new("sk-ant-account");
+        style(marathon_config::ProviderKind::Anthropic).apply(&mut h, AccountKind::ApiKey, &secret, &extras(&[])).unwrap();
+        assert_eq!(h.get("x-api-key").unwrap(), "sk-ant-account");
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h.get("anthropic-version").unwrap(), "2023-06-01");
+    }
+
+    #[test]
+    fn anthropic_oauth_uses_bearer_and_merges_the_oauth_beta() {
+        let mut h = map(&[("x-api-key", "client"), ("anthropic-beta", "prompt-caching-2024-07-31")]);
+        prepare_request_headers(&mut h);
+        let secret = Secret::new("sk-ant-oat01-x");
+        let st = style(marathon_config::ProviderKind::Anthropic);
+        st.apply(&mut h, AccountKind::Oauth, &secret, &extras(&[])).unwrap();
+        st.apply(&mut h, AccountKind::Oauth, &secret, &extras(&[])).unwrap();
+        assert_eq!(h.get("authorization").unwrap(), "Bearer sk-ant-oat01-x");
+        assert!(h.get("x-api-key").is_none());
+        assert_eq!(h.get("anthropic-beta").unwrap(), "prompt-caching-2024-07-31,oauth-2025-04-20");
+    }
+
+    #[test]
+    fn codex_sends_the_workspace_account_id_from_extras() {
+        let mut h = map(&[("chatgpt-account-id", "client-chosen")]);
+        let secret = Secret::new("eyJ...");
+        style(marathon_config::ProviderKind::Codex)
+            .apply(&mut h, AccountKind::Oauth, &secret, &extras(&[("chatgpt_account_id", "acc-123")]))
+            .unwrap();
+        assert_eq!(h.get("authorization").unwrap(), "Bearer eyJ...");
+        assert_eq!(h.get("chatgpt-account-id").unwrap(), "acc-123");
+    }
+
+    #[test]
+    fn a_credential_with_a_newline_is_refused_without_echoing_it() {
+        let mut h = HeaderMap::new();
+        let secret = Secret::new("bad\nkey");
+        let err = style(marathon_config::ProviderKind::Openai)
+            .apply(&mut h, AccountKind::ApiKey, &secret, &extras(&[]))
+            .unwrap_err();
+        assert!(!err.to_string().contains("bad"));
+    }
+}

@@ -1,0 +1,53 @@
+//! # marathon-proxy: the rotating reverse proxy
+//!
+//! Any client points its base URL at `http://127.0.0.1:<port>/<provider>`;
+//! marathon forwards each request to that provider's upstream with the chosen
+//! account's credentials and, when the account is rate-limited, expired or
+//! unusable, tries the next one — before the client sees a byte.
+//!
+//! Roles:
+//! - [`server`]: accepting connections, routing, access keys, background sync;
+//! - `forward`: the per-request rotation loop (pick → send → classify → decide);
+//! - `body`: the one body type both ways, streaming chunk by chunk;
+//! - `headers`: hop-by-hop stripping and credential replacement;
+//! - `upstream`: the pooled hyper-util client (kept off reqwest on purpose: the
+//!   hot path must not re-parse URLs per request);
+//! - `ops`: `/_marathon/{health,status,events,metrics}` and the dashboard;
+//! - `events`: the event bus and its sinks (log, SSE, webhook, command hook);
+//! - `errors`: answers in each provider's own error format.
+//!
+//! Only this crate knows hyper; the decisions are `marathon-core`'s.
+
+mod body;
+mod errors;
+mod events;
+mod forward;
+mod headers;
+mod metrics;
+mod ops;
+pub mod server;
+mod state;
+mod upstream;
+
+pub use events::EventSinks;
+pub use headers::{BadAuthStyle, CredentialStyle};
+pub use server::{start, ProxyHandle, StartOptions};
+pub use state::{BoxFuture, ProviderSettings, ProxySettings, TokenError, TokenSource};
+pub use upstream::{BadUpstream, UpstreamBase};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Refused: a non-loopback address without an access key would expose every account.
+    #[error(
+        "refusing to listen on {0} without an access key: anyone who can reach it could use your accounts. \
+         Set [server] access_keys in the config (or MARATHON_ACCESS_KEY), or listen on 127.0.0.1"
+    )]
+    OpenBind(std::net::SocketAddr),
+    /// The address is taken or not ours.
+    #[error("cannot listen on {0}: {1} (is another marathon running? pick another port with --listen)")]
+    Bind(std::net::SocketAddr, std::io::Error),
+    /// The store could not be read.
+    #[error("cannot read accounts: {0}")]
+    Store(String),
+}

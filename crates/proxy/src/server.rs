@@ -1,0 +1,273 @@
+//! Accepting connections and routing requests.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use marathon_core::budget::RetryBudget;
+use marathon_core::pool::Pool;
+use marathon_core::{Clock, SystemClock};
+use marathon_store::{HotAccount, HotState, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::ProxyBody;
+use crate::errors::proxy_error;
+use crate::events::EventBus;
+use crate::headers::presented_key;
+use crate::metrics::ProviderMetrics;
+use crate::state::{AppState, ProviderRuntime, ProxySettings, TokenSource};
+use crate::{ops, ProxyError};
+
+/// How often the proxy re-reads accounts from the store (other processes,
+/// `marathon auth` commands) and saves its hot state.
+const SYNC_EVERY: Duration = Duration::from_secs(2);
+const SAVE_HOT_EVERY: Duration = Duration::from_secs(5);
+
+/// A running proxy.
+pub struct ProxyHandle {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<AppState>,
+}
+
+impl ProxyHandle {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The live status view (as `/_marathon/status` serves it).
+    pub fn status(&self) -> serde_json::Value {
+        ops::status(&self.state)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `grace`), saves hot state.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(grace, self.task).await;
+        save_hot(&self.state).await;
+    }
+
+    /// Waits until the server stops (it stops only via [`ProxyHandle::shutdown`]).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Options for [`start`] beyond the settings.
+pub struct StartOptions {
+    /// Accounts and hot state.
+    pub store: Arc<dyn Store>,
+    /// OAuth access tokens (refresh); `None` uses stored tokens as they are.
+    pub tokens: Option<Arc<dyn TokenSource>>,
+    /// The clock (tests inject one).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl StartOptions {
+    /// The usual options: the real clock, no refresher.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        StartOptions { store, tokens: None, clock: Arc::new(SystemClock) }
+    }
+}
+
+/// Binds and starts serving in the background.
+pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyHandle, ProxyError> {
+    if !settings.listen.ip().is_loopback() && settings.access_keys.is_empty() {
+        return Err(ProxyError::OpenBind(settings.listen));
+    }
+    let mut providers = HashMap::new();
+    for (i, p) in settings.providers.iter().enumerate() {
+        let rt = ProviderRuntime {
+            pool: Mutex::new(Pool::new(p.name.clone(), p.pool.clone(), 0x6d61_7261_7468_6f6e ^ i as u64)),
+            budget: Mutex::new(RetryBudget::default()),
+            creds: RwLock::new(HashMap::new()),
+            metrics: ProviderMetrics::default(),
+            settings: p.clone(),
+        };
+        providers.insert(p.name.clone(), Arc::new(rt));
+    }
+    let listener = TcpListener::bind(settings.listen).await.map_err(|e| ProxyError::Bind(settings.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| ProxyError::Bind(settings.listen, e))?;
+    let client = crate::upstream::client();
+    let bus = EventBus::new();
+    bus.start_sinks(&settings.sinks, client.clone());
+    let state = Arc::new(AppState {
+        settings,
+        providers,
+        client,
+        bus,
+        clock: opts.clock,
+        store: opts.store,
+        tokens: opts.tokens,
+    });
+
+    // Accounts and remembered cooldowns before the first request.
+    let store = state.store.clone();
+    let (accounts, hot) = tokio::task::spawn_blocking(move || (store.list(), store.load_hot()))
+        .await
+        .map_err(|e| ProxyError::Store(e.to_string()))?;
+    state.sync_accounts(&accounts.map_err(|e| ProxyError::Store(e.to_string()))?);
+    match hot {
+        Ok(hot) => restore_hot(&state, &hot),
+        Err(e) => tracing::warn!("hot state not restored (cooldowns start fresh): {e}"),
+    }
+
+    let (shutdown, rx) = watch::channel(false);
+    tokio::spawn(background(state.clone(), rx.clone()));
+    let task = tokio::spawn(accept_loop(listener, state.clone(), rx));
+    Ok(ProxyHandle { addr, shutdown, task, state })
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(state, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    let Some(rest) = path.strip_prefix('/') else {
+        return not_found();
+    };
+    let (first, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if first == "_marathon" && tail.trim_start_matches('/') == "health" {
+        return ops::route(&state, "health");
+    }
+    if !state.settings.access_keys.is_empty() {
+        let ok = presented_key(req.headers())
+            .is_some_and(|k| state.settings.access_keys.iter().any(|a| a.same_as(&marathon_core::Secret::new(k))));
+        if !ok {
+            let flavor = state.providers.get(first).map_or(marathon_core::ApiFlavor::Openai, |p| p.settings.flavor);
+            return proxy_error(
+                flavor,
+                StatusCode::UNAUTHORIZED,
+                "this proxy needs an access key: send it as the API key (x-api-key or Authorization: Bearer) or in x-marathon-key",
+            );
+        }
+    }
+    if first == "_marathon" {
+        let tail = tail.trim_start_matches('/').to_string();
+        return ops::route(&state, &tail);
+    }
+    let Some(rt) = state.providers.get(first).cloned() else {
+        return not_found_provider(&state, first);
+    };
+    let tail = tail.to_string();
+    crate::forward::forward(state, rt, req, &tail).await
+}
+
+fn not_found() -> Response<ProxyBody> {
+    proxy_error(marathon_core::ApiFlavor::Openai, StatusCode::NOT_FOUND, "not found")
+}
+
+fn not_found_provider(state: &AppState, name: &str) -> Response<ProxyBody> {
+    let mut known: Vec<&str> = state.providers.keys().map(String::as_str).collect();
+    known.sort_unstable();
+    proxy_error(
+        marathon_core::ApiFlavor::Openai,
+        StatusCode::NOT_FOUND,
+        &format!(
+            "no provider named {name:?}; point your client at http://<proxy>/<provider> with one of: {}",
+            known.join(", ")
+        ),
+    )
+}
+
+async fn background(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let mut sync = tokio::time::interval(SYNC_EVERY);
+    let mut save = tokio::time::interval(SAVE_HOT_EVERY);
+    sync.tick().await;
+    save.tick().await;
+    loop {
+        tokio::select! {
+            _ = sync.tick() => {
+                let store = state.store.clone();
+                match tokio::task::spawn_blocking(move || store.list()).await {
+                    Ok(Ok(accounts)) => state.sync_accounts(&accounts),
+                    Ok(Err(e)) => tracing::warn!("could not re-read accounts (keeping the ones loaded): {e}"),
+                    Err(_) => {}
+                }
+            }
+            _ = save.tick() => save_hot(&state).await,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Saves cooldowns and counters; losing them in a crash costs only counters
+/// and some cooldown memory, never a credential.
+async fn save_hot(state: &Arc<AppState>) {
+    let now = state.now();
+    let mut hot = HotState::default();
+    for rt in state.providers.values() {
+        let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
+        for a in pool.status(now) {
+            let cooling_until = match a.health {
+                marathon_core::pool::Health::Cooling { until } => Some(until),
+                _ => None,
+            };
+            hot.cooldowns.insert(
+                a.id.clone(),
+                HotAccount { cooling_until, reason: a.last_reason.clone(), successes: a.successes, failures: a.failures },
+            );
+        }
+    }
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.save_hot(&hot)).await {
+        Ok(Err(e)) => tracing::warn!("could not save hot state: {e}"),
+        _ => {}
+    }
+}
+
+fn restore_hot(state: &AppState, hot: &HotState) {
+    let now = state.now();
+    for rt in state.providers.values() {
+        let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let ids: Vec<_> = pool.status(now).into_iter().map(|s| s.id).collect();
+        for id in ids {
+            if let Some(HotAccount { cooling_until: Some(until), reason, .. }) = hot.cooldowns.get(&id) {
+                if *until > now {
+                    let _ = pool.set_cooldown(&id, *until, reason.as_deref().unwrap_or("remembered cooldown"), now);
+                }
+            }
+        }
+    }
+}

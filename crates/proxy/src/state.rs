@@ -1,0 +1,192 @@
+//! Settings and the shared state every request reads: per-provider pools,
+//! credentials, metrics, the event bus.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use marathon_core::budget::RetryBudget;
+use marathon_core::decision::RetryPolicy;
+use marathon_core::events::Event;
+use marathon_core::pool::{Health, Pool, PoolConfig};
+use marathon_core::{AccountId, AccountKind, ApiFlavor, Clock, Secret, UnixMillis};
+use marathon_store::{AccountState, Credential, Store, StoredAccount};
+
+use crate::events::{EventBus, EventSinks};
+use crate::headers::CredentialStyle;
+use crate::metrics::ProviderMetrics;
+use crate::upstream::{UpstreamBase, UpstreamClient};
+
+/// How one provider is proxied.
+#[derive(Clone, Debug)]
+pub struct ProviderSettings {
+    /// The route name: requests to `/<name>/...` go to this provider.
+    pub name: String,
+    /// API family (error formats, credential headers).
+    pub flavor: ApiFlavor,
+    /// Upstream base URL.
+    pub upstream: UpstreamBase,
+    /// Cooldowns and selection.
+    pub pool: PoolConfig,
+    /// Attempts, deadline, provider-error retries.
+    pub retry: RetryPolicy,
+    /// Wait up to this long for an account to recover instead of answering 429 at once.
+    pub max_wait: Option<Duration>,
+    /// Header whose value pins a client session to one account.
+    pub session_header: Option<http::HeaderName>,
+    /// How upstream requests carry the account's credential.
+    pub credentials: CredentialStyle,
+}
+
+/// The whole proxy's settings.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Keys clients must present (any of `x-marathon-key`, `x-api-key`,
+    /// `authorization: Bearer`). Required for a non-loopback bind.
+    pub access_keys: Vec<Secret>,
+    /// Request bodies up to this size are buffered and can be replayed on
+    /// another account; larger ones stream through once.
+    pub max_body: usize,
+    /// Peek the first SSE event of a 200 stream before committing to it.
+    pub peek_first_event: bool,
+    /// Give up on an upstream that sends no response head for this long.
+    pub upstream_timeout: Duration,
+    /// The providers.
+    pub providers: Vec<ProviderSettings>,
+    /// Event sinks besides the log and SSE.
+    pub sinks: EventSinks,
+}
+
+/// Hands out OAuth access tokens, refreshing them as needed. The OAuth crate
+/// implements this; the proxy only calls it.
+pub trait TokenSource: Send + Sync {
+    /// A currently valid access token for the account.
+    fn access_token<'a>(&'a self, account: &'a AccountId) -> BoxFuture<'a, Result<Secret, TokenError>>;
+    /// The upstream rejected `rejected` (401): refresh unless someone already did.
+    fn force_refresh<'a>(&'a self, account: &'a AccountId, rejected: &'a Secret) -> BoxFuture<'a, Result<Secret, TokenError>>;
+}
+
+/// A boxed future (object-safe async trait methods).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why no token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The grant is gone (`invalid_grant`, reused or revoked refresh token): log in again.
+    #[error("refresh failed permanently: {0}")]
+    Permanent(String),
+    /// Try again later (network, 5xx).
+    #[error("refresh failed for now: {0}")]
+    Transient(String),
+}
+
+/// The credential in memory, as last read from the store.
+#[derive(Clone)]
+pub(crate) struct AccountCred {
+    pub label: String,
+    pub kind: AccountKind,
+    pub credential: Credential,
+    pub extras: serde_json::Map<String, serde_json::Value>,
+}
+
+impl AccountCred {
+    fn from_stored(a: &StoredAccount) -> Self {
+        AccountCred {
+            label: a.label.clone(),
+            kind: a.kind,
+            credential: a.credential.clone(),
+            extras: a.extras.clone(),
+        }
+    }
+
+    pub(crate) fn stored_secret(&self) -> &Secret {
+        match &self.credential {
+            Credential::ApiKey { key } => key,
+            Credential::Oauth { access, .. } => access,
+        }
+    }
+}
+
+/// One provider at run time.
+pub(crate) struct ProviderRuntime {
+    pub settings: ProviderSettings,
+    /// A std mutex on purpose: it is held only for a pick or a record (no
+    /// `.await` inside), which is shorter than a tokio mutex's bookkeeping.
+    pub pool: Mutex<Pool>,
+    pub budget: Mutex<RetryBudget>,
+    pub creds: RwLock<HashMap<AccountId, AccountCred>>,
+    pub metrics: ProviderMetrics,
+}
+
+/// Everything a request needs.
+pub(crate) struct AppState {
+    pub settings: ProxySettings,
+    pub providers: HashMap<String, Arc<ProviderRuntime>>,
+    pub client: UpstreamClient,
+    pub bus: EventBus,
+    pub clock: Arc<dyn Clock>,
+    pub store: Arc<dyn Store>,
+    pub tokens: Option<Arc<dyn TokenSource>>,
+}
+
+impl AppState {
+    pub(crate) fn now(&self) -> UnixMillis {
+        self.clock.now()
+    }
+
+    pub(crate) fn publish(&self, events: Vec<Event>) {
+        for e in &events {
+            if let Some(p) = self.providers.get(&e.provider) {
+                if matches!(e.kind, marathon_core::events::EventKind::Cooldown { .. }) {
+                    p.metrics.cooldowns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            self.bus.publish(e);
+        }
+    }
+
+    /// Brings pools and credentials in line with the store: new accounts
+    /// join, removed ones leave, edited ones (label, priority, enabled,
+    /// credential, needs-login) update. Cheap enough to run every few seconds.
+    pub(crate) fn sync_accounts(&self, accounts: &[StoredAccount]) {
+        let now = self.now();
+        for (name, rt) in &self.providers {
+            let mine: Vec<&StoredAccount> = accounts.iter().filter(|a| &a.provider == name).collect();
+            {
+                let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
+                let health: HashMap<AccountId, Health> =
+                    pool.status(now).into_iter().map(|s| (s.id, s.health)).collect();
+                for id in health.keys() {
+                    if !mine.iter().any(|a| &a.id == id) {
+                        pool.remove(id);
+                    }
+                }
+                for a in &mine {
+                    pool.upsert(a.meta());
+                    let in_pool = health.get(&a.id);
+                    match a.state {
+                        // Old news (or another process's news, already announced there): no event.
+                        AccountState::NeedsLogin if in_pool != Some(&Health::NeedsLogin) => {
+                            let _ = pool.mark_needs_login(&a.id, now, "stored state");
+                        }
+                        // Logged in again since: usable at once.
+                        AccountState::Active if in_pool == Some(&Health::NeedsLogin) => {
+                            let _ = pool.mark_ready(&a.id, now);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let mut creds = rt.creds.write().unwrap_or_else(|e| e.into_inner());
+            creds.clear();
+            for a in mine {
+                creds.insert(a.id.clone(), AccountCred::from_stored(a));
+            }
+        }
+    }
+}
