@@ -26,12 +26,14 @@ mod headers;
 mod metrics;
 mod ops;
 pub mod server;
+mod settings;
 mod state;
 mod upstream;
 
 pub use events::EventSinks;
 pub use headers::{BadAuthStyle, CredentialStyle};
-pub use server::{start, ProxyHandle, StartOptions};
+pub use server::{start, EventSubscription, ProxyHandle, StartOptions};
+pub use settings::SettingsError;
 pub use state::{BoxFuture, ProviderSettings, ProxySettings, TokenError, TokenSource};
 pub use upstream::{BadUpstream, UpstreamBase};
 

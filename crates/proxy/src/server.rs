@@ -54,6 +54,12 @@ impl ProxyHandle {
         ops::status(&self.state)
     }
 
+    /// Every event from now on, as the JSON the SSE stream and webhooks carry
+    /// (with a human `summary`).
+    pub fn subscribe_events(&self) -> EventSubscription {
+        EventSubscription(self.state.bus.subscribe())
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to `grace`), saves hot state.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
@@ -64,6 +70,23 @@ impl ProxyHandle {
     /// Waits until the server stops (it stops only via [`ProxyHandle::shutdown`]).
     pub async fn wait(&mut self) {
         let _ = (&mut self.task).await;
+    }
+}
+
+/// A live feed of the proxy's events.
+pub struct EventSubscription(tokio::sync::broadcast::Receiver<Arc<crate::events::EventJson>>);
+
+impl EventSubscription {
+    /// The next event's JSON; `None` once the proxy is gone. Events missed by
+    /// a slow reader are skipped.
+    pub async fn recv(&mut self) -> Option<String> {
+        loop {
+            match self.0.recv().await {
+                Ok(ev) => return Some(ev.json.clone()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     }
 }
 

@@ -1,0 +1,90 @@
+//! From configuration to proxy settings.
+
+use std::time::Duration;
+
+use marathon_config::Config;
+use marathon_core::decision::RetryPolicy;
+use marathon_core::pool::PoolConfig;
+
+use crate::headers::CredentialStyle;
+use crate::state::{ProviderSettings, ProxySettings};
+use crate::upstream::UpstreamBase;
+use crate::EventSinks;
+
+/// Why the configuration cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A provider's upstream URL is unusable.
+    #[error("providers.{provider}.upstream: {source}")]
+    Upstream {
+        /// The provider.
+        provider: String,
+        /// What is wrong.
+        source: crate::BadUpstream,
+    },
+    /// A provider's auth headers are unusable.
+    #[error("providers.{provider}.auth: {source}")]
+    Auth {
+        /// The provider.
+        provider: String,
+        /// What is wrong.
+        source: crate::BadAuthStyle,
+    },
+    /// The session header is not a valid header name.
+    #[error("providers.{0}.session_header is not a valid header name")]
+    SessionHeader(String),
+}
+
+impl ProxySettings {
+    /// Settings for every configured provider.
+    pub fn from_config(config: &Config) -> Result<Self, SettingsError> {
+        let mut providers = Vec::new();
+        for (name, p) in &config.providers {
+            let upstream = UpstreamBase::parse(&p.upstream)
+                .map_err(|source| SettingsError::Upstream { provider: name.clone(), source })?;
+            let credentials = CredentialStyle::from_config(&p.auth)
+                .map_err(|source| SettingsError::Auth { provider: name.clone(), source })?;
+            let session_header = match &p.session_header {
+                None => None,
+                Some(h) => Some(
+                    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| SettingsError::SessionHeader(name.clone()))?,
+                ),
+            };
+            providers.push(ProviderSettings {
+                name: name.clone(),
+                flavor: p.kind.flavor(),
+                upstream,
+                pool: PoolConfig {
+                    strategy: p.strategy,
+                    rate_limit_cooldown: p.rate_limit_cooldown,
+                    auth_failure_cooldown: p.auth_failure_cooldown,
+                    proactive_threshold: p.proactive_threshold,
+                    ..PoolConfig::default()
+                },
+                retry: RetryPolicy {
+                    max_attempts: p.max_attempts,
+                    transport_retries_same: p.network_retry_attempts,
+                    ..RetryPolicy::default()
+                },
+                max_wait: p.max_wait,
+                session_header,
+                credentials,
+            });
+        }
+        Ok(ProxySettings {
+            listen: config.server.listen,
+            access_keys: config.server.access_keys.clone(),
+            max_body: usize::try_from(config.server.max_body).unwrap_or(usize::MAX),
+            peek_first_event: config.server.peek_first_event,
+            upstream_timeout: Duration::from_secs(600),
+            providers,
+            sinks: EventSinks { webhook: config.events.webhook.clone(), command: config.events.command.clone() },
+        })
+    }
+
+    /// The settings of one provider, to adjust before starting.
+    pub fn provider_mut(&mut self, name: &str) -> Option<&mut ProviderSettings> {
+        self.providers.iter_mut().find(|p| p.name == name)
+    }
+}
