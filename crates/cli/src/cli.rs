@@ -40,6 +40,74 @@ Examples:
 Cooldowns shown are the last ones a marathon process saved; a running proxy
 holds the live state.")]
     Status(StatusArgs),
+    /// Run the rotating proxy (point your tools at http://127.0.0.1:8787/<provider>)
+    #[command(after_help = "\
+Examples:
+  marathon serve
+  marathon serve --listen 127.0.0.1:9000
+  MARATHON_LOG=debug marathon serve
+
+Then point a client at the proxy, for example:
+  export ANTHROPIC_BASE_URL=http://127.0.0.1:8787/anthropic
+  export OPENAI_BASE_URL=http://127.0.0.1:8787/openai/v1
+The client's own API key is replaced by the chosen account's (set any value,
+or the access key when the proxy requires one).
+
+Live state: marathon status, or http://127.0.0.1:8787/_marathon/ in a browser.")]
+    Serve(ServeArgs),
+    /// See marathon work: a simulated provider, three accounts, one runs out of quota
+    #[command(after_help = "\
+Runs entirely on this machine: starts the bundled provider simulator and the
+proxy in a temporary directory, adds three demo accounts, and sends requests
+until the first account hits its quota window, cools down, and recovers.
+Nothing you have configured is read or changed.
+
+Examples:
+  marathon demo
+  marathon demo --window 5s --requests 20")]
+    Demo(DemoArgs),
+}
+
+/// `marathon serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (default from config: 127.0.0.1:8787)
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// Log format
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One human-readable line per event
+    Text,
+    /// One JSON object per line
+    Json,
+}
+
+/// `marathon demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Length of the first account's quota window
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) window: std::time::Duration,
+    /// Requests the first account may make per window
+    #[arg(long, default_value_t = 4)]
+    pub(crate) quota: u64,
+    /// Pause between requests
+    #[arg(long, default_value = "400ms", value_parser = parse_duration)]
+    pub(crate) interval: std::time::Duration,
+    /// Stop after this many requests even if the account has not recovered yet
+    #[arg(long, default_value_t = 60)]
+    pub(crate) requests: u32,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is not a duration (try 10s, 500ms, 2m)"))
 }
 
 /// `marathon auth`.
@@ -218,4 +286,7 @@ pub(crate) struct StatusArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub(crate) json: bool,
+    /// Show the stored accounts even when a proxy is running
+    #[arg(long)]
+    pub(crate) offline: bool,
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod http;
 mod output;
 
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Auth(auth) => commands::auth::run(&ctx, auth.command),
         cli::Command::Status(args) => commands::status::run(&ctx, &args),
+        cli::Command::Serve(args) => commands::serve::run(&ctx, &args),
+        cli::Command::Demo(args) => commands::demo::run(&args),
     }
 }
 

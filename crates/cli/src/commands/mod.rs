@@ -2,6 +2,8 @@
 //! are, opening the store, and resolving provider and account names.
 
 pub(crate) mod auth;
+pub(crate) mod demo;
+pub(crate) mod serve;
 pub(crate) mod status;
 
 use std::path::Path;

@@ -9,6 +9,11 @@ use crate::cli::StatusArgs;
 use crate::output::{Style, Table, cell};
 
 pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
+    if !args.offline {
+        if let Some(live) = live_status(ctx) {
+            return print_live(&live, args.json);
+        }
+    }
     let store = ctx.store()?;
     let mut accounts = store.list()?;
     sort_accounts(&mut accounts);
@@ -77,6 +82,118 @@ pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
     }
     print!("{}", table.render(style));
     Ok(())
+}
+
+/// The running proxy's `/_marathon/status`, if one answers at the
+/// configured address.
+fn live_status(ctx: &Context) -> Option<serde_json::Value> {
+    let config = ctx.config().ok()?;
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let key = config
+        .server
+        .access_keys
+        .first()
+        .map(|k| k.expose().to_string());
+    let headers: Vec<(&str, &str)> = key
+        .as_deref()
+        .map(|k| vec![("x-marathon-key", k)])
+        .unwrap_or_default();
+    let reply = crate::http::request(
+        addr,
+        "GET",
+        "/_marathon/status",
+        &headers,
+        b"",
+        std::time::Duration::from_millis(500),
+    )
+    .ok()?;
+    if reply.status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
+    v.get("providers").is_some().then_some(v)
+}
+
+fn print_live(live: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(live)?);
+        return Ok(());
+    }
+    let style = Style::stdout();
+    let now = UnixMillis(live["now"].as_u64().unwrap_or_default());
+    println!("live view from the running proxy");
+    let mut table = Table::new(&[
+        "PROVIDER",
+        "LABEL",
+        "KIND",
+        "STATE",
+        "RETRY IN",
+        "OK",
+        "FAILED",
+        "LAST ERROR",
+        "QUOTA",
+    ]);
+    let mut any = false;
+    for p in live["providers"].as_array().into_iter().flatten() {
+        for a in p["accounts"].as_array().into_iter().flatten() {
+            any = true;
+            let state = a["health"]["state"].as_str().unwrap_or("?");
+            let state_cell = match state {
+                "ready" => (state.to_string(), style.green(state)),
+                "cooling" | "probing" => (state.to_string(), style.yellow(state)),
+                _ => (state.to_string(), style.red(state)),
+            };
+            let retry = a["cooldown_remaining_ms"]
+                .as_u64()
+                .map(|ms| short_duration(now, UnixMillis(now.0 + ms)))
+                .unwrap_or_default();
+            let quota: Vec<String> = a["usage"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| {
+                    let u = w["utilization"].as_f64().unwrap_or(0.0);
+                    let resets = w["resets_at"]
+                        .as_u64()
+                        .filter(|t| *t > now.0)
+                        .map(|t| format!(" resets in {}", short_duration(now, UnixMillis(t))))
+                        .unwrap_or_default();
+                    format!(
+                        "{} {} {:>3.0}%{resets}",
+                        w["name"].as_str().unwrap_or("?"),
+                        bar(u),
+                        u * 100.0
+                    )
+                })
+                .collect();
+            table.row(vec![
+                cell(p["name"].as_str().unwrap_or("?")),
+                cell(a["label"].as_str().unwrap_or("?")),
+                cell(a["kind"].as_str().unwrap_or("?")),
+                state_cell,
+                cell(retry),
+                cell(a["successes"].to_string()),
+                cell(a["failures"].to_string()),
+                cell(a["last_reason"].as_str().unwrap_or("")),
+                cell(quota.join(", ")),
+            ]);
+        }
+    }
+    if !any {
+        println!("{NO_ACCOUNTS}");
+        return Ok(());
+    }
+    print!("{}", table.render(style));
+    Ok(())
+}
+
+/// `[#####.....]`: ten cells of utilisation.
+fn bar(u: f64) -> String {
+    let filled = (u.clamp(0.0, 1.0) * 10.0).round() as usize;
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(10 - filled))
 }
 
 fn is_cooling(h: &HotAccount, now: UnixMillis) -> bool {

@@ -1,0 +1,76 @@
+//! `marathon serve`: the rotating proxy, until Ctrl-C.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use marathon_proxy::{ProxySettings, StartOptions};
+use marathon_store::Store;
+
+use super::Context;
+use crate::cli::{LogFormat, ServeArgs};
+use crate::output::Failure;
+
+pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let mut config = ctx.config()?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Err(why) = config.server.check_exposure() {
+        return Err(Failure::usage(why, "add an access key ([server] access_keys or MARATHON_ACCESS_KEY), or listen on 127.0.0.1").into());
+    }
+    let settings = ProxySettings::from_config(&config)
+        .with_context(|| format!("in {}", ctx.paths.config_file.display()))?;
+    let store: Arc<dyn Store> = Arc::new(ctx.store()?);
+    let accounts = store.list()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let handle = marathon_proxy::start(settings.clone(), StartOptions::new(store)).await?;
+        let base = handle.url();
+        eprintln!("marathon {} listening on {base}", env!("CARGO_PKG_VERSION"));
+        for p in &settings.providers {
+            let n = accounts.iter().filter(|a| a.provider == p.name).count();
+            if n == 0 {
+                continue;
+            }
+            eprintln!(
+                "  {:<10} {n} account{}  {base}/{}  → {}  ({})",
+                p.name,
+                if n == 1 { " " } else { "s" },
+                p.name,
+                p.upstream,
+                p.pool.strategy
+            );
+        }
+        if accounts.is_empty() {
+            eprintln!("  no accounts yet: add one with `marathon auth add <provider> --label <name>` (the proxy picks it up within seconds)");
+        }
+        eprintln!("  dashboard  {base}/_marathon/    status: marathon status");
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        eprintln!("stopping: letting requests in flight finish (up to 10s)");
+        handle.shutdown(Duration::from_secs(10)).await;
+        anyhow::Ok(())
+    })
+}
+
+/// Log lines to stderr: `MARATHON_LOG` (or `RUST_LOG`) filters, default `info`.
+pub(crate) fn init_logging(format: LogFormat) {
+    let filter = std::env::var("MARATHON_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
