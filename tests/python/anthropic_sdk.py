@@ -1,0 +1,105 @@
+"""The official `anthropic` SDK as a marathon client.
+
+Run by crates/proxy/tests/sdk.rs against an in-process simulator and proxy:
+
+    python anthropic_sdk.py failover  <proxy>/anthropic
+    python anthropic_sdk.py exhausted <proxy>/anthropic
+
+The SDK's own retries are off (`max_retries=0`), so any failover seen here was
+marathon's. The script records what the SDK saw (texts, the proxy's
+`x-marathon-*` headers, the error it raised) and prints it as one line
+`SUMMARY {json}` for the Rust test to assert on. Anything unexpected — an
+exception in `failover`, a missing exception or another error class in
+`exhausted` — ends the script with a traceback and a non-zero status.
+"""
+
+import json
+import sys
+
+import anthropic
+
+MODEL = "claude-sonnet-4-5"
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+def headers_of(h):
+    return {
+        "account": h.get("x-marathon-account"),
+        "attempts": h.get("x-marathon-attempts"),
+    }
+
+
+def create_json(client):
+    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+    msg = raw.parse()
+    text = "".join(block.text for block in msg.content if block.type == "text")
+    return {"call": "messages.create", "status": raw.status_code, "text": text,
+            "stop_reason": msg.stop_reason, **headers_of(raw.headers)}
+
+
+def stream_helper(client):
+    with client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+        status = stream.response.status_code
+        hdrs = headers_of(stream.response.headers)
+    final_text = "".join(block.text for block in final.content if block.type == "text")
+    return {"call": "messages.stream", "status": status, "text": text, "final_text": final_text,
+            "stop_reason": final.stop_reason, **hdrs}
+
+
+def create_stream(client):
+    raw = client.messages.with_raw_response.create(
+        model=MODEL, max_tokens=64, messages=MESSAGES, stream=True)
+    events = []
+    text = ""
+    for event in raw.parse():
+        events.append(event.type)
+        if event.type == "content_block_delta" and event.delta.type == "text_delta":
+            text += event.delta.text
+    return {"call": "messages.create(stream=True)", "status": raw.status_code, "text": text,
+            "events": events, **headers_of(raw.headers)}
+
+
+def failover(client):
+    # The quota runs out at the third call, a stream: the 429 comes before the
+    # stream starts, so marathon can move the request to the next account.
+    calls = [create_json, stream_helper, create_stream, create_json, stream_helper]
+    return {"calls": [call(client) for call in calls]}
+
+
+def expect_rate_limit(label, thunk):
+    try:
+        thunk()
+    except anthropic.RateLimitError as e:
+        return {"call": label, "error": type(e).__name__, "status": e.status_code,
+                "message": str(e), "body": e.body,
+                "retry_after": e.response.headers.get("retry-after"),
+                **headers_of(e.response.headers)}
+    raise AssertionError(f"{label}: expected anthropic.RateLimitError, the call succeeded")
+
+
+def exhausted(client):
+    def streamed():
+        for _ in client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True):
+            pass
+
+    return {"errors": [
+        expect_rate_limit("messages.create", lambda: client.messages.create(
+            model=MODEL, max_tokens=64, messages=MESSAGES)),
+        expect_rate_limit("messages.create(stream=True)", streamed),
+    ]}
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[1] not in ("failover", "exhausted"):
+        sys.exit("usage: anthropic_sdk.py failover|exhausted <proxy base URL>/anthropic")
+    scenario, base_url = sys.argv[1], sys.argv[2]
+    client = anthropic.Anthropic(base_url=base_url, api_key="anything", max_retries=0, timeout=15)
+    summary = {"sdk": "anthropic", "version": anthropic.__version__, "scenario": scenario}
+    summary.update(failover(client) if scenario == "failover" else exhausted(client))
+    print("SUMMARY " + json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
