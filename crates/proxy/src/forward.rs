@@ -362,6 +362,22 @@ pub(crate) async fn forward(
                     let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
                     Exhausted { soonest: pool.soonest_ready(now), accounts: pool.status(now) }
                 };
+                // As for an exhausted pick: with `max_wait`, wait for the first
+                // account to recover (a one-account pool ends up here, not
+                // there). Only for a real wait: an account usable now means a
+                // limit stopped us, and waiting 0 would loop.
+                if let (Some(max_wait), Some(soonest)) = (settings.max_wait, ex.soonest) {
+                    let wait = now.until(soonest);
+                    if !wait.is_zero() && waited + wait <= max_wait && ctx.replayable {
+                        waited += wait;
+                        excluded.clear();
+                        current = None;
+                        ctx.same_account_tries = 0;
+                        ctx.refreshed = false;
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
                 rt.metrics.exhausted.fetch_add(1, Relaxed);
                 state.publish(vec![Event {
                     at: now,

@@ -160,13 +160,14 @@ fn merge_list(h: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
     }
 }
 
-/// Reads the client's presented key (for the optional access-key check).
-pub(crate) fn presented_key(h: &HeaderMap) -> Option<&str> {
-    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
-    get("x-marathon-key")
-        .or_else(|| get("x-api-key"))
-        .or_else(|| get("x-goog-api-key"))
-        .or_else(|| get("authorization").map(|v| v.strip_prefix("Bearer ").unwrap_or(v)))
+/// Every key the client presents (for the optional access-key check). All of
+/// them, not the first found: SDKs configured with both an API key and an
+/// auth token send `x-api-key` *and* `Authorization`, and either may be the
+/// access key.
+pub(crate) fn presented_keys(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    ["x-marathon-key", "x-api-key", "x-goog-api-key", "authorization"].into_iter().flat_map(move |n| {
+        h.get_all(n).iter().filter_map(|v| v.to_str().ok()).map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
+    })
 }
 
 /// `HeaderLookup` over a hyper header map, for the classifier.

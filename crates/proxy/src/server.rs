@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::body::ProxyBody;
 use crate::errors::proxy_error;
 use crate::events::EventBus;
-use crate::headers::presented_key;
+use crate::headers::presented_keys;
 use crate::metrics::ProviderMetrics;
 use crate::state::{AppState, ProviderRuntime, ProxySettings, TokenSource};
 use crate::{ops, ProxyError};
@@ -195,8 +195,8 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyB
         return ops::route(&state, "health");
     }
     if !state.settings.access_keys.is_empty() {
-        let ok = presented_key(req.headers())
-            .is_some_and(|k| state.settings.access_keys.iter().any(|a| a.same_as(&marathon_core::Secret::new(k))));
+        let ok = presented_keys(req.headers())
+            .any(|k| state.settings.access_keys.iter().any(|a| a.same_as(&marathon_core::Secret::new(k))));
         if !ok {
             let flavor = state.providers.get(first).map_or(marathon_core::ApiFlavor::Openai, |p| p.settings.flavor);
             return proxy_error(
