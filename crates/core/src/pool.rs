@@ -19,9 +19,10 @@
 //!
 //! ## Cost of a pick
 //!
-//! Selection is O(log n) in the number of accounts and never scans them all:
-//! usable accounts live in one ordered set keyed by `(tier, strategy key)`, so
-//! the answer is its first element not in the request's (small) exclude list.
+//! Selection is O(log n) in the number of accounts (O(1) for round-robin)
+//! and never scans them all: usable accounts live in one ordered set keyed by
+//! `(tier, strategy key)` (for round-robin, two queues), so the answer is its
+//! first element not in the request's (small) exclude list.
 //! Cooldowns live in a second ordered set of `(until, account)`, promoted
 //! lazily at the start of each pick the way mini-redis expires keys; hot
 //! accounts (see [`PoolConfig::proactive_threshold`]) carry a third set of
@@ -40,6 +41,7 @@
 //! flight on it any more, so there is never more than one probe at a time.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::time::Duration;
 
 use crate::account::{AccountId, AccountKind, AccountMeta};
@@ -231,16 +233,27 @@ mod opt_millis {
     }
 }
 
-/// Ordering key of a usable account. `tier` 1 holds accounts past the
-/// proactive threshold, so they sort after every normal account; `a`, `b`,
-/// `c` are the strategy's key; `idx` breaks ties and names the slot.
+/// Ordering key of a usable account, packed into one `u128` so that the
+/// ordered set compares keys in two instructions. From the top bit down:
+/// the tier (1 = past the proactive threshold, so after every normal
+/// account), the strategy's fields, and the slot index in the low 32 bits
+/// (the final tie-breaker, and how a key names its slot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    tier: u8,
-    a: u64,
-    b: u64,
-    c: u64,
-    idx: u32,
+struct Key(u128);
+
+impl Key {
+    fn idx(self) -> usize {
+        (self.0 & u128::from(u32::MAX)) as usize
+    }
+
+    fn hot(self) -> bool {
+        self.0 >> 127 == 1
+    }
+
+    /// For a round-robin key: whether the account was never picked.
+    fn rr_never_picked(self) -> bool {
+        (self.0 >> 64) & u128::from(u64::MAX >> 1) == 0
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -291,8 +304,8 @@ pub struct Pool {
     /// Bumped when a slot is freed, so stale session entries miss.
     generations: Vec<u32>,
     free: Vec<usize>,
-    ids: HashMap<AccountId, usize>,
-    usable: BTreeSet<Key>,
+    ids: IdIndex,
+    usable: Order,
     cooling: BTreeSet<(UnixMillis, usize)>,
     hot: BTreeSet<(UnixMillis, usize)>,
     sticky: Option<usize>,
@@ -307,6 +320,7 @@ impl Pool {
     /// An empty pool for `provider`. `seed` feeds the jitter generator, so two
     /// pools built with the same seed and fed the same calls behave identically.
     pub fn new(provider: impl Into<String>, config: PoolConfig, seed: u64) -> Self {
+        let strategy = config.strategy;
         Pool {
             provider: provider.into(),
             config,
@@ -314,8 +328,8 @@ impl Pool {
             slots: Vec::new(),
             generations: Vec::new(),
             free: Vec::new(),
-            ids: HashMap::new(),
-            usable: BTreeSet::new(),
+            ids: IdIndex::default(),
+            usable: Order::new(strategy),
             cooling: BTreeSet::new(),
             hot: BTreeSet::new(),
             sticky: None,
@@ -343,6 +357,10 @@ impl Pool {
         }
         self.config.strategy = strategy;
         self.sticky = None;
+        self.usable = Order::new(strategy);
+        for s in self.slots.iter_mut().flatten() {
+            s.key = None;
+        }
         for i in 0..self.slots.len() {
             self.sync(i);
         }
@@ -352,7 +370,7 @@ impl Pool {
     /// existing id. Health and counters of an existing account are kept, so a
     /// store reload does not forget a cooldown.
     pub fn upsert(&mut self, meta: AccountMeta) {
-        if let Some(&i) = self.ids.get(&meta.id) {
+        if let Some(i) = self.find(&meta.id) {
             if let Some(s) = self.slots[i].as_mut() {
                 s.meta = meta;
             }
@@ -400,13 +418,12 @@ impl Pool {
 
     /// Forgets an account. Late `record`s for it are ignored.
     pub fn remove(&mut self, id: &AccountId) {
-        let Some(i) = self.ids.remove(id) else { return };
+        let Some(i) = self.find(id) else { return };
+        self.ids.remove(id, i);
         let Some(s) = self.slots[i].take() else {
             return;
         };
-        if let Some(k) = s.key {
-            self.usable.remove(&k);
-        }
+        self.usable.update(s.key, None);
         if let Some(t) = s.cooling_entry {
             self.cooling.remove(&(t, i));
         }
@@ -430,7 +447,7 @@ impl Pool {
 
     /// Whether the pool has no accounts.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.ids.len() == 0
     }
 
     /// Chooses the account for the next attempt and takes a slot on it (ended
@@ -491,7 +508,7 @@ impl Pool {
     /// call after a refresh ([`Pool::mark_needs_login`]). Usage windows are
     /// updated from any response that carries them. Unknown ids are ignored.
     pub fn record(&mut self, id: &AccountId, c: &Classification, now: UnixMillis) -> Vec<Event> {
-        let Some(&i) = self.ids.get(id) else {
+        let Some(i) = self.find(id) else {
             return Vec::new();
         };
         self.promote(now);
@@ -559,7 +576,7 @@ impl Pool {
     /// Ends a slot without an outcome (the client went away, the proxy gave
     /// up before sending): no penalty, no counters.
     pub fn release(&mut self, id: &AccountId) {
-        let Some(&i) = self.ids.get(id) else { return };
+        let Some(i) = self.find(id) else { return };
         let Some(s) = self.slots[i].as_mut() else {
             return;
         };
@@ -577,7 +594,7 @@ impl Pool {
         now: UnixMillis,
         reason: &str,
     ) -> Vec<Event> {
-        let Some(&i) = self.ids.get(id) else {
+        let Some(i) = self.find(id) else {
             return Vec::new();
         };
         let Some(s) = self.slots[i].as_mut() else {
@@ -604,7 +621,7 @@ impl Pool {
     /// clears cooldown, needs-login and failure streaks. A `recovered` event
     /// when it was not already ready.
     pub fn mark_ready(&mut self, id: &AccountId, now: UnixMillis) -> Vec<Event> {
-        let Some(&i) = self.ids.get(id) else {
+        let Some(i) = self.find(id) else {
             return Vec::new();
         };
         let Some(s) = self.slots[i].as_mut() else {
@@ -632,7 +649,7 @@ impl Pool {
     /// The proxy refreshed the account's OAuth token: a `refreshed` event, and
     /// an account benched for auth (401/403) or needing login is ready again.
     pub fn refreshed(&mut self, id: &AccountId, now: UnixMillis) -> Vec<Event> {
-        let Some(&i) = self.ids.get(id) else {
+        let Some(i) = self.find(id) else {
             return Vec::new();
         };
         let Some(s) = self.slots[i].as_mut() else {
@@ -699,7 +716,7 @@ impl Pool {
         reason: &str,
         now: UnixMillis,
     ) -> Vec<Event> {
-        let Some(&i) = self.ids.get(id) else {
+        let Some(i) = self.find(id) else {
             return Vec::new();
         };
         let Some(s) = self.slots[i].as_mut() else {
@@ -747,7 +764,7 @@ impl Pool {
 
     /// One account's status.
     pub fn account_status(&self, id: &AccountId, now: UnixMillis) -> Option<AccountStatus> {
-        let &i = self.ids.get(id)?;
+        let i = self.find(id)?;
         self.slots[i].as_ref().map(|s| s.status(now))
     }
 
@@ -760,6 +777,11 @@ impl Pool {
             return Some(now);
         }
         self.cooling.first().map(|&(t, _)| t.max(now))
+    }
+
+    /// The slot holding `id`.
+    fn find(&self, id: &AccountId) -> Option<usize> {
+        self.ids.find(id, &self.slots)
     }
 
     /// Ends cooldowns that are over (→ probing) and proactive demotions whose
@@ -813,21 +835,21 @@ impl Pool {
                 .map(|i| (i, false)),
         ];
         for (i, via_session) in preferred.into_iter().flatten() {
-            if usable_key(i).is_some_and(|k| k.tier == 0) {
+            if usable_key(i).is_some_and(|k| !k.hot()) {
                 return Some((i, via_session));
             }
         }
-        let first = self.usable.iter().find(|k| !excluded(k.idx as usize))?;
+        let (first, first_hot) = self.usable.first(excluded)?;
         // Every normal-tier account is excluded or busy: a hot preferred
         // account is as good as any other hot one, and keeps its cache.
-        if first.tier > 0 {
+        if first_hot {
             for (i, via_session) in preferred.into_iter().flatten() {
                 if usable_key(i).is_some() {
                     return Some((i, via_session));
                 }
             }
         }
-        Some((first.idx as usize, false))
+        Some((first, false))
     }
 
     /// Benches slot `i` for `c`, deduplicating parallel failures.
@@ -893,7 +915,7 @@ impl Pool {
     }
 
     fn label_of(&self, id: &AccountId) -> Option<String> {
-        let &i = self.ids.get(id)?;
+        let i = self.find(id)?;
         self.slots[i].as_ref().map(|s| s.meta.label.clone())
     }
 
@@ -910,12 +932,7 @@ impl Pool {
         };
         let want = key_for(&self.config, s, i);
         if s.key != want {
-            if let Some(k) = s.key {
-                self.usable.remove(&k);
-            }
-            if let Some(k) = want {
-                self.usable.insert(k);
-            }
+            self.usable.update(s.key, want);
             s.key = want;
         }
         let want_cool = match s.state {
@@ -958,21 +975,26 @@ fn key_for(cfg: &PoolConfig, s: &Slot, idx: usize) -> Option<Key> {
     if !s.meta.enabled || !matches!(s.state, State::Ready | State::Probing { taken: false }) {
         return None;
     }
-    // Order-preserving map of i32 onto u64.
-    let prio = (i64::from(s.meta.priority) - i64::from(i32::MIN)) as u64;
-    let (a, b, c) = match cfg.strategy {
-        Strategy::Sticky | Strategy::Priority => (prio, s.seq, 0),
-        Strategy::RoundRobin => (s.last_pick, s.seq, 0),
-        Strategy::LeastUsed => (u64::from(s.in_flight), s.picks, prio),
-        Strategy::DrainSoonest => (s.drain_at, prio, s.seq),
+    const M63: u64 = (1 << 63) - 1;
+    // Order-preserving map of i32 onto u32.
+    let prio = u128::from((s.meta.priority as u32) ^ 0x8000_0000);
+    let seq = u128::from(s.seq & M63);
+    let fields = match cfg.strategy {
+        // prio:32 | seq:63
+        Strategy::Sticky | Strategy::Priority => (prio << 95) | (seq << 32),
+        // last_pick:63 | prio:32
+        Strategy::RoundRobin => (u128::from(s.last_pick & M63) << 64) | (prio << 32),
+        // in_flight:16 | picks:47 | prio:32 (saturating: past 65,535 requests
+        // in flight or 2^47 picks the order no longer matters)
+        Strategy::LeastUsed => {
+            let in_flight = u128::from(s.in_flight.min(0xFFFF));
+            let picks = u128::from(s.picks.min((1 << 47) - 1));
+            (in_flight << 111) | (picks << 64) | (prio << 32)
+        }
+        // drain_at:63 | prio:32
+        Strategy::DrainSoonest => (u128::from(s.drain_at.min(M63)) << 64) | (prio << 32),
     };
-    Some(Key {
-        tier: u8::from(s.hot),
-        a,
-        b,
-        c,
-        idx: idx as u32,
-    })
+    Some(Key((u128::from(s.hot) << 127) | fields | idx as u128))
 }
 
 impl Slot {
@@ -1058,6 +1080,244 @@ impl Slot {
             usage: self.usage.clone(),
             in_flight: self.in_flight,
         }
+    }
+}
+
+/// The usable accounts in strategy order.
+#[derive(Debug)]
+enum Order {
+    /// Ordered by key: sticky, priority, least-used, drain-soonest. O(log n).
+    Tree(BTreeSet<Key>),
+    /// Round-robin: the order is "least recently picked", and a pick always
+    /// moves an account to the very end, so two intrusive queues (normal and
+    /// hot tier) give O(1) where a tree paid O(log n) twice per pick.
+    Queues(Queues),
+}
+
+impl Order {
+    fn new(strategy: Strategy) -> Self {
+        match strategy {
+            Strategy::RoundRobin => Order::Queues(Queues::new()),
+            _ => Order::Tree(BTreeSet::new()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Order::Tree(t) => t.is_empty(),
+            Order::Queues(q) => q.len == 0,
+        }
+    }
+
+    /// Moves a slot from its old key (if usable) to its new one (if usable).
+    fn update(&mut self, old: Option<Key>, new: Option<Key>) {
+        match self {
+            Order::Tree(t) => {
+                if let Some(k) = old {
+                    t.remove(&k);
+                }
+                if let Some(k) = new {
+                    t.insert(k);
+                }
+            }
+            Order::Queues(q) => match (old, new) {
+                (None, None) => {}
+                (Some(o), None) => q.unlink(o.idx(), o.hot()),
+                // A new account joins at the end, in insertion order; one
+                // back in rotation (recovered, re-enabled) has waited longest,
+                // so it goes first.
+                (None, Some(n)) if n.rr_never_picked() => q.push_back(n.idx(), n.hot()),
+                (None, Some(n)) => q.push_front(n.idx(), n.hot()),
+                (Some(o), Some(n)) if o == n => {}
+                (Some(o), Some(n)) if o.hot() != n.hot() => {
+                    q.unlink(o.idx(), o.hot());
+                    q.push_front(n.idx(), n.hot());
+                }
+                // Same tier, new key: it was just picked (or re-prioritised).
+                (Some(o), Some(n)) => {
+                    q.unlink(o.idx(), o.hot());
+                    q.push_back(n.idx(), n.hot());
+                }
+            },
+        }
+    }
+
+    /// The first usable slot not excluded, and whether it is in the hot tier.
+    fn first(&self, excluded: impl Fn(usize) -> bool) -> Option<(usize, bool)> {
+        match self {
+            Order::Tree(t) => t
+                .iter()
+                .find(|k| !excluded(k.idx()))
+                .map(|k| (k.idx(), k.hot())),
+            Order::Queues(q) => q.first(excluded),
+        }
+    }
+}
+
+const NIL: u32 = u32::MAX;
+
+/// Two doubly linked lists threaded through slot indices (tier 0 and tier 1).
+#[derive(Debug)]
+struct Queues {
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    head: [u32; 2],
+    tail: [u32; 2],
+    len: usize,
+}
+
+impl Queues {
+    fn new() -> Self {
+        Queues {
+            next: Vec::new(),
+            prev: Vec::new(),
+            head: [NIL; 2],
+            tail: [NIL; 2],
+            len: 0,
+        }
+    }
+
+    fn ensure(&mut self, i: usize) {
+        if self.next.len() <= i {
+            self.next.resize(i + 1, NIL);
+            self.prev.resize(i + 1, NIL);
+        }
+    }
+
+    fn push_front(&mut self, i: usize, hot: bool) {
+        self.ensure(i);
+        let t = usize::from(hot);
+        let i32_ = i as u32;
+        self.prev[i] = NIL;
+        self.next[i] = self.head[t];
+        match self.head[t] {
+            NIL => self.tail[t] = i32_,
+            h => self.prev[h as usize] = i32_,
+        }
+        self.head[t] = i32_;
+        self.len += 1;
+    }
+
+    fn push_back(&mut self, i: usize, hot: bool) {
+        self.ensure(i);
+        let t = usize::from(hot);
+        let i32_ = i as u32;
+        self.next[i] = NIL;
+        self.prev[i] = self.tail[t];
+        match self.tail[t] {
+            NIL => self.head[t] = i32_,
+            tl => self.next[tl as usize] = i32_,
+        }
+        self.tail[t] = i32_;
+        self.len += 1;
+    }
+
+    fn unlink(&mut self, i: usize, hot: bool) {
+        let t = usize::from(hot);
+        let (p, n) = (self.prev[i], self.next[i]);
+        match p {
+            NIL => self.head[t] = n,
+            p => self.next[p as usize] = n,
+        }
+        match n {
+            NIL => self.tail[t] = p,
+            n => self.prev[n as usize] = p,
+        }
+        self.prev[i] = NIL;
+        self.next[i] = NIL;
+        self.len -= 1;
+    }
+
+    fn first(&self, excluded: impl Fn(usize) -> bool) -> Option<(usize, bool)> {
+        for t in 0..2 {
+            let mut i = self.head[t];
+            while i != NIL {
+                if !excluded(i as usize) {
+                    return Some((i as usize, t == 1));
+                }
+                i = self.next[i as usize];
+            }
+        }
+        None
+    }
+}
+
+/// Account id → slot. Keyed by a 64-bit hash of the id and confirmed
+/// against the slot's own copy of the id, so that a `record` right after its
+/// `pick` reads id bytes that are already in cache rather than a second copy
+/// (with 10,000 accounts that cold read was a third of a pick's cost). Hash
+/// collisions, which practically never happen, go to an ordinary map.
+#[derive(Debug, Default)]
+struct IdIndex {
+    hasher: RandomState,
+    by_hash: HashMap<u64, usize, BuildHasherDefault<PrehashedHasher>>,
+    collided: HashMap<AccountId, usize>,
+}
+
+impl IdIndex {
+    fn hash(&self, id: &AccountId) -> u64 {
+        self.hasher.hash_one(id.0.as_str())
+    }
+
+    fn find(&self, id: &AccountId, slots: &[Option<Slot>]) -> Option<usize> {
+        if let Some(&i) = self.by_hash.get(&self.hash(id))
+            && slots[i].as_ref().is_some_and(|s| s.meta.id == *id)
+        {
+            return Some(i);
+        }
+        self.collided.get(id).copied()
+    }
+
+    fn insert(&mut self, id: AccountId, i: usize) {
+        let h = self.hash(&id);
+        match self.by_hash.entry(h) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(i);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(id, i);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &AccountId, i: usize) {
+        let h = self.hash(id);
+        if self.by_hash.get(&h) == Some(&i) {
+            self.by_hash.remove(&h);
+            // Promote a colliding id with the same hash, if any.
+            let moved = self.collided.keys().find(|k| self.hash(k) == h).cloned();
+            if let Some(k) = moved
+                && let Some(j) = self.collided.remove(&k)
+            {
+                self.by_hash.insert(h, j);
+            }
+        } else {
+            self.collided.remove(id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_hash.len() + self.collided.len()
+    }
+}
+
+/// A hasher for keys that already are hashes.
+#[derive(Default)]
+struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 

@@ -1009,3 +1009,26 @@ fn events_name_labels_not_ids() {
     assert!(json.contains("\"account\":\"team\""), "{json}");
     assert!(!json.contains("acct_01HZX"), "{json}");
 }
+
+#[test]
+fn changing_strategy_reindexes_every_account() {
+    let mut p = pool(Strategy::RoundRobin, &["a", "b", "c"]);
+    serve(&mut p, at(0), &limited());
+    assert_eq!(serve(&mut p, at(1), &ok()), "b");
+    p.set_strategy(Strategy::Priority);
+    assert_eq!(p.config().strategy, Strategy::Priority);
+    for s in 2..5 {
+        assert_eq!(
+            serve(&mut p, at(s), &ok()),
+            "b",
+            "a is still cooling; b has the lowest number"
+        );
+    }
+    p.set_strategy(Strategy::RoundRobin);
+    let got: Vec<String> = (5..9).map(|s| serve(&mut p, at(s), &ok())).collect();
+    assert_eq!(got.len(), 4);
+    assert!(!got.contains(&"a".to_owned()));
+    assert!(got.contains(&"b".to_owned()) && got.contains(&"c".to_owned()));
+    // After the cooldown, round-robin probes the recovered account first.
+    assert_eq!(pick(&mut p, at(100)), ("a".into(), true));
+}

@@ -114,7 +114,7 @@ fn meta(i: usize, priority: i32, enabled: bool) -> AccountMeta {
         id: id(i),
         provider: "anthropic".into(),
         label: format!("label-{i}"),
-        kind: if i % 2 == 0 {
+        kind: if i.is_multiple_of(2) {
             AccountKind::Oauth
         } else {
             AccountKind::ApiKey
@@ -197,8 +197,8 @@ proptest! {
     ) {
         let mut p = Pool::new("anthropic", PoolConfig { strategy, ..PoolConfig::default() }, seed);
         let mut enabled = vec![true; n];
-        for i in 0..n {
-            p.upsert(meta(i, priorities[i], true));
+        for (i, &priority) in priorities.iter().enumerate().take(n) {
+            p.upsert(meta(i, priority, true));
         }
         let mut now = T0;
         let mut out: Vec<Outstanding> = Vec::new();
