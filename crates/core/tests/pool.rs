@@ -1032,3 +1032,37 @@ fn changing_strategy_reindexes_every_account() {
     // After the cooldown, round-robin probes the recovered account first.
     assert_eq!(pick(&mut p, at(100)), ("a".into(), true));
 }
+
+/// Found by the scheduler property test: an older request finishing while
+/// the probe was out used to free the probe slot, and a second probe went out.
+#[test]
+fn regression_a_stale_record_does_not_free_the_probe_slot() {
+    let mut p = pool(Strategy::Priority, &["a", "b"]);
+    assert_eq!(pick(&mut p, at(0)).0, "a");
+    assert_eq!(pick(&mut p, at(0)).0, "a");
+    p.record(
+        &id("a"),
+        &limited_until(at(10), HintSource::RetryAfterSeconds),
+        at(0),
+    );
+    assert_eq!(pick(&mut p, at(11)), ("a".into(), true));
+    // The request picked before the cooldown ends now, with a 529.
+    p.record(
+        &id("a"),
+        &class(Class::Provider, Some(529), "overloaded_error"),
+        at(12),
+    );
+    assert_eq!(
+        pick(&mut p, at(12)),
+        ("b".into(), false),
+        "the probe is still out"
+    );
+    let ev = p.record(&id("a"), &ok(), at(13));
+    assert_eq!(
+        ev[0].kind,
+        EventKind::Recovered {
+            account: "a".into()
+        }
+    );
+    assert_eq!(pick(&mut p, at(13)), ("a".into(), false));
+}
