@@ -91,6 +91,13 @@ impl Slot {
     fn recorded(&mut self) {
         self.id = None;
     }
+
+    /// Ends the slot without an outcome (no penalty, no counters).
+    fn release(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.rt.pool.lock().unwrap_or_else(|e| e.into_inner()).release(&id);
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -165,10 +172,13 @@ pub(crate) async fn forward(
     let mut current: Option<Current> = None;
     let mut rotated_from: Option<(String, String)> = None;
     let mut waited = Duration::ZERO;
+    // The slot a pick takes lasts across same-account retries (a refresh, the
+    // transport retry, provider retries): the pool wants exactly one `record`
+    // or `release` per pick, with the final outcome on that account.
+    let mut slot = Slot { rt: rt.clone(), id: None };
 
     loop {
         // 1. Select an account (unless the last decision was "same account again").
-        let mut slot = Slot { rt: rt.clone(), id: None };
         if current.is_none() {
             let now = state.now();
             let pick = {
@@ -190,6 +200,7 @@ pub(crate) async fn forward(
                     let cred = rt.creds.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
                     let Some(cred) = cred else {
                         // Removed from the store a moment ago.
+                        slot.release();
                         excluded.push(id);
                         continue;
                     };
@@ -201,7 +212,10 @@ pub(crate) async fn forward(
                                 Ok(s) => s,
                                 Err(e) => {
                                     account_unusable(&state, &rt, &id, &cred.label, &e);
-                                    slot.recorded();
+                                    // Nothing was sent: end the slot, or an
+                                    // account picked as a probe stays "probe
+                                    // in flight" for ever.
+                                    slot.release();
                                     excluded.push(id);
                                     continue;
                                 }
@@ -249,6 +263,7 @@ pub(crate) async fn forward(
         };
         if applied.is_err() {
             tracing::error!(provider = %settings.name, account = %cur.label, "stored credential is not a valid header value; skipping the account");
+            slot.release();
             excluded.push(cur.id.clone());
             current = None;
             continue;
@@ -287,17 +302,24 @@ pub(crate) async fn forward(
                 )
             }
         };
-        let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).record(&cur.id, &classification, now);
-        slot.recorded();
-        state.publish(events);
         trace.record(cur.label.clone(), &classification, now);
 
-        // 4. Decide.
+        // 4. Decide, and record the outcome unless the same account is tried
+        // again (then its final outcome is recorded): a 401 fixed by a refresh
+        // must not bench the account, and the slot must end exactly once.
         let decision = {
             let mut budget = rt.budget.lock().unwrap_or_else(|e| e.into_inner());
             decide(&settings.retry, &ctx, &classification, now, &mut budget)
         };
         ctx.advance(&decision, &classification, ctx.kind);
+        let record = |slot: &mut Slot| {
+            let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).record(&cur.id, &classification, now);
+            slot.recorded();
+            state.publish(events);
+        };
+        if !matches!(decision, Decision::RetrySame { .. } | Decision::RefreshAndRetry) {
+            record(&mut slot);
+        }
         match decision {
             Decision::PassThrough => {
                 let resp = match upstream {
@@ -324,11 +346,14 @@ pub(crate) async fn forward(
                 match refreshed {
                     Ok(secret) => {
                         rt.metrics.refreshes.fetch_add(1, Relaxed);
+                        let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).refreshed(&cur.id, state.now());
+                        state.publish(events);
                         if let Some(c) = current.as_mut() {
                             c.secret = secret;
                         }
                     }
                     Err(e) => {
+                        record(&mut slot);
                         let (id, label) = (cur.id.clone(), cur.label.clone());
                         account_unusable(&state, &rt, &id, &label, &e);
                         rotated_from = Some((label, classification.reason.clone()));

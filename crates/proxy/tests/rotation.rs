@@ -803,3 +803,178 @@ async fn metrics_and_event_stream_report_a_failover() {
         assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
     }
 }
+
+// ---------------------------------------------------------------- OAuth (token source)
+
+/// A token source: hands out `current`, and on a forced refresh answers as
+/// `refresh` says.
+struct FakeTokens {
+    current: std::sync::Mutex<String>,
+    refresh: Result<&'static str, marathon_proxy::TokenError>,
+    fail_next_access: std::sync::atomic::AtomicBool,
+    refreshes: std::sync::atomic::AtomicU32,
+}
+
+impl FakeTokens {
+    fn new(stored: &str, refresh: Result<&'static str, marathon_proxy::TokenError>) -> Self {
+        FakeTokens {
+            current: std::sync::Mutex::new(stored.to_owned()),
+            refresh,
+            fail_next_access: Default::default(),
+            refreshes: Default::default(),
+        }
+    }
+}
+
+impl marathon_proxy::TokenSource for FakeTokens {
+    fn access_token<'a>(
+        &'a self,
+        _account: &'a marathon_core::AccountId,
+    ) -> marathon_proxy::BoxFuture<'a, Result<marathon_core::Secret, marathon_proxy::TokenError>>
+    {
+        Box::pin(async move {
+            if self
+                .fail_next_access
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(marathon_proxy::TokenError::Transient(
+                    "token endpoint unreachable".into(),
+                ));
+            }
+            Ok(marathon_core::Secret::new(
+                self.current.lock().unwrap().clone(),
+            ))
+        })
+    }
+
+    fn force_refresh<'a>(
+        &'a self,
+        _account: &'a marathon_core::AccountId,
+        _rejected: &'a marathon_core::Secret,
+    ) -> marathon_proxy::BoxFuture<'a, Result<marathon_core::Secret, marathon_proxy::TokenError>>
+    {
+        Box::pin(async move {
+            self.refreshes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match &self.refresh {
+                Ok(fresh) => {
+                    *self.current.lock().unwrap() = (*fresh).to_owned();
+                    Ok(marathon_core::Secret::new(*fresh))
+                }
+                Err(marathon_proxy::TokenError::Permanent(r)) => {
+                    Err(marathon_proxy::TokenError::Permanent(r.clone()))
+                }
+                Err(marathon_proxy::TokenError::Transient(r)) => {
+                    Err(marathon_proxy::TokenError::Transient(r.clone()))
+                }
+            }
+        })
+    }
+}
+
+/// a1 is an OAuth login whose stored access token the simulator no longer
+/// accepts (401, an unknown credential: not counted); the simulator knows
+/// `oauth-fresh-a1`.
+async fn oauth_world(tokens: std::sync::Arc<FakeTokens>) -> World {
+    world_with(
+        Scenario::new([Account::ok("a1", "oauth-fresh-a1"), acct("a2")]),
+        Opts::new(Api::Anthropic)
+            .oauth("a1", "oauth-stale-a1")
+            .tokens(tokens),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_401_refreshes_and_retries_the_same_account() {
+    let tokens = std::sync::Arc::new(FakeTokens::new("oauth-stale-a1", Ok("oauth-fresh-a1")));
+    let w = oauth_world(tokens.clone()).await;
+    let mut events = w.proxy.subscribe_events();
+    let r = w.call().await;
+    assert_eq!((r.status, r.account()), (200, Some("a1")), "{}", r.text());
+    assert_eq!(attempt_heads(&r), ["a1=401", "a1=200"]);
+    assert_eq!(
+        tokens.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (1, 0));
+    let ev = next_event(&mut events, "refreshed").await;
+    assert_eq!(ev["account"], "a1");
+    // Refreshed and working: not benched, and it keeps the traffic.
+    let a = wait_idle(&w, "a1").await;
+    assert_eq!(a["health"]["state"], "ready", "{a}");
+    let r = w.call().await;
+    assert_eq!(
+        (r.status, r.account()),
+        (200, Some("a1")),
+        "{}",
+        r.attempts()
+    );
+    assert_eq!(
+        tokens.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_refresh_failing_for_good_needs_login_and_rotates() {
+    let tokens = std::sync::Arc::new(FakeTokens::new(
+        "oauth-stale-a1",
+        Err(marathon_proxy::TokenError::Permanent(
+            "invalid_grant".into(),
+        )),
+    ));
+    let w = oauth_world(tokens.clone()).await;
+    let mut events = w.proxy.subscribe_events();
+    let r = w.call().await;
+    assert_eq!((r.status, r.account()), (200, Some("a2")), "{}", r.text());
+    assert_eq!(attempt_heads(&r), ["a1=401", "a2=200"]);
+    let ev = next_event(&mut events, "refresh_failed").await;
+    assert_eq!(
+        (ev["account"].as_str(), ev["permanent"].as_bool()),
+        (Some("a1"), Some(true))
+    );
+    let a = wait_idle(&w, "a1").await;
+    assert_eq!(a["health"]["state"], "needs_login", "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_still_401_after_a_refresh_needs_login() {
+    let tokens = std::sync::Arc::new(FakeTokens::new("oauth-stale-a1", Ok("oauth-also-rejected")));
+    let w = oauth_world(tokens.clone()).await;
+    let r = w.call().await;
+    assert_eq!((r.status, r.account()), (200, Some("a2")), "{}", r.text());
+    assert_eq!(attempt_heads(&r), ["a1=401", "a1=401", "a2=200"]);
+    assert_eq!(
+        tokens.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    let a = wait_idle(&w, "a1").await;
+    assert_eq!(a["health"]["state"], "needs_login", "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_cannot_be_had_now_skips_the_account_and_frees_its_slot() {
+    let tokens = std::sync::Arc::new(FakeTokens::new("oauth-fresh-a1", Ok("oauth-fresh-a1")));
+    tokens
+        .fail_next_access
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let w = oauth_world(tokens.clone()).await;
+    let r = w.call().await;
+    assert_eq!((r.status, r.account()), (200, Some("a2")), "{}", r.text());
+    assert_eq!(w.sim.count("a1"), 0);
+    let a = wait_idle(&w, "a1").await;
+    assert_eq!(a["health"]["state"], "ready", "{a}");
+    // Still usable: with a2 out of quota, a1 serves.
+    w.sim
+        .set_account(acct("a2").quota(0, WINDOW, QuotaStyle::AnthropicApi))
+        .unwrap();
+    let r = w.call().await;
+    assert_eq!(
+        (r.status, r.account()),
+        (200, Some("a1")),
+        "{}",
+        r.attempts()
+    );
+}

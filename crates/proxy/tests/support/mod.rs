@@ -19,10 +19,12 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use marathon_core::Secret;
-use marathon_proxy::{EventSubscription, ProxyHandle, ProxySettings, StartOptions, UpstreamBase};
+use marathon_core::{AccountKind, Secret};
+use marathon_proxy::{
+    EventSubscription, ProxyHandle, ProxySettings, StartOptions, TokenSource, UpstreamBase,
+};
 use marathon_sim::{Scenario, SimHandle};
-use marathon_store::{MemoryStore, NewAccount, Store};
+use marathon_store::{Credential, MemoryStore, NewAccount, Store};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -178,6 +180,11 @@ pub struct Opts {
     pub strip_response_headers: Vec<&'static str>,
     /// Settings changes before start.
     pub settings: Box<dyn FnOnce(&mut ProxySettings) + Send>,
+    /// Accounts stored as OAuth logins: (label, stored access token). The
+    /// others are stored as API keys with their simulator key.
+    pub oauth: Vec<(&'static str, &'static str)>,
+    /// The proxy's token source.
+    pub tokens: Option<Arc<dyn TokenSource>>,
 }
 
 impl Opts {
@@ -186,7 +193,19 @@ impl Opts {
             api,
             strip_response_headers: Vec::new(),
             settings: Box::new(|_| {}),
+            oauth: Vec::new(),
+            tokens: None,
         }
+    }
+
+    pub fn oauth(mut self, label: &'static str, stored_access: &'static str) -> Self {
+        self.oauth.push((label, stored_access));
+        self
+    }
+
+    pub fn tokens(mut self, tokens: Arc<dyn TokenSource>) -> Self {
+        self.tokens = Some(tokens);
+        self
     }
 
     pub fn strip(mut self, headers: &[&'static str]) -> Self {
@@ -258,17 +277,28 @@ pub async fn world_with(scenario: Scenario, opts: Opts) -> World {
     let upstream = relay.as_ref().map_or_else(|| sim.url(), Relay::url);
     let store = Arc::new(MemoryStore::new());
     for (label, key) in &accounts {
-        store
-            .add(NewAccount::api_key(
-                opts.api.provider(),
-                Some(label.clone()),
-                Secret::new(key.clone()),
-            ))
-            .expect("account stored");
+        let mut account = NewAccount::api_key(
+            opts.api.provider(),
+            Some(label.clone()),
+            Secret::new(key.clone()),
+        );
+        if let Some((_, access)) = opts.oauth.iter().find(|(l, _)| l == label) {
+            account.kind = AccountKind::Oauth;
+            account.credential = Credential::Oauth {
+                access: Secret::new(*access),
+                refresh: Some(Secret::new(format!("rt-{label}-stored"))),
+                expires_at: None,
+                id_token: None,
+                scopes: Vec::new(),
+            };
+        }
+        store.add(account).expect("account stored");
     }
     let mut settings = test_settings(&upstream);
     (opts.settings)(&mut settings);
-    let proxy = marathon_proxy::start(settings, StartOptions::new(store.clone()))
+    let mut start = StartOptions::new(store.clone());
+    start.tokens = opts.tokens;
+    let proxy = marathon_proxy::start(settings, start)
         .await
         .expect("proxy starts");
     World {
