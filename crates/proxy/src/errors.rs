@@ -76,7 +76,8 @@ pub(crate) fn exhausted_response(
                 "accounts": ex.accounts.iter().map(|a| json!({
                     "label": a.label,
                     "state": a.health.as_str(),
-                    "retry_in_seconds": a.cooldown_remaining.map(|d| d.as_secs()),
+                    // Rounded up like `retry-after`: 0.4 s left is not "retry in 0".
+                    "retry_in_seconds": a.cooldown_remaining.map(|d| d.as_secs_f64().ceil() as u64),
                     "last_error": a.last_reason,
                 })).collect::<Vec<_>>(),
             }),

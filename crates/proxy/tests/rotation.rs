@@ -442,6 +442,10 @@ async fn all_accounts_limited_answers_429_with_the_soonest_reset() {
         .map(|a| (a["label"].as_str().unwrap(), a["state"].as_str().unwrap()))
         .collect();
     assert_eq!(states, [("a1", "cooling"), ("a2", "cooling")]);
+    assert_eq!(
+        body["marathon"]["accounts"][0]["retry_in_seconds"],
+        retry_after
+    );
 
     // Now at once, without asking the provider.
     let started = Instant::now();
@@ -977,4 +981,74 @@ async fn a_token_that_cannot_be_had_now_skips_the_account_and_frees_its_slot() {
         "{}",
         r.attempts()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_provider_retry_after_is_waited_out_on_the_same_account() {
+    let w = world(Scenario::new([
+        acct("a1").status(503).retry_after(1).fail_first(1),
+        acct("a2"),
+    ]))
+    .await;
+    let started = Instant::now();
+    let r = w.call().await;
+    assert_eq!((r.status, r.account()), (200, Some("a1")), "{}", r.text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(attempt_heads(&r), ["a1=503", "a1=200"]);
+    assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_provider_retry_after_is_passed_to_the_client() {
+    let w = world(Scenario::new([
+        acct("a1").status(529).retry_after(30),
+        acct("a2"),
+    ]))
+    .await;
+    let started = Instant::now();
+    let r = w.call().await;
+    assert_eq!((r.status, r.account()), (529, Some("a1")), "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("30"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (1, 0));
+    assert_eq!(w.health("a1").await, "ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_query_and_headers_are_forwarded_without_hop_by_hop_ones() {
+    let echo = Echo::start().await;
+    let url = format!("{}/prefix", echo.url());
+    let w = world_with(
+        Scenario::new([acct("a1")]),
+        Opts::new(Api::Anthropic).settings(move |s| {
+            s.provider_mut("anthropic").unwrap().upstream =
+                marathon_proxy::UpstreamBase::parse(&url).unwrap();
+        }),
+    )
+    .await;
+    let req = http::Request::post(w.url("/v1/messages?beta=true"))
+        .header("content-type", "application/json")
+        .header("x-api-key", "client-own-key")
+        .header("anthropic-beta", "prompt-caching-2024-07-31")
+        .header("x-custom", "kept")
+        .header("connection", "keep-alive, x-per-hop")
+        .header("x-per-hop", "dropped")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let r = send(&w.client, req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = echo.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen["x-echo-uri"], "/prefix/v1/messages?beta=true");
+    assert_eq!(seen["x-api-key"], w.key("a1"));
+    assert_eq!(seen["anthropic-beta"], "prompt-caching-2024-07-31");
+    assert_eq!(seen["x-custom"], "kept");
+    assert_eq!(seen["host"], echo.url().trim_start_matches("http://"));
+    for gone in ["x-per-hop", "proxy-authorization"] {
+        assert!(seen.get(gone).is_none(), "{gone} forwarded: {seen:?}");
+    }
 }

@@ -545,7 +545,13 @@ impl Echo {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let log = log.clone();
                         async move {
-                            log.lock().unwrap().push(req.headers().clone());
+                            let mut seen = req.headers().clone();
+                            // The request target, for tests that check paths and queries.
+                            seen.insert(
+                                "x-echo-uri",
+                                HeaderValue::from_str(&req.uri().to_string()).unwrap(),
+                            );
+                            log.lock().unwrap().push(seen);
                             let _ = req.into_body().collect().await;
                             let mut r =
                                 Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
