@@ -30,6 +30,11 @@
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
+// stdout carries exactly one line (the ready line below); oidc-provider's
+// notices go to console.info/log, so send those to stderr.
+console.log = console.error;
+console.info = console.error;
+
 const USERS = {
   alice: { email: 'alice@example.com', name: 'Alice Example' },
   bob: { email: 'bob@example.com', name: 'Bob Example' },

@@ -770,6 +770,9 @@ enum DeviceHandle {
     },
 }
 
+/// Consecutive unanswered device polls before the login gives up.
+const MAX_POLL_NETWORK_FAILURES: u32 = 5;
+
 /// A device login in progress: show `user_code` and `verification_uri`, then [`DeviceLogin::wait`].
 pub struct DeviceLogin {
     client: OAuthClient,
@@ -802,6 +805,9 @@ impl DeviceLogin {
     pub async fn wait(self) -> Result<LoginResult, LoginError> {
         let deadline = tokio::time::Instant::now() + self.expires_in;
         let mut interval = self.interval;
+        // A dropped poll is not fatal (the code stays valid), but a server
+        // that stays unreachable should not keep the user waiting for minutes.
+        let mut network_failures = 0u32;
         let http = self.client.http.clone();
         loop {
             tokio::time::sleep(interval).await;
@@ -820,12 +826,16 @@ impl DeviceLogin {
                     let url = req.url.clone();
                     let resp = match http.send(req).await {
                         Ok(r) => r,
-                        // A dropped poll is not fatal: the code stays valid.
                         Err(e) => {
+                            network_failures += 1;
+                            if network_failures >= MAX_POLL_NETWORK_FAILURES {
+                                return Err(e.into());
+                            }
                             tracing::debug!(error = %e, "device poll failed; retrying");
                             continue;
                         }
                     };
+                    network_failures = 0;
                     match parse_token_response(&url, &resp) {
                         Ok(tokens) => return self.client.finish_tokens(&self.preset, tokens).await,
                         Err(err) => match err.code() {
@@ -864,10 +874,15 @@ impl DeviceLogin {
                     let resp = match http.send(req).await {
                         Ok(r) => r,
                         Err(e) => {
+                            network_failures += 1;
+                            if network_failures >= MAX_POLL_NETWORK_FAILURES {
+                                return Err(e.into());
+                            }
                             tracing::debug!(error = %e, "device poll failed; retrying");
                             continue;
                         }
                     };
+                    network_failures = 0;
                     // Codex answers 403/404 while the user has not approved yet.
                     if resp.status == 403 || resp.status == 404 {
                         continue;
