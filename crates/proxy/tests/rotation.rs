@@ -1052,3 +1052,33 @@ async fn path_query_and_headers_are_forwarded_without_hop_by_hop_ones() {
         assert!(seen.get(gone).is_none(), "{gone} forwarded: {seen:?}");
     }
 }
+
+/// A mid-stream error is recorded on an account whose slot ended when the
+/// stream's head was classified, so `Pool::record` ends somebody else's slot:
+/// here B's, still in flight. Needs a core API to record a late outcome
+/// without ending a slot (or recording streams at their end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known: a mid-stream error ends another request's in-flight slot (needs a core API); see the proxy e2e report"]
+async fn a_mid_stream_error_does_not_end_another_requests_slot() {
+    let w = std::sync::Arc::new(
+        world(Scenario::new([acct("a1")
+            .stream_error_after(1, StreamErrorKind::RateLimit)
+            .slow_ms(1_000)]))
+        .await,
+    );
+    let stream = {
+        let w = w.clone();
+        tokio::spawn(async move { w.call_stream().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let json = {
+        let w = w.clone();
+        tokio::spawn(async move { w.call().await })
+    };
+    // After the stream's error (t ≈ 1 s), before B's answer (t ≈ 1.3 s).
+    let r = stream.await.unwrap();
+    assert!(r.text().contains("event: error"));
+    let (a, _) = w.account("a1").await;
+    assert_eq!(a["in_flight"], 1, "B is still in flight: {a}");
+    assert_eq!(json.await.unwrap().status, 200);
+}
