@@ -20,7 +20,8 @@ pub enum Strategy {
     Sticky,
     /// Hand accounts out in turn: the least recently picked ready account next.
     RoundRobin,
-    /// Fewest requests in flight, then fewest picks in total.
+    /// Fewest requests in flight, then fewest picks in total, then the least
+    /// recently picked.
     LeastUsed,
     /// Fill-first: the lowest priority number that is ready.
     Priority,
