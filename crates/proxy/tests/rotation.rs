@@ -1082,3 +1082,21 @@ async fn a_mid_stream_error_does_not_end_another_requests_slot() {
     assert_eq!(a["in_flight"], 1, "B is still in flight: {a}");
     assert_eq!(json.await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_403_rotates_and_rests_for_the_auth_failure_cooldown() {
+    let w = world(Scenario::new([
+        acct("a1").error(ErrorKind::Permission),
+        acct("a2"),
+    ]))
+    .await;
+    let r = w.call().await;
+    assert_eq!((r.status, r.account()), (200, Some("a2")), "{}", r.text());
+    assert_eq!(attempt_heads(&r), ["a1=403", "a2=200"]);
+    // auth_failure_cooldown: 5 min plus up to 10 % jitter; no refresh for an API key.
+    let (a, _) = w.account("a1").await;
+    assert_eq!(a["health"]["state"], "cooling", "{a}");
+    let remaining = a["cooldown_remaining_ms"].as_u64().unwrap();
+    assert!((295_000..=330_000).contains(&remaining), "{remaining}");
+    assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (1, 1));
+}
