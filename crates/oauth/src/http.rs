@@ -304,6 +304,10 @@ impl HyperHttpClient {
                     url: shown.clone(),
                     reason: e.to_string(),
                 })?;
+        check_transport(&uri).map_err(|reason| HttpError::InvalidUrl {
+            url: shown.clone(),
+            reason: reason.into(),
+        })?;
         let mut builder = http::Request::builder().method(req.method.clone()).uri(uri);
         let mut has_ua = false;
         for (name, value) in &req.headers {
@@ -358,6 +362,19 @@ impl HyperHttpClient {
     }
 }
 
+/// Codes, tokens and secrets travel in these requests: plain `http` only to
+/// this machine (test servers, loopback callbacks), `https` everywhere else.
+fn check_transport(uri: &http::Uri) -> Result<(), &'static str> {
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => match uri.host() {
+            Some("127.0.0.1" | "localhost" | "[::1]" | "::1") => Ok(()),
+            _ => Err("refusing to send credentials over plain http to a remote host; use https"),
+        },
+        _ => Err("only http(s) URLs are supported"),
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
@@ -401,6 +418,31 @@ mod tests {
         assert!(!shown.contains("code=abc"), "{shown}");
         assert!(shown.contains("https://auth.example/token"), "{shown}");
         assert!(shown.contains("[redacted]"), "{shown}");
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let ok = |u: &str| check_transport(&u.parse().unwrap()).is_ok();
+        assert!(ok("https://auth.openai.com/oauth/token"));
+        assert!(ok("http://127.0.0.1:4444/token"));
+        assert!(ok("http://localhost:1455/auth/callback"));
+        assert!(ok("http://[::1]:8080/token"));
+        assert!(!ok("http://auth.example.com/token"));
+        assert!(!ok("http://127.0.0.1.evil.example/token"));
+        assert!(!ok("ftp://x/y"));
+    }
+
+    #[tokio::test]
+    async fn real_client_refuses_remote_plain_http_before_connecting() {
+        let err = HyperHttpClient::new()
+            .send(HttpRequest::form(
+                "http://auth.example.com/token",
+                [("refresh_token", "rt")],
+            ))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HttpError::InvalidUrl { .. }), "{err:?}");
+        assert!(err.to_string().contains("plain http"), "{err}");
     }
 
     #[test]
