@@ -460,3 +460,35 @@ async fn revoked_grant_marks_needs_login_and_stops_calling_the_server() {
     assert_eq!(r.stats().attempts, attempts);
     assert_eq!(r.stats().permanent_failures, 2);
 }
+
+/// The harness itself: reusing a rotated refresh token revokes the whole
+/// grant, so any double refresh in the race tests above would fail loudly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_revokes_the_grant_when_a_rotated_refresh_token_is_reused() {
+    use marathon_oauth::HttpClient as _;
+    let server = OidcServer::start(60);
+    let preset = server.preset().await;
+    let login = login_loopback(&server, &preset, "alice").await;
+    let (_, refresh0, _) = tokens(&login);
+    let http = HyperHttpClient::new();
+    let refresh = |rt: String| {
+        let req = marathon_oauth::token::refresh_request(&preset, &marathon_core::Secret::new(rt));
+        http.send(req)
+    };
+    let first = refresh(refresh0.clone()).await.unwrap();
+    assert_eq!(first.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
+    let refresh1 = body["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(refresh1, refresh0, "refresh tokens rotate");
+
+    let reused = refresh(refresh0).await.unwrap();
+    assert_eq!(reused.status, 400);
+    let err: serde_json::Value = serde_json::from_slice(&reused.body).unwrap();
+    assert_eq!(err["error"], "invalid_grant");
+    // ...and the legitimate new token died with the grant.
+    let after = refresh(refresh1).await.unwrap();
+    assert_eq!(after.status, 400);
+    let stats = server.stats().await;
+    assert_eq!(stats["grants_revoked"], 1, "{stats}");
+    assert_eq!(stats["invalid_grant_errors"], 2, "{stats}");
+}
