@@ -6,7 +6,9 @@ use std::fmt;
 
 /// A stable account id (assigned by the store, never shown as the account's
 /// name: that is the label).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct AccountId(pub String);
 

@@ -11,7 +11,17 @@ use std::time::Duration;
 
 /// Milliseconds since the Unix epoch, UTC.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(transparent)]
 pub struct UnixMillis(pub u64);
@@ -24,7 +34,10 @@ impl UnixMillis {
 
     /// This instant plus a duration (saturating).
     pub fn plus(self, d: Duration) -> Self {
-        UnixMillis(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+        UnixMillis(
+            self.0
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
     }
 
     /// How long from `self` until `later`; zero if `later` is not after `self`.
@@ -56,8 +69,10 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, d: Duration) {
-        self.0
-            .fetch_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+        self.0.fetch_add(
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
     }
 
     /// Sets the clock.

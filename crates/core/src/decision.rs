@@ -21,8 +21,11 @@
 //!    is within `provider_backoff_max`, else exponential backoff with jitter)
 //!    and retry, at most `provider_retries` times; then, or when the
 //!    provider asks for a longer wait, pass its answer through;
-//! 6. every retry must fit the attempt limit and the deadline, and withdraw
-//!    from the budget.
+//! 6. every retry must fit the attempt limit and the deadline; retries that
+//!    could amplify a provider-wide problem (provider and transport failures,
+//!    and refreshes) withdraw from the budget. Rotating away from an account
+//!    that is itself to blame does not: the pool bounds it (each account once
+//!    per request, and the failure benches the account for everyone).
 //!
 //! When a limit stops the retries after an **account-scoped** failure the
 //! answer is [`Decision::Exhausted`] (the proxy answers "all accounts
@@ -199,7 +202,8 @@ impl Decision {
 
 /// Decides what follows an attempt whose outcome was classified as `c`.
 /// See the module docs for the rules. Withdraws from `budget` exactly when
-/// the answer is a retry.
+/// the answer is a retry that could amplify load (not a rotation away from
+/// an account-scoped failure).
 pub fn decide(
     policy: &RetryPolicy,
     ctx: &AttemptContext,
@@ -265,7 +269,15 @@ pub fn decide(
     if now.plus(after) >= ctx.started.plus(policy.deadline) {
         return stop;
     }
-    if !budget.try_withdraw(now) {
+    // Rotating away from an account that is itself to blame (rate limit,
+    // quota, auth) is bounded by the pool: each account is tried at most once
+    // per request, and the failure benches it for everyone. Only retries that
+    // could amplify a provider-wide problem (provider errors, transport
+    // failures) spend the budget; otherwise a burst onto freshly limited
+    // accounts would drain it and fail requests that a healthy account could
+    // have served.
+    let amplifies = !(c.class.blames_account() && matches!(wanted, Decision::Rotate { .. }));
+    if amplifies && !budget.try_withdraw(now) {
         return Decision::PassThrough;
     }
     wanted
@@ -651,8 +663,33 @@ mod tests {
 
     #[test]
     fn empty_budget_passes_through() {
-        let c429 = cls(Class::RateLimited, Some(429), "rate_limit_error");
+        let c503 = cls(Class::Provider, Some(503), "server_is_overloaded");
         let mut empty = RetryBudget::new(Duration::from_secs(10), 0, 0.2);
+        assert_eq!(
+            decide(
+                &RetryPolicy::default(),
+                &ctx(AccountKind::ApiKey),
+                &c503,
+                NOW,
+                &mut empty
+            ),
+            Decision::PassThrough
+        );
+        let mut one = RetryBudget::new(Duration::from_secs(1), 1, 0.0);
+        let policy = RetryPolicy::default();
+        assert!(decide(&policy, &ctx(AccountKind::ApiKey), &c503, NOW, &mut one).is_retry());
+        assert_eq!(
+            decide(&policy, &ctx(AccountKind::ApiKey), &c503, NOW, &mut one),
+            Decision::PassThrough
+        );
+    }
+
+    /// Regression: a burst onto freshly rate-limited accounts drained the
+    /// budget with rotations and failed requests a healthy account could serve.
+    #[test]
+    fn rotating_away_from_a_rate_limited_account_spends_no_budget() {
+        let c429 = cls(Class::RateLimited, Some(429), "rate_limit_error");
+        let mut empty = RetryBudget::new(Duration::from_secs(10), 0, 0.0);
         assert_eq!(
             decide(
                 &RetryPolicy::default(),
@@ -661,28 +698,9 @@ mod tests {
                 NOW,
                 &mut empty
             ),
-            Decision::PassThrough
-        );
-        let mut one = RetryBudget::new(Duration::from_secs(1), 1, 0.0);
-        assert!(
-            decide(
-                &RetryPolicy::default(),
-                &ctx(AccountKind::ApiKey),
-                &c429,
-                NOW,
-                &mut one
-            )
-            .is_retry()
-        );
-        assert_eq!(
-            decide(
-                &RetryPolicy::default(),
-                &ctx(AccountKind::ApiKey),
-                &c429,
-                NOW,
-                &mut one
-            ),
-            Decision::PassThrough
+            Decision::Rotate {
+                after: Duration::ZERO
+            }
         );
     }
 

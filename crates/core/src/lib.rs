@@ -33,5 +33,8 @@ pub mod strategy;
 
 pub use account::{AccountId, AccountKind, AccountMeta};
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
-pub use outcome::{ApiFlavor, Class, Classification, HeaderLookup, HintSource, Outcome, ResetHint, TransportFailure, UsageWindow};
+pub use outcome::{
+    ApiFlavor, Class, Classification, HeaderLookup, HintSource, Outcome, ResetHint,
+    TransportFailure, UsageWindow,
+};
 pub use secret::Secret;

@@ -117,7 +117,10 @@ pub enum Class {
 impl Class {
     /// Whether the account itself is to blame (and should be cooled / rotated away from).
     pub fn blames_account(self) -> bool {
-        matches!(self, Class::RateLimited | Class::Unusable | Class::Auth | Class::Forbidden)
+        matches!(
+            self,
+            Class::RateLimited | Class::Unusable | Class::Auth | Class::Forbidden
+        )
     }
 
     /// Short name for logs, traces and metrics labels.

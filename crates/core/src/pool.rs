@@ -508,6 +508,29 @@ impl Pool {
     /// call after a refresh ([`Pool::mark_needs_login`]). Usage windows are
     /// updated from any response that carries them. Unknown ids are ignored.
     pub fn record(&mut self, id: &AccountId, c: &Classification, now: UnixMillis) -> Vec<Event> {
+        self.apply(id, c, now, true)
+    }
+
+    /// Applies an outcome that arrives after the request's slot already
+    /// ended: an error event in the middle of a stream whose head was
+    /// recorded as a success. Same effects as [`Pool::record`] on health and
+    /// counters, but no slot is ended (it would be another request's).
+    pub fn record_late(
+        &mut self,
+        id: &AccountId,
+        c: &Classification,
+        now: UnixMillis,
+    ) -> Vec<Event> {
+        self.apply(id, c, now, false)
+    }
+
+    fn apply(
+        &mut self,
+        id: &AccountId,
+        c: &Classification,
+        now: UnixMillis,
+        ends_slot: bool,
+    ) -> Vec<Event> {
         let Some(i) = self.find(id) else {
             return Vec::new();
         };
@@ -517,8 +540,10 @@ impl Pool {
         let Some(s) = self.slots[i].as_mut() else {
             return events;
         };
-        s.in_flight = s.in_flight.saturating_sub(1);
-        s.end_probe_if_idle();
+        if ends_slot {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.end_probe_if_idle();
+        }
         if !c.usage.is_empty() {
             s.merge_usage(&c.usage, now, threshold);
         }
