@@ -26,17 +26,20 @@ pub(crate) struct StreamWatch {
 
 impl StreamWatch {
     pub(crate) fn new(scanner: ErrorScanner, on_error: OnStreamError) -> Self {
-        StreamWatch { scanner, on_error: Some(on_error) }
+        StreamWatch {
+            scanner,
+            on_error: Some(on_error),
+        }
     }
 
     fn observe(&mut self, chunk: &[u8]) {
         if self.on_error.is_none() {
             return;
         }
-        if let Some(data) = self.scanner.feed(chunk) {
-            if let Some(cb) = self.on_error.take() {
-                cb(&data);
-            }
+        if let Some(data) = self.scanner.feed(chunk)
+            && let Some(cb) = self.on_error.take()
+        {
+            cb(&data);
         }
     }
 }
@@ -66,8 +69,16 @@ impl ProxyBody {
         ProxyBody::Full(Some(b.into()))
     }
 
-    pub(crate) fn stream(prefix: VecDeque<Bytes>, inner: Incoming, watch: Option<StreamWatch>) -> Self {
-        ProxyBody::Stream { prefix, inner, watch: watch.map(Box::new) }
+    pub(crate) fn stream(
+        prefix: VecDeque<Bytes>,
+        inner: Incoming,
+        watch: Option<StreamWatch>,
+    ) -> Self {
+        ProxyBody::Stream {
+            prefix,
+            inner,
+            watch: watch.map(Box::new),
+        }
     }
 }
 
@@ -83,15 +94,19 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Stream { prefix, inner, watch } => {
+            ProxyBody::Stream {
+                prefix,
+                inner,
+                watch,
+            } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 let polled = Pin::new(inner).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(w)) = (&polled, watch.as_mut()) {
-                    if let Some(data) = frame.data_ref() {
-                        w.observe(data);
-                    }
+                if let (Poll::Ready(Some(Ok(frame))), Some(w)) = (&polled, watch.as_mut())
+                    && let Some(data) = frame.data_ref()
+                {
+                    w.observe(data);
                 }
                 polled
             }

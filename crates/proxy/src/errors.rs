@@ -12,10 +12,19 @@ use crate::body::ProxyBody;
 use crate::forward::add_trace_headers;
 
 /// An error body in the provider's format.
-pub(crate) fn error_body(flavor: ApiFlavor, status: StatusCode, kind: &str, message: &str) -> serde_json::Value {
+pub(crate) fn error_body(
+    flavor: ApiFlavor,
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+) -> serde_json::Value {
     match flavor {
-        ApiFlavor::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
-        ApiFlavor::Google => json!({"error": {"code": status.as_u16(), "message": message, "status": kind}}),
+        ApiFlavor::Anthropic => {
+            json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+        ApiFlavor::Google => {
+            json!({"error": {"code": status.as_u16(), "message": message, "status": kind}})
+        }
         ApiFlavor::Openai | ApiFlavor::Copilot => {
             json!({"error": {"message": message, "type": kind, "param": null, "code": kind}})
         }
@@ -25,12 +34,19 @@ pub(crate) fn error_body(flavor: ApiFlavor, status: StatusCode, kind: &str, mess
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 /// A marathon-side failure (bad path, unreadable body, unreachable upstream).
-pub(crate) fn proxy_error(flavor: ApiFlavor, status: StatusCode, message: &str) -> Response<ProxyBody> {
+pub(crate) fn proxy_error(
+    flavor: ApiFlavor,
+    status: StatusCode,
+    message: &str,
+) -> Response<ProxyBody> {
     let kind = match (flavor, status.as_u16()) {
         (ApiFlavor::Anthropic, 400..=499) => "invalid_request_error",
         (ApiFlavor::Anthropic, _) => "api_error",
@@ -39,7 +55,10 @@ pub(crate) fn proxy_error(flavor: ApiFlavor, status: StatusCode, message: &str) 
         (_, 400..=499) => "invalid_request_error",
         _ => "upstream_error",
     };
-    json_response(status, &error_body(flavor, status, kind, &format!("marathon: {message}")))
+    json_response(
+        status,
+        &error_body(flavor, status, kind, &format!("marathon: {message}")),
+    )
 }
 
 /// "All accounts unavailable": 429 at once, `retry-after` = the soonest
@@ -59,7 +78,11 @@ pub(crate) fn exhausted_response(
     let message = format!(
         "marathon: all {} {provider} accounts are unavailable ({}){next}",
         ex.accounts.len(),
-        if states.is_empty() { "no accounts configured: add one with `marathon auth add`".to_string() } else { states.join(", ") },
+        if states.is_empty() {
+            "no accounts configured: add one with `marathon auth add`".to_string()
+        } else {
+            states.join(", ")
+        },
     );
     let kind = match flavor {
         ApiFlavor::Anthropic => "rate_limit_error",
@@ -84,8 +107,11 @@ pub(crate) fn exhausted_response(
         );
     }
     let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
-    let retry_after = ex.soonest.map_or(60, |t| now.until(t).as_secs_f64().ceil().max(1.0) as u64);
-    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    let retry_after = ex
+        .soonest
+        .map_or(60, |t| now.until(t).as_secs_f64().ceil().max(1.0) as u64);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     add_trace_headers(r.headers_mut(), None, trace);
     r
 }
@@ -97,7 +123,10 @@ fn describe(a: &AccountStatus, now: UnixMillis) -> String {
             "{} cooling for {}{}",
             a.label,
             human(d),
-            a.last_reason.as_deref().map(|r| format!(" after {r}")).unwrap_or_default()
+            a.last_reason
+                .as_deref()
+                .map(|r| format!(" after {r}"))
+                .unwrap_or_default()
         ),
         (Health::NeedsLogin, _) => format!("{} needs login", a.label),
         (Health::Disabled, _) => format!("{} disabled", a.label),
@@ -123,17 +152,35 @@ mod tests {
     fn human_durations() {
         assert_eq!(human(std::time::Duration::from_millis(1500)), "2s");
         assert_eq!(human(std::time::Duration::from_secs(125)), "2m05s");
-        assert_eq!(human(std::time::Duration::from_secs(3 * 3600 + 120)), "3h02m");
+        assert_eq!(
+            human(std::time::Duration::from_secs(3 * 3600 + 120)),
+            "3h02m"
+        );
     }
 
     #[test]
     fn error_bodies_follow_each_providers_format() {
-        let a = error_body(ApiFlavor::Anthropic, StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "m");
+        let a = error_body(
+            ApiFlavor::Anthropic,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "m",
+        );
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "rate_limit_error");
-        let o = error_body(ApiFlavor::Openai, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "m");
+        let o = error_body(
+            ApiFlavor::Openai,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "m",
+        );
         assert_eq!(o["error"]["code"], "rate_limit_exceeded");
-        let g = error_body(ApiFlavor::Google, StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", "m");
+        let g = error_body(
+            ApiFlavor::Google,
+            StatusCode::TOO_MANY_REQUESTS,
+            "RESOURCE_EXHAUSTED",
+            "m",
+        );
         assert_eq!(g["error"]["code"], 429);
     }
 }

@@ -40,7 +40,9 @@ pub(crate) struct EventJson {
 
 impl EventBus {
     pub(crate) fn new() -> Self {
-        EventBus { tx: broadcast::channel(1024).0 }
+        EventBus {
+            tx: broadcast::channel(1024).0,
+        }
     }
 
     pub(crate) fn publish(&self, event: &Event) {
@@ -65,7 +67,9 @@ impl EventBus {
                     let rx = self.subscribe();
                     tokio::spawn(webhook_sink(rx, uri, client));
                 }
-                Err(_) => tracing::error!("events.webhook is not a valid URL; webhook sink disabled"),
+                Err(_) => {
+                    tracing::error!("events.webhook is not a valid URL; webhook sink disabled")
+                }
             }
         }
         if let Some(cmd) = sinks.command.clone() {
@@ -75,7 +79,11 @@ impl EventBus {
     }
 }
 
-async fn webhook_sink(mut rx: broadcast::Receiver<Arc<EventJson>>, uri: http::Uri, client: UpstreamClient) {
+async fn webhook_sink(
+    mut rx: broadcast::Receiver<Arc<EventJson>>,
+    uri: http::Uri,
+    client: UpstreamClient,
+) {
     loop {
         let ev = match rx.recv().await {
             Ok(ev) => ev,
@@ -93,7 +101,9 @@ async fn webhook_sink(mut rx: broadcast::Receiver<Arc<EventJson>>, uri: http::Ur
         let Ok(req) = req else { continue };
         match tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req)).await {
             Ok(Ok(resp)) if resp.status().is_success() => {}
-            Ok(Ok(resp)) => tracing::warn!(status = resp.status().as_u16(), "webhook answered an error"),
+            Ok(Ok(resp)) => {
+                tracing::warn!(status = resp.status().as_u16(), "webhook answered an error")
+            }
             Ok(Err(e)) => tracing::warn!("webhook unreachable: {e}"),
             Err(_) => tracing::warn!("webhook timed out"),
         }
@@ -131,7 +141,9 @@ async fn command_sink(mut rx: broadcast::Receiver<Arc<EventJson>>, cmd: String) 
             let _ = stdin.write_all(b"\n").await;
         }
         match tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await {
-            Ok(Ok(status)) if !status.success() => tracing::warn!("event command hook exited with {status}"),
+            Ok(Ok(status)) if !status.success() => {
+                tracing::warn!("event command hook exited with {status}")
+            }
             Ok(_) => {}
             Err(_) => {
                 let _ = child.kill().await;

@@ -6,8 +6,8 @@
 //! response byte has gone to the client; both are tracked here.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -16,20 +16,22 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use marathon_core::classify::classify;
-use marathon_core::decision::{decide, AttemptContext, AttemptTrace, Decision};
+use marathon_core::decision::{AttemptContext, AttemptTrace, Decision, decide};
 use marathon_core::events::{Event, EventKind};
 use marathon_core::outcome::Outcome;
-use marathon_core::pool::{Exhausted, Pick, PickRequest};
+use marathon_core::pool::{Exhausted, Health, Pick, PickRequest};
 use marathon_core::sse::ErrorScanner;
 use marathon_core::{AccountId, AccountKind, Class, Classification, Secret, TransportFailure};
 
 use crate::body::{ProxyBody, StreamWatch};
 use crate::errors::{exhausted_response, proxy_error};
-use crate::headers::{prepare_request_headers, strip_hop_by_hop, Lookup};
+use crate::headers::{Lookup, prepare_request_headers, strip_hop_by_hop};
 use crate::state::{AppState, ProviderRuntime, TokenError};
 
 /// How much of an error body is read to classify it (the rest streams on).
 const ERROR_BODY_PEEK: usize = 64 * 1024;
+/// How long an account rests after a provider-side error inside its stream.
+const MID_STREAM_BENCH: Duration = Duration::from_secs(5);
 /// How long to wait for the first SSE event when peeking.
 const PEEK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -58,22 +60,34 @@ impl ClientBody {
 }
 
 /// Reads the body into memory up to `cap`; past it, streams the rest.
-async fn read_client_body(headers: &HeaderMap, mut body: Incoming, cap: usize) -> Result<ClientBody, hyper::Error> {
+async fn read_client_body(
+    headers: &HeaderMap,
+    mut body: Incoming,
+    cap: usize,
+) -> Result<ClientBody, hyper::Error> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > cap as u64) {
-        return Ok(ClientBody::Once(Some(ProxyBody::stream(VecDeque::new(), body, None))));
+        return Ok(ClientBody::Once(Some(ProxyBody::stream(
+            VecDeque::new(),
+            body,
+            None,
+        ))));
     }
     let mut buf = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
     let mut chunks = VecDeque::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         if buf.len() + data.len() > cap {
             chunks.push_back(buf.split().freeze());
             chunks.push_back(data);
-            return Ok(ClientBody::Once(Some(ProxyBody::stream(chunks, body, None))));
+            return Ok(ClientBody::Once(Some(ProxyBody::stream(
+                chunks, body, None,
+            ))));
         }
         buf.extend_from_slice(&data);
     }
@@ -95,7 +109,11 @@ impl Slot {
     /// Ends the slot without an outcome (no penalty, no counters).
     fn release(&mut self) {
         if let Some(id) = self.id.take() {
-            self.rt.pool.lock().unwrap_or_else(|e| e.into_inner()).release(&id);
+            self.rt
+                .pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .release(&id);
         }
     }
 }
@@ -103,7 +121,11 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            self.rt.pool.lock().unwrap_or_else(|e| e.into_inner()).release(&id);
+            self.rt
+                .pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .release(&id);
         }
     }
 }
@@ -135,15 +157,25 @@ pub(crate) async fn forward(
     let settings = &rt.settings;
     rt.metrics.requests.fetch_add(1, Relaxed);
     let now = state.now();
-    rt.budget.lock().unwrap_or_else(|e| e.into_inner()).deposit(now);
+    rt.budget
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .deposit(now);
 
     let (parts, body) = req.into_parts();
     let query = parts.uri.query().map(str::to_string);
-    let mut client_body = match read_client_body(&parts.headers, body, state.settings.max_body).await {
-        Ok(b) => b,
-        // The client stopped sending: nobody upstream was involved.
-        Err(_) => return proxy_error(settings.flavor, StatusCode::BAD_REQUEST, "the request body could not be read"),
-    };
+    let mut client_body =
+        match read_client_body(&parts.headers, body, state.settings.max_body).await {
+            Ok(b) => b,
+            // The client stopped sending: nobody upstream was involved.
+            Err(_) => {
+                return proxy_error(
+                    settings.flavor,
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                );
+            }
+        };
     if !client_body.replayable() {
         tracing::info!(
             provider = %settings.name,
@@ -163,7 +195,11 @@ pub(crate) async fn forward(
         base_headers.insert(header::HOST, host);
     }
     let Some(uri) = settings.upstream.join(path, query.as_deref()) else {
-        return proxy_error(settings.flavor, StatusCode::BAD_REQUEST, "the request path is not valid");
+        return proxy_error(
+            settings.flavor,
+            StatusCode::BAD_REQUEST,
+            "the request path is not valid",
+        );
     };
 
     let mut trace = AttemptTrace::new();
@@ -175,7 +211,10 @@ pub(crate) async fn forward(
     // The slot a pick takes lasts across same-account retries (a refresh, the
     // transport retry, provider retries): the pool wants exactly one `record`
     // or `release` per pick, with the final outcome on that account.
-    let mut slot = Slot { rt: rt.clone(), id: None };
+    let mut slot = Slot {
+        rt: rt.clone(),
+        id: None,
+    };
 
     loop {
         // 1. Select an account (unless the last decision was "same account again").
@@ -184,7 +223,13 @@ pub(crate) async fn forward(
             let pick = {
                 let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
                 ctx.accounts_in_pool = u32::try_from(pool.len()).unwrap_or(u32::MAX);
-                pool.pick(now, &PickRequest { session: session.as_deref(), exclude: &excluded })
+                pool.pick(
+                    now,
+                    &PickRequest {
+                        session: session.as_deref(),
+                        exclude: &excluded,
+                    },
+                )
             };
             match pick {
                 Pick::Account { id, label, .. } => {
@@ -194,10 +239,19 @@ pub(crate) async fn forward(
                         state.publish(vec![Event {
                             at: now,
                             provider: settings.name.clone(),
-                            kind: EventKind::Failover { from, to: label.clone(), reason },
+                            kind: EventKind::Failover {
+                                from,
+                                to: label.clone(),
+                                reason,
+                            },
                         }]);
                     }
-                    let cred = rt.creds.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+                    let cred = rt
+                        .creds
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&id)
+                        .cloned();
                     let Some(cred) = cred else {
                         // Removed from the store a moment ago.
                         slot.release();
@@ -223,7 +277,12 @@ pub(crate) async fn forward(
                         },
                     };
                     ctx.kind = cred.kind;
-                    current = Some(Current { id, label, kind: cred.kind, secret });
+                    current = Some(Current {
+                        id,
+                        label,
+                        kind: cred.kind,
+                        secret,
+                    });
                 }
                 Pick::Exhausted(ex) => {
                     let now = state.now();
@@ -240,15 +299,20 @@ pub(crate) async fn forward(
                     state.publish(vec![Event {
                         at: now,
                         provider: settings.name.clone(),
-                        kind: EventKind::Exhausted { soonest: ex.soonest },
+                        kind: EventKind::Exhausted {
+                            soonest: ex.soonest,
+                        },
                     }]);
-                    let resp = exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
+                    let resp =
+                        exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
                     log_request(&settings.name, &parts, resp.status(), None, &trace, started);
                     return resp;
                 }
             }
         }
-        let Some(cur) = current.as_ref() else { continue };
+        let Some(cur) = current.as_ref() else {
+            continue;
+        };
         if ctx.attempt > 1 {
             rt.metrics.retries.fetch_add(1, Relaxed);
         }
@@ -259,7 +323,9 @@ pub(crate) async fn forward(
             let creds = rt.creds.read().unwrap_or_else(|e| e.into_inner());
             let empty = serde_json::Map::new();
             let extras = creds.get(&cur.id).map_or(&empty, |c| &c.extras);
-            settings.credentials.apply(&mut headers, cur.kind, &cur.secret, extras)
+            settings
+                .credentials
+                .apply(&mut headers, cur.kind, &cur.secret, extras)
         };
         if applied.is_err() {
             tracing::error!(provider = %settings.name, account = %cur.label, "stored credential is not a valid header value; skipping the account");
@@ -274,7 +340,11 @@ pub(crate) async fn forward(
         *up_req.headers_mut() = headers;
 
         let sent = Instant::now();
-        let result = tokio::time::timeout(state.settings.upstream_timeout, state.client.request(up_req)).await;
+        let result = tokio::time::timeout(
+            state.settings.upstream_timeout,
+            state.client.request(up_req),
+        )
+        .await;
         let upstream = match result {
             Err(_) => Err(TransportFailure::Timeout),
             Ok(Err(e)) if e.is_connect() => Err(TransportFailure::Connect),
@@ -291,13 +361,21 @@ pub(crate) async fn forward(
             Err(t) => classify(settings.flavor, &Outcome::Transport(*t), now),
             Ok((up, Some(error_data))) => {
                 let _ = up;
-                classify(settings.flavor, &Outcome::StreamError { data: error_data }, now)
+                classify(
+                    settings.flavor,
+                    &Outcome::StreamError { data: error_data },
+                    now,
+                )
             }
             Ok((up, None)) => {
                 let body = contiguous(&up.prefix);
                 classify(
                     settings.flavor,
-                    &Outcome::Response { status: up.head.status.as_u16(), headers: &Lookup(&up.head.headers), body: &body },
+                    &Outcome::Response {
+                        status: up.head.status.as_u16(),
+                        headers: &Lookup(&up.head.headers),
+                        body: &body,
+                    },
                     now,
                 )
             }
@@ -313,11 +391,18 @@ pub(crate) async fn forward(
         };
         ctx.advance(&decision, &classification, ctx.kind);
         let record = |slot: &mut Slot| {
-            let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).record(&cur.id, &classification, now);
+            let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).record(
+                &cur.id,
+                &classification,
+                now,
+            );
             slot.recorded();
             state.publish(events);
         };
-        if !matches!(decision, Decision::RetrySame { .. } | Decision::RefreshAndRetry) {
+        if !matches!(
+            decision,
+            Decision::RetrySame { .. } | Decision::RefreshAndRetry
+        ) {
             record(&mut slot);
         }
         match decision {
@@ -328,25 +413,41 @@ pub(crate) async fn forward(
                         let mut r = proxy_error(
                             settings.flavor,
                             StatusCode::BAD_GATEWAY,
-                            &format!("marathon could not reach the {} upstream ({})", settings.name, classification.reason),
+                            &format!(
+                                "marathon could not reach the {} upstream ({})",
+                                settings.name, classification.reason
+                            ),
                         );
                         let _ = t;
                         add_trace_headers(r.headers_mut(), Some(&cur.label), &trace);
                         r
                     }
                 };
-                log_request(&settings.name, &parts, resp.status(), Some(&cur.label), &trace, started);
+                log_request(
+                    &settings.name,
+                    &parts,
+                    resp.status(),
+                    Some(&cur.label),
+                    &trace,
+                    started,
+                );
                 return resp;
             }
             Decision::RefreshAndRetry => {
                 let refreshed = match &state.tokens {
                     Some(tokens) => tokens.force_refresh(&cur.id, &cur.secret).await,
-                    None => Err(TokenError::Permanent("no OAuth refresher is configured".into())),
+                    None => Err(TokenError::Permanent(
+                        "no OAuth refresher is configured".into(),
+                    )),
                 };
                 match refreshed {
                     Ok(secret) => {
                         rt.metrics.refreshes.fetch_add(1, Relaxed);
-                        let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).refreshed(&cur.id, state.now());
+                        let events = rt
+                            .pool
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .refreshed(&cur.id, state.now());
                         state.publish(events);
                         if let Some(c) = current.as_mut() {
                             c.secret = secret;
@@ -368,11 +469,11 @@ pub(crate) async fn forward(
             Decision::Rotate { after } => {
                 if matches!(classification.class, Class::Auth) {
                     // Still 401 after a refresh (or an API key the provider refuses).
-                    let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).mark_needs_login(
-                        &cur.id,
-                        now,
-                        &classification.reason,
-                    );
+                    let events = rt
+                        .pool
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .mark_needs_login(&cur.id, now, &classification.reason);
                     state.publish(events);
                     persist_needs_login(&state, &cur.id);
                 }
@@ -385,7 +486,10 @@ pub(crate) async fn forward(
                 let now = state.now();
                 let ex = {
                     let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
-                    Exhausted { soonest: pool.soonest_ready(now), accounts: pool.status(now) }
+                    Exhausted {
+                        soonest: pool.soonest_ready(now),
+                        accounts: pool.status(now),
+                    }
                 };
                 // As for an exhausted pick: with `max_wait`, wait for the first
                 // account to recover (a one-account pool ends up here, not
@@ -407,7 +511,9 @@ pub(crate) async fn forward(
                 state.publish(vec![Event {
                     at: now,
                     provider: settings.name.clone(),
-                    kind: EventKind::Exhausted { soonest: ex.soonest },
+                    kind: EventKind::Exhausted {
+                        soonest: ex.soonest,
+                    },
                 }]);
                 let resp = exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
                 log_request(&settings.name, &parts, resp.status(), None, &trace, started);
@@ -427,16 +533,30 @@ fn short_reason(c: &Classification) -> String {
 
 /// Refresh failed: permanently → needs-login (event, persisted); for now →
 /// skip the account for this request.
-fn account_unusable(state: &AppState, rt: &ProviderRuntime, id: &AccountId, label: &str, e: &TokenError) {
+fn account_unusable(
+    state: &AppState,
+    rt: &ProviderRuntime,
+    id: &AccountId,
+    label: &str,
+    e: &TokenError,
+) {
     let now = state.now();
     match e {
         TokenError::Permanent(reason) => {
             state.publish(vec![Event {
                 at: now,
                 provider: rt.settings.name.clone(),
-                kind: EventKind::RefreshFailed { account: label.to_string(), permanent: true, reason: reason.clone() },
+                kind: EventKind::RefreshFailed {
+                    account: label.to_string(),
+                    permanent: true,
+                    reason: reason.clone(),
+                },
             }]);
-            let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).mark_needs_login(id, now, reason);
+            let events = rt
+                .pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mark_needs_login(id, now, reason);
             state.publish(events);
             persist_needs_login(state, id);
         }
@@ -444,7 +564,11 @@ fn account_unusable(state: &AppState, rt: &ProviderRuntime, id: &AccountId, labe
             state.publish(vec![Event {
                 at: now,
                 provider: rt.settings.name.clone(),
-                kind: EventKind::RefreshFailed { account: label.to_string(), permanent: false, reason: reason.clone() },
+                kind: EventKind::RefreshFailed {
+                    account: label.to_string(),
+                    permanent: false,
+                    reason: reason.clone(),
+                },
             }]);
         }
     }
@@ -456,7 +580,9 @@ fn persist_needs_login(state: &AppState, id: &AccountId) {
     let store = state.store.clone();
     let id = id.clone();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = store.update(&id, &mut |a| a.state = marathon_store::AccountState::NeedsLogin) {
+        if let Err(e) = store.update(&id, &mut |a| {
+            a.state = marathon_store::AccountState::NeedsLogin
+        }) {
             tracing::warn!("could not persist needs-login state: {e}");
         }
     });
@@ -494,13 +620,16 @@ async fn read_head(resp: Response<Incoming>, peek_sse: bool) -> (Upstream, Optio
         loop {
             match tokio::time::timeout_at(deadline, body.frame()).await {
                 Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     if let Some(err) = sc.feed(&data) {
                         error_data = Some(err);
                     }
                     seen.extend_from_slice(&data);
                     prefix.push_back(data);
-                    if error_data.is_some() || sc.events_seen() >= 1 || seen.len() > ERROR_BODY_PEEK {
+                    if error_data.is_some() || sc.events_seen() >= 1 || seen.len() > ERROR_BODY_PEEK
+                    {
                         break;
                     }
                 }
@@ -508,7 +637,15 @@ async fn read_head(resp: Response<Incoming>, peek_sse: bool) -> (Upstream, Optio
             }
         }
     }
-    (Upstream { head, prefix, rest: Some(body), scanner }, error_data)
+    (
+        Upstream {
+            head,
+            prefix,
+            rest: Some(body),
+            scanner,
+        },
+        error_data,
+    )
 }
 
 fn contiguous(chunks: &VecDeque<Bytes>) -> Bytes {
@@ -538,7 +675,8 @@ fn respond(
     strip_hop_by_hop(&mut head.headers);
     add_trace_headers(&mut head.headers, Some(&cur.label), trace);
     if !replayable {
-        head.headers.insert(REPLAYABLE_HEADER.clone(), HeaderValue::from_static("false"));
+        head.headers
+            .insert(REPLAYABLE_HEADER.clone(), HeaderValue::from_static("false"));
     }
     rt.metrics.count_status(head.status.as_u16());
     let watch = up.scanner.take().map(|scanner| {
@@ -550,7 +688,23 @@ fn respond(
                 let c = classify(rt.settings.flavor, &Outcome::StreamError { data }, now);
                 rt.metrics.stream_errors.fetch_add(1, Relaxed);
                 tracing::warn!(provider = %rt.settings.name, account = %label, reason = %c.reason, "error event inside the stream; passed to the client, account benched for the next request");
-                let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).record(&id, &c, now);
+                let events = {
+                    let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
+                    // The head was recorded as a success when it arrived, which
+                    // ended this request's slot: record late, never end another's.
+                    let mut events = pool.record_late(&id, &c, now);
+                    let until = now.plus(MID_STREAM_BENCH);
+                    let benched_longer = matches!(
+                        pool.account_status(&id, now).map(|s| s.health),
+                        Some(Health::Cooling { until: u }) if u >= until
+                    );
+                    if !c.class.blames_account() && !benched_longer {
+                        // An overload inside a stream is the provider's, but the
+                        // next request should still start elsewhere (DESIGN §2).
+                        events.extend(pool.set_cooldown(&id, until, &c.reason, now));
+                    }
+                    events
+                };
                 state.publish(events);
             }),
         )
@@ -566,8 +720,12 @@ pub(crate) fn add_trace_headers(h: &mut HeaderMap, account: Option<&str>, trace:
     if let Some(a) = account.and_then(|a| HeaderValue::from_str(a).ok()) {
         h.insert(ACCOUNT_HEADER.clone(), a);
     }
-    if let Ok(v) = HeaderValue::from_str(&trace.to_string()) {
-        h.insert(ATTEMPTS_HEADER.clone(), v);
+    // No upstream attempt (every account was already benched): no header,
+    // rather than an empty one.
+    if !trace.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&trace.to_string()) {
+            h.insert(ATTEMPTS_HEADER.clone(), v);
+        }
     }
 }
 

@@ -82,23 +82,34 @@ pub struct BadAuthStyle(String);
 impl CredentialStyle {
     /// Compiles a config auth style.
     pub fn from_config(style: &marathon_config::AuthStyle) -> Result<Self, BadAuthStyle> {
-        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|_| BadAuthStyle(n.to_string()));
+        let name =
+            |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|_| BadAuthStyle(n.to_string()));
         let rules = |rs: &[marathon_config::HeaderRule]| -> Result<Vec<Rule>, BadAuthStyle> {
             rs.iter()
                 .map(|r| {
                     let value = match &r.value {
-                        marathon_config::HeaderSource::Credential { prefix } => Source::Credential(prefix.clone()),
-                        marathon_config::HeaderSource::Static(v) => {
-                            Source::Static(HeaderValue::from_str(v).map_err(|_| BadAuthStyle(r.name.clone()))?)
+                        marathon_config::HeaderSource::Credential { prefix } => {
+                            Source::Credential(prefix.clone())
                         }
+                        marathon_config::HeaderSource::Static(v) => Source::Static(
+                            HeaderValue::from_str(v).map_err(|_| BadAuthStyle(r.name.clone()))?,
+                        ),
                         marathon_config::HeaderSource::Extra(k) => Source::Extra(k.clone()),
                     };
-                    Ok(Rule { name: name(&r.name)?, value, merge: r.merge })
+                    Ok(Rule {
+                        name: name(&r.name)?,
+                        value,
+                        merge: r.merge,
+                    })
                 })
                 .collect()
         };
         Ok(CredentialStyle {
-            strip: style.strip.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
+            strip: style
+                .strip
+                .iter()
+                .map(|n| name(n))
+                .collect::<Result<_, _>>()?,
             api_key: rules(&style.api_key)?,
             oauth: rules(&style.oauth)?,
         })
@@ -122,12 +133,17 @@ impl CredentialStyle {
         for rule in rules {
             let value = match &rule.value {
                 Source::Credential(prefix) => {
-                    let mut v = HeaderValue::try_from(format!("{prefix}{}", secret.expose())).map_err(|_| InvalidCredential)?;
+                    let mut v = HeaderValue::try_from(format!("{prefix}{}", secret.expose()))
+                        .map_err(|_| InvalidCredential)?;
                     v.set_sensitive(true);
                     v
                 }
                 Source::Static(v) => v.clone(),
-                Source::Extra(key) => match extras.get(key).and_then(|v| v.as_str()).and_then(|v| HeaderValue::from_str(v).ok()) {
+                Source::Extra(key) => match extras
+                    .get(key)
+                    .and_then(|v| v.as_str())
+                    .and_then(|v| HeaderValue::from_str(v).ok())
+                {
                     Some(v) => v,
                     None => continue,
                 },
@@ -165,8 +181,18 @@ fn merge_list(h: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
 /// auth token send `x-api-key` *and* `Authorization`, and either may be the
 /// access key.
 pub(crate) fn presented_keys(h: &HeaderMap) -> impl Iterator<Item = &str> {
-    ["x-marathon-key", "x-api-key", "x-goog-api-key", "authorization"].into_iter().flat_map(move |n| {
-        h.get_all(n).iter().filter_map(|v| v.to_str().ok()).map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
+    [
+        "x-marathon-key",
+        "x-api-key",
+        "x-goog-api-key",
+        "authorization",
+    ]
+    .into_iter()
+    .flat_map(move |n| {
+        h.get_all(n)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
     })
 }
 
@@ -186,7 +212,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -210,15 +239,24 @@ mod tests {
     }
 
     fn extras(pairs: &[(&str, &str)]) -> serde_json::Map<String, serde_json::Value> {
-        pairs.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect()
     }
 
     #[test]
     fn client_credentials_are_replaced_by_the_accounts() {
-        let mut h = map(&[("x-api-key", "client-key"), ("authorization", "Bearer client"), ("anthropic-version", "2023-06-01")]);
+        let mut h = map(&[
+            ("x-api-key", "client-key"),
+            ("authorization", "Bearer client"),
+            ("anthropic-version", "2023-06-01"),
+        ]);
         prepare_request_headers(&mut h);
         let secret = Secret::new("sk-ant-account");
-        style(marathon_config::ProviderKind::Anthropic).apply(&mut h, AccountKind::ApiKey, &secret, &extras(&[])).unwrap();
+        style(marathon_config::ProviderKind::Anthropic)
+            .apply(&mut h, AccountKind::ApiKey, &secret, &extras(&[]))
+            .unwrap();
         assert_eq!(h.get("x-api-key").unwrap(), "sk-ant-account");
         assert!(h.get("authorization").is_none());
         assert_eq!(h.get("anthropic-version").unwrap(), "2023-06-01");
@@ -226,15 +264,23 @@ mod tests {
 
     #[test]
     fn anthropic_oauth_uses_bearer_and_merges_the_oauth_beta() {
-        let mut h = map(&[("x-api-key", "client"), ("anthropic-beta", "prompt-caching-2024-07-31")]);
+        let mut h = map(&[
+            ("x-api-key", "client"),
+            ("anthropic-beta", "prompt-caching-2024-07-31"),
+        ]);
         prepare_request_headers(&mut h);
         let secret = Secret::new("sk-ant-oat01-x");
         let st = style(marathon_config::ProviderKind::Anthropic);
-        st.apply(&mut h, AccountKind::Oauth, &secret, &extras(&[])).unwrap();
-        st.apply(&mut h, AccountKind::Oauth, &secret, &extras(&[])).unwrap();
+        st.apply(&mut h, AccountKind::Oauth, &secret, &extras(&[]))
+            .unwrap();
+        st.apply(&mut h, AccountKind::Oauth, &secret, &extras(&[]))
+            .unwrap();
         assert_eq!(h.get("authorization").unwrap(), "Bearer sk-ant-oat01-x");
         assert!(h.get("x-api-key").is_none());
-        assert_eq!(h.get("anthropic-beta").unwrap(), "prompt-caching-2024-07-31,oauth-2025-04-20");
+        assert_eq!(
+            h.get("anthropic-beta").unwrap(),
+            "prompt-caching-2024-07-31,oauth-2025-04-20"
+        );
     }
 
     #[test]
@@ -242,7 +288,12 @@ mod tests {
         let mut h = map(&[("chatgpt-account-id", "client-chosen")]);
         let secret = Secret::new("eyJ...");
         style(marathon_config::ProviderKind::Codex)
-            .apply(&mut h, AccountKind::Oauth, &secret, &extras(&[("chatgpt_account_id", "acc-123")]))
+            .apply(
+                &mut h,
+                AccountKind::Oauth,
+                &secret,
+                &extras(&[("chatgpt_account_id", "acc-123")]),
+            )
             .unwrap();
         assert_eq!(h.get("authorization").unwrap(), "Bearer eyJ...");
         assert_eq!(h.get("chatgpt-account-id").unwrap(), "acc-123");

@@ -32,7 +32,7 @@ mod upstream;
 
 pub use events::EventSinks;
 pub use headers::{BadAuthStyle, CredentialStyle};
-pub use server::{start, EventSubscription, ProxyHandle, StartOptions};
+pub use server::{EventSubscription, ProxyHandle, StartOptions, start};
 pub use settings::SettingsError;
 pub use state::{BoxFuture, ProviderSettings, ProxySettings, TokenError, TokenSource};
 pub use upstream::{BadUpstream, UpstreamBase};
@@ -47,7 +47,9 @@ pub enum ProxyError {
     )]
     OpenBind(std::net::SocketAddr),
     /// The address is taken or not ours.
-    #[error("cannot listen on {0}: {1} (is another marathon running? pick another port with --listen)")]
+    #[error(
+        "cannot listen on {0}: {1} (is another marathon running? pick another port with --listen)"
+    )]
     Bind(std::net::SocketAddr, std::io::Error),
     /// The store could not be read.
     #[error("cannot read accounts: {0}")]

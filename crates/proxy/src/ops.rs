@@ -17,26 +17,42 @@ pub(crate) fn route(state: &Arc<AppState>, path: &str) -> Response<ProxyBody> {
         "health" => json(StatusCode::OK, &json!({"status": "ok"})),
         "status" => json(StatusCode::OK, &status(state)),
         "metrics" => {
-            let text = crate::metrics::render(state.providers.iter().map(|(n, p)| (n.as_str(), &p.metrics)));
+            let text = crate::metrics::render(
+                state
+                    .providers
+                    .iter()
+                    .map(|(n, p)| (n.as_str(), &p.metrics)),
+            );
             let mut r = Response::new(ProxyBody::full(text));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             r
         }
         "events" => events(state),
         "" | "dashboard" => {
             let mut r = Response::new(ProxyBody::full(DASHBOARD));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
             r
         }
-        _ => json(StatusCode::NOT_FOUND, &json!({"error": "unknown endpoint; try /_marathon/status"})),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "unknown endpoint; try /_marathon/status"}),
+        ),
     }
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(v.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -66,7 +82,11 @@ fn events(state: &Arc<AppState>) -> Response<ProxyBody> {
     let mut rx = state.bus.subscribe();
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        if tx.send(Bytes::from_static(b": marathon events\n\n")).await.is_err() {
+        if tx
+            .send(Bytes::from_static(b": marathon events\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut keepalive = tokio::time::interval(std::time::Duration::from_secs(15));
@@ -87,8 +107,12 @@ fn events(state: &Arc<AppState>) -> Response<ProxyBody> {
         }
     });
     let mut r = Response::new(ProxyBody::Channel(body_rx));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 

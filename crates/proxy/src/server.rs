@@ -23,7 +23,7 @@ use crate::events::EventBus;
 use crate::headers::presented_keys;
 use crate::metrics::ProviderMetrics;
 use crate::state::{AppState, ProviderRuntime, ProxySettings, TokenSource};
-use crate::{ops, ProxyError};
+use crate::{ProxyError, ops};
 
 /// How often the proxy re-reads accounts from the store (other processes,
 /// `marathon auth` commands) and saves its hot state.
@@ -103,7 +103,11 @@ pub struct StartOptions {
 impl StartOptions {
     /// The usual options: the real clock, no refresher.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        StartOptions { store, tokens: None, clock: Arc::new(SystemClock) }
+        StartOptions {
+            store,
+            tokens: None,
+            clock: Arc::new(SystemClock),
+        }
     }
 }
 
@@ -115,7 +119,11 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     let mut providers = HashMap::new();
     for (i, p) in settings.providers.iter().enumerate() {
         let rt = ProviderRuntime {
-            pool: Mutex::new(Pool::new(p.name.clone(), p.pool.clone(), 0x6d61_7261_7468_6f6e ^ i as u64)),
+            pool: Mutex::new(Pool::new(
+                p.name.clone(),
+                p.pool.clone(),
+                0x6d61_7261_7468_6f6e ^ i as u64,
+            )),
             budget: Mutex::new(RetryBudget::default()),
             creds: RwLock::new(HashMap::new()),
             metrics: ProviderMetrics::default(),
@@ -123,8 +131,12 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
         };
         providers.insert(p.name.clone(), Arc::new(rt));
     }
-    let listener = TcpListener::bind(settings.listen).await.map_err(|e| ProxyError::Bind(settings.listen, e))?;
-    let addr = listener.local_addr().map_err(|e| ProxyError::Bind(settings.listen, e))?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| ProxyError::Bind(settings.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ProxyError::Bind(settings.listen, e))?;
     let client = crate::upstream::client();
     let bus = EventBus::new();
     bus.start_sinks(&settings.sinks, client.clone());
@@ -152,10 +164,19 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     let (shutdown, rx) = watch::channel(false);
     tokio::spawn(background(state.clone(), rx.clone()));
     let task = tokio::spawn(accept_loop(listener, state.clone(), rx));
-    Ok(ProxyHandle { addr, shutdown, task, state })
+    Ok(ProxyHandle {
+        addr,
+        shutdown,
+        task,
+        state,
+    })
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -195,10 +216,18 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyB
         return ops::route(&state, "health");
     }
     if !state.settings.access_keys.is_empty() {
-        let ok = presented_keys(req.headers())
-            .any(|k| state.settings.access_keys.iter().any(|a| a.same_as(&marathon_core::Secret::new(k))));
+        let ok = presented_keys(req.headers()).any(|k| {
+            state
+                .settings
+                .access_keys
+                .iter()
+                .any(|a| a.same_as(&marathon_core::Secret::new(k)))
+        });
         if !ok {
-            let flavor = state.providers.get(first).map_or(marathon_core::ApiFlavor::Openai, |p| p.settings.flavor);
+            let flavor = state
+                .providers
+                .get(first)
+                .map_or(marathon_core::ApiFlavor::Openai, |p| p.settings.flavor);
             return proxy_error(
                 flavor,
                 StatusCode::UNAUTHORIZED,
@@ -218,7 +247,11 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyB
 }
 
 fn not_found() -> Response<ProxyBody> {
-    proxy_error(marathon_core::ApiFlavor::Openai, StatusCode::NOT_FOUND, "not found")
+    proxy_error(
+        marathon_core::ApiFlavor::Openai,
+        StatusCode::NOT_FOUND,
+        "not found",
+    )
 }
 
 fn not_found_provider(state: &AppState, name: &str) -> Response<ProxyBody> {
@@ -269,14 +302,18 @@ async fn save_hot(state: &Arc<AppState>) {
             };
             hot.cooldowns.insert(
                 a.id.clone(),
-                HotAccount { cooling_until, reason: a.last_reason.clone(), successes: a.successes, failures: a.failures },
+                HotAccount {
+                    cooling_until,
+                    reason: a.last_reason.clone(),
+                    successes: a.successes,
+                    failures: a.failures,
+                },
             );
         }
     }
     let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || store.save_hot(&hot)).await {
-        Ok(Err(e)) => tracing::warn!("could not save hot state: {e}"),
-        _ => {}
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.save_hot(&hot)).await {
+        tracing::warn!("could not save hot state: {e}")
     }
 }
 
@@ -286,10 +323,19 @@ fn restore_hot(state: &AppState, hot: &HotState) {
         let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
         let ids: Vec<_> = pool.status(now).into_iter().map(|s| s.id).collect();
         for id in ids {
-            if let Some(HotAccount { cooling_until: Some(until), reason, .. }) = hot.cooldowns.get(&id) {
-                if *until > now {
-                    let _ = pool.set_cooldown(&id, *until, reason.as_deref().unwrap_or("remembered cooldown"), now);
-                }
+            if let Some(HotAccount {
+                cooling_until: Some(until),
+                reason,
+                ..
+            }) = hot.cooldowns.get(&id)
+                && *until > now
+            {
+                let _ = pool.set_cooldown(
+                    &id,
+                    *until,
+                    reason.as_deref().unwrap_or("remembered cooldown"),
+                    now,
+                );
             }
         }
     }

@@ -6,10 +6,10 @@ use marathon_config::Config;
 use marathon_core::decision::RetryPolicy;
 use marathon_core::pool::PoolConfig;
 
+use crate::EventSinks;
 use crate::headers::CredentialStyle;
 use crate::state::{ProviderSettings, ProxySettings};
 use crate::upstream::UpstreamBase;
-use crate::EventSinks;
 
 /// Why the configuration cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +40,16 @@ impl ProxySettings {
     pub fn from_config(config: &Config) -> Result<Self, SettingsError> {
         let mut providers = Vec::new();
         for (name, p) in &config.providers {
-            let upstream = UpstreamBase::parse(&p.upstream)
-                .map_err(|source| SettingsError::Upstream { provider: name.clone(), source })?;
-            let credentials = CredentialStyle::from_config(&p.auth)
-                .map_err(|source| SettingsError::Auth { provider: name.clone(), source })?;
+            let upstream =
+                UpstreamBase::parse(&p.upstream).map_err(|source| SettingsError::Upstream {
+                    provider: name.clone(),
+                    source,
+                })?;
+            let credentials =
+                CredentialStyle::from_config(&p.auth).map_err(|source| SettingsError::Auth {
+                    provider: name.clone(),
+                    source,
+                })?;
             let session_header = match &p.session_header {
                 None => None,
                 Some(h) => Some(
@@ -79,7 +85,10 @@ impl ProxySettings {
             peek_first_event: config.server.peek_first_event,
             upstream_timeout: Duration::from_secs(600),
             providers,
-            sinks: EventSinks { webhook: config.events.webhook.clone(), command: config.events.command.clone() },
+            sinks: EventSinks {
+                webhook: config.events.webhook.clone(),
+                command: config.events.command.clone(),
+            },
         })
     }
 

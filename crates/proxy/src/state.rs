@@ -66,9 +66,16 @@ pub struct ProxySettings {
 /// implements this; the proxy only calls it.
 pub trait TokenSource: Send + Sync {
     /// A currently valid access token for the account.
-    fn access_token<'a>(&'a self, account: &'a AccountId) -> BoxFuture<'a, Result<Secret, TokenError>>;
+    fn access_token<'a>(
+        &'a self,
+        account: &'a AccountId,
+    ) -> BoxFuture<'a, Result<Secret, TokenError>>;
     /// The upstream rejected `rejected` (401): refresh unless someone already did.
-    fn force_refresh<'a>(&'a self, account: &'a AccountId, rejected: &'a Secret) -> BoxFuture<'a, Result<Secret, TokenError>>;
+    fn force_refresh<'a>(
+        &'a self,
+        account: &'a AccountId,
+        rejected: &'a Secret,
+    ) -> BoxFuture<'a, Result<Secret, TokenError>>;
 }
 
 /// A boxed future (object-safe async trait methods).
@@ -141,10 +148,12 @@ impl AppState {
 
     pub(crate) fn publish(&self, events: Vec<Event>) {
         for e in &events {
-            if let Some(p) = self.providers.get(&e.provider) {
-                if matches!(e.kind, marathon_core::events::EventKind::Cooldown { .. }) {
-                    p.metrics.cooldowns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+            if let Some(p) = self.providers.get(&e.provider)
+                && matches!(e.kind, marathon_core::events::EventKind::Cooldown { .. })
+            {
+                p.metrics
+                    .cooldowns
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             self.bus.publish(e);
         }
@@ -156,11 +165,15 @@ impl AppState {
     pub(crate) fn sync_accounts(&self, accounts: &[StoredAccount]) {
         let now = self.now();
         for (name, rt) in &self.providers {
-            let mine: Vec<&StoredAccount> = accounts.iter().filter(|a| &a.provider == name).collect();
+            let mine: Vec<&StoredAccount> =
+                accounts.iter().filter(|a| &a.provider == name).collect();
             {
                 let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
-                let health: HashMap<AccountId, Health> =
-                    pool.status(now).into_iter().map(|s| (s.id, s.health)).collect();
+                let health: HashMap<AccountId, Health> = pool
+                    .status(now)
+                    .into_iter()
+                    .map(|s| (s.id, s.health))
+                    .collect();
                 for id in health.keys() {
                     if !mine.iter().any(|a| &a.id == id) {
                         pool.remove(id);

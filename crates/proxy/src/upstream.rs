@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::body::ProxyBody;
@@ -56,23 +56,38 @@ pub struct BadUpstream {
 impl UpstreamBase {
     /// Parses `http(s)://host[:port][/prefix]`.
     pub fn parse(url: &str) -> Result<Self, BadUpstream> {
-        let bad = |why| BadUpstream { url: url.to_string(), why };
+        let bad = |why| BadUpstream {
+            url: url.to_string(),
+            why,
+        };
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| bad("missing http:// or https://"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| bad("missing http:// or https://"))?;
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(bad("scheme must be http or https"));
         }
-        let authority = uri.authority().cloned().ok_or_else(|| bad("missing host"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| bad("missing host"))?;
         if uri.query().is_some() {
             return Err(bad("must not have a query string"));
         }
         let prefix = uri.path().trim_end_matches('/').to_string();
-        Ok(UpstreamBase { scheme, authority, prefix })
+        Ok(UpstreamBase {
+            scheme,
+            authority,
+            prefix,
+        })
     }
 
     /// The upstream URI for a client path (`/v1/messages`) and query.
     pub(crate) fn join(&self, path: &str, query: Option<&str>) -> Option<Uri> {
-        let mut pq = String::with_capacity(self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        let mut pq = String::with_capacity(
+            self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
         pq.push_str(&self.prefix);
         pq.push_str(path);
         if pq.is_empty() {
@@ -115,8 +130,14 @@ mod tests {
             "https://chatgpt.com/backend-api/codex/responses?a=1"
         );
         let b = UpstreamBase::parse("http://127.0.0.1:9000").unwrap();
-        assert_eq!(b.join("/v1/messages", None).unwrap().to_string(), "http://127.0.0.1:9000/v1/messages");
-        assert_eq!(b.join("", None).unwrap().to_string(), "http://127.0.0.1:9000/");
+        assert_eq!(
+            b.join("/v1/messages", None).unwrap().to_string(),
+            "http://127.0.0.1:9000/v1/messages"
+        );
+        assert_eq!(
+            b.join("", None).unwrap().to_string(),
+            "http://127.0.0.1:9000/"
+        );
     }
 
     #[test]

@@ -81,7 +81,6 @@ async fn five_thousand_requests_at_64_while_half_the_accounts_are_limited() {
 /// benched account to the budget; they are bounded by the exclude list and
 /// the bench itself, so they cannot storm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known: the retry budget refuses rotations off rate-limited accounts (core decide); see the proxy e2e report"]
 async fn a_burst_onto_two_limited_accounts_still_fails_nothing() {
     let limited = |name| {
         acct(name)

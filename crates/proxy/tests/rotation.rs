@@ -1058,7 +1058,6 @@ async fn path_query_and_headers_are_forwarded_without_hop_by_hop_ones() {
 /// here B's, still in flight. Needs a core API to record a late outcome
 /// without ending a slot (or recording streams at their end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known: a mid-stream error ends another request's in-flight slot (needs a core API); see the proxy e2e report"]
 async fn a_mid_stream_error_does_not_end_another_requests_slot() {
     let w = std::sync::Arc::new(
         world(Scenario::new([acct("a1")
