@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod http;
 mod output;
+mod tokens;
 
 use std::process::ExitCode;
 

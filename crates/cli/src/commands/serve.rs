@@ -30,7 +30,9 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let handle = marathon_proxy::start(settings.clone(), StartOptions::new(store)).await?;
+        let mut opts = StartOptions::new(store.clone());
+        opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(crate::tokens::refresher(&config, store))));
+        let handle = marathon_proxy::start(settings.clone(), opts).await?;
         let base = handle.url();
         eprintln!("marathon {} listening on {base}", env!("CARGO_PKG_VERSION"));
         for p in &settings.providers {
