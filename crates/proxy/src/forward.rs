@@ -21,7 +21,9 @@ use marathon_core::events::{Event, EventKind};
 use marathon_core::outcome::Outcome;
 use marathon_core::pool::{Exhausted, Health, Pick, PickRequest};
 use marathon_core::sse::ErrorScanner;
-use marathon_core::{AccountId, AccountKind, Class, Classification, Secret, TransportFailure};
+use marathon_core::{
+    AccountId, AccountKind, Class, Classification, Secret, TransportFailure, UnixMillis,
+};
 
 use crate::body::{ProxyBody, StreamWatch};
 use crate::errors::{exhausted_response, proxy_error};
@@ -30,6 +32,8 @@ use crate::state::{AppState, ProviderRuntime, TokenError};
 
 /// How much of an error body is read to classify it (the rest streams on).
 const ERROR_BODY_PEEK: usize = 64 * 1024;
+/// The least time between two `exhausted` events of one provider.
+const EXHAUSTED_EVENT_EVERY: Duration = Duration::from_secs(10);
 /// How long an account rests after a provider-side error inside its stream.
 const MID_STREAM_BENCH: Duration = Duration::from_secs(5);
 /// How long to wait for the first SSE event when peeking.
@@ -162,7 +166,7 @@ pub(crate) async fn forward(
         .unwrap_or_else(|e| e.into_inner())
         .deposit(now);
 
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let query = parts.uri.query().map(str::to_string);
     let mut client_body =
         match read_client_body(&parts.headers, body, state.settings.max_body).await {
@@ -189,7 +193,8 @@ pub(crate) async fn forward(
         .and_then(|h| parts.headers.get(h))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let mut base_headers = parts.headers.clone();
+    // The client's headers are only needed as the base of every attempt's.
+    let mut base_headers = std::mem::take(&mut parts.headers);
     prepare_request_headers(&mut base_headers);
     if let Ok(host) = HeaderValue::from_str(settings.upstream.authority().as_str()) {
         base_headers.insert(header::HOST, host);
@@ -295,14 +300,7 @@ pub(crate) async fn forward(
                             continue;
                         }
                     }
-                    rt.metrics.exhausted.fetch_add(1, Relaxed);
-                    state.publish(vec![Event {
-                        at: now,
-                        provider: settings.name.clone(),
-                        kind: EventKind::Exhausted {
-                            soonest: ex.soonest,
-                        },
-                    }]);
+                    announce_exhausted(&state, &rt, now, ex.soonest);
                     let resp =
                         exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
                     log_request(&settings.name, &parts, resp.status(), None, &trace, started);
@@ -359,14 +357,11 @@ pub(crate) async fn forward(
         let now = state.now();
         let classification = match &upstream {
             Err(t) => classify(settings.flavor, &Outcome::Transport(*t), now),
-            Ok((up, Some(error_data))) => {
-                let _ = up;
-                classify(
-                    settings.flavor,
-                    &Outcome::StreamError { data: error_data },
-                    now,
-                )
-            }
+            Ok((_, Some(error_data))) => classify(
+                settings.flavor,
+                &Outcome::StreamError { data: error_data },
+                now,
+            ),
             Ok((up, None)) => {
                 let body = contiguous(&up.prefix);
                 classify(
@@ -409,7 +404,7 @@ pub(crate) async fn forward(
             Decision::PassThrough => {
                 let resp = match upstream {
                     Ok((up, _)) => respond(&state, &rt, up, cur, &trace, client_body.replayable()),
-                    Err(t) => {
+                    Err(_) => {
                         let mut r = proxy_error(
                             settings.flavor,
                             StatusCode::BAD_GATEWAY,
@@ -418,7 +413,6 @@ pub(crate) async fn forward(
                                 settings.name, classification.reason
                             ),
                         );
-                        let _ = t;
                         add_trace_headers(r.headers_mut(), Some(&cur.label), &trace);
                         r
                     }
@@ -507,19 +501,38 @@ pub(crate) async fn forward(
                         continue;
                     }
                 }
-                rt.metrics.exhausted.fetch_add(1, Relaxed);
-                state.publish(vec![Event {
-                    at: now,
-                    provider: settings.name.clone(),
-                    kind: EventKind::Exhausted {
-                        soonest: ex.soonest,
-                    },
-                }]);
+                announce_exhausted(&state, &rt, now, ex.soonest);
                 let resp = exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
                 log_request(&settings.name, &parts, resp.status(), None, &trace, started);
                 return resp;
             }
         }
+    }
+}
+
+/// Counts an "all accounts unavailable" answer, and tells the event sinks —
+/// at most once per [`EXHAUSTED_EVENT_EVERY`] per provider, so a client
+/// hammering an exhausted pool does not flood logs, webhooks and toasts.
+fn announce_exhausted(
+    state: &AppState,
+    rt: &ProviderRuntime,
+    now: UnixMillis,
+    soonest: Option<UnixMillis>,
+) {
+    rt.metrics.exhausted.fetch_add(1, Relaxed);
+    let last = rt.last_exhausted_event.load(Relaxed);
+    let due = now.0.saturating_sub(last) >= EXHAUSTED_EVENT_EVERY.as_millis() as u64;
+    if due
+        && rt
+            .last_exhausted_event
+            .compare_exchange(last, now.0, Relaxed, Relaxed)
+            .is_ok()
+    {
+        state.publish(vec![Event {
+            at: now,
+            provider: rt.settings.name.clone(),
+            kind: EventKind::Exhausted { soonest },
+        }]);
     }
 }
 

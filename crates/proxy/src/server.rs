@@ -127,6 +127,7 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
             budget: Mutex::new(RetryBudget::default()),
             creds: RwLock::new(HashMap::new()),
             metrics: ProviderMetrics::default(),
+            last_exhausted_event: Default::default(),
             settings: p.clone(),
         };
         providers.insert(p.name.clone(), Arc::new(rt));

@@ -126,8 +126,11 @@ pub(crate) struct ProviderRuntime {
     /// `.await` inside), which is shorter than a tokio mutex's bookkeeping.
     pub pool: Mutex<Pool>,
     pub budget: Mutex<RetryBudget>,
-    pub creds: RwLock<HashMap<AccountId, AccountCred>>,
+    /// `Arc` so a pick clones a pointer, not the credential.
+    pub creds: RwLock<HashMap<AccountId, Arc<AccountCred>>>,
     pub metrics: ProviderMetrics,
+    /// When the last `exhausted` event went out (ms since the epoch).
+    pub last_exhausted_event: std::sync::atomic::AtomicU64,
 }
 
 /// Everything a request needs.
@@ -198,7 +201,7 @@ impl AppState {
             let mut creds = rt.creds.write().unwrap_or_else(|e| e.into_inner());
             creds.clear();
             for a in mine {
-                creds.insert(a.id.clone(), AccountCred::from_stored(a));
+                creds.insert(a.id.clone(), Arc::new(AccountCred::from_stored(a)));
             }
         }
     }
