@@ -38,3 +38,9 @@ pub use outcome::{
     TransportFailure, UsageWindow,
 };
 pub use secret::Secret;
+
+pub use budget::RetryBudget;
+pub use decision::{AttemptContext, AttemptTrace, Decision, RetryPolicy, decide};
+pub use events::{Event, EventKind};
+pub use pool::{AccountStatus, Exhausted, Health, Pick, PickRequest, Pool, PoolConfig};
+pub use strategy::Strategy;
