@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 
 pub use env::{GLOBAL_VARS, PROVIDER_SUFFIXES, provider_prefix};
 pub use model::{
-    AuthStyle, Config, EventsConfig, HeaderRule, HeaderSource, ProviderConfig, ProviderKind,
-    ServerConfig,
+    AuthStyle, Config, EventsConfig, HeaderRule, HeaderSource, OAuthConfig, ProviderConfig,
+    ProviderKind, ServerConfig,
 };
 
 /// Where marathon keeps its files.

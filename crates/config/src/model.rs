@@ -201,6 +201,59 @@ pub struct ProviderConfig {
     pub session_header: Option<String>,
     /// How the upstream request carries the account's credential.
     pub auth: AuthStyle,
+    /// `[providers.<name>.oauth]`: how accounts of this provider log in and
+    /// refresh, when the section is written. See [`ProviderConfig::oauth_preset`].
+    pub oauth: Option<OAuthConfig>,
+}
+
+impl ProviderConfig {
+    /// The built-in OAuth preset this provider's logins start from: the
+    /// section's `preset`, else the one its kind implies (`anthropic`,
+    /// `openai-chatgpt`, `github-copilot`, `google-gemini`), else none (a
+    /// generic provider described entirely by its `oauth` section, or no
+    /// OAuth at all).
+    pub fn oauth_preset(&self) -> Option<&str> {
+        self.oauth
+            .as_ref()
+            .and_then(|o| o.preset.as_deref())
+            .or_else(|| crate::presets::default_oauth_preset(self.kind))
+    }
+
+    /// Whether accounts of this provider can log in with OAuth.
+    pub fn has_oauth(&self) -> bool {
+        self.oauth.is_some() || self.oauth_preset().is_some()
+    }
+}
+
+/// `[providers.<name>.oauth]`: an OAuth login for a provider, as a built-in
+/// preset with overrides or as a generic OpenID/OAuth server. Checked when
+/// loaded: without a preset it has a `client_id` and enough endpoints
+/// (`issuer`, or `token_url` plus `authorize_url` or `device_url`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OAuthConfig {
+    /// Built-in preset to start from (one of [`crate::presets::OAUTH_PRESETS`]).
+    pub preset: Option<String>,
+    /// Issuer whose `/.well-known/openid-configuration` supplies the endpoints
+    /// not written here.
+    pub issuer: Option<String>,
+    /// Authorization endpoint (code + PKCE flows).
+    pub authorize_url: Option<String>,
+    /// Token endpoint.
+    pub token_url: Option<String>,
+    /// Device authorization endpoint (RFC 8628).
+    pub device_url: Option<String>,
+    /// Userinfo endpoint, for the account's identity when the id token has none.
+    pub userinfo_url: Option<String>,
+    /// OAuth client id (a public client: marathon keeps no client secret).
+    pub client_id: Option<String>,
+    /// Scopes requested.
+    pub scopes: Option<Vec<String>>,
+    /// Extra authorization-request parameters (e.g. `prompt = "consent"`),
+    /// in key order.
+    pub extra_authorize_params: Vec<(String, String)>,
+    /// Fixed port for the loopback redirect (when the client registered one);
+    /// otherwise any free port.
+    pub redirect_port: Option<u16>,
 }
 
 /// How an upstream request carries an account's credential: which of the

@@ -15,7 +15,8 @@ use toml::Spanned;
 
 use crate::ConfigError;
 use crate::model::{
-    AuthStyle, Config, EventsConfig, HeaderRule, ProviderConfig, ProviderKind, ServerConfig,
+    AuthStyle, Config, EventsConfig, HeaderRule, OAuthConfig, ProviderConfig, ProviderKind,
+    ServerConfig,
 };
 use crate::presets;
 use crate::values;
@@ -130,6 +131,22 @@ struct RawProvider {
     proactive_threshold: Field,
     session_header: Field,
     auth: Option<Spanned<RawAuth>>,
+    oauth: Option<Spanned<RawOAuth>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth {
+    preset: Field,
+    issuer: Field,
+    authorize_url: Field,
+    token_url: Field,
+    device_url: Field,
+    userinfo_url: Field,
+    client_id: Field,
+    scopes: Option<Spanned<Vec<Spanned<String>>>>,
+    extra_authorize_params: Option<BTreeMap<Spanned<String>, Spanned<Scalar>>>,
+    redirect_port: Field,
 }
 
 #[derive(Deserialize, Default)]
@@ -164,6 +181,13 @@ pub(crate) fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
             auth.span(),
             "defaults.auth",
             "auth is set per provider, not in [defaults]".to_owned(),
+        ));
+    }
+    if let Some(oauth) = &raw.defaults.oauth {
+        return Err(cx.err(
+            oauth.span(),
+            "defaults.oauth",
+            "oauth is set per provider ([providers.<name>.oauth]), not in [defaults]".to_owned(),
         ));
     }
     let mut providers = BTreeMap::new();
@@ -573,6 +597,10 @@ fn provider(
     if let Some(raw) = &own.auth {
         apply_auth(cx, &mut auth, raw.get_ref(), &format!("{own_path}.auth"))?;
     }
+    let oauth = match &own.oauth {
+        Some(raw) => Some(oauth(cx, kind, raw, &format!("{own_path}.oauth"))?),
+        None => None,
+    };
 
     Ok(ProviderConfig {
         name: name.to_owned(),
@@ -588,7 +616,149 @@ fn provider(
         proactive_threshold,
         session_header,
         auth,
+        oauth,
     })
+}
+
+/// Authorization parameters marathon itself sets; configuring them would
+/// break the flow (PKCE, state, the redirect) or silently be ignored.
+const RESERVED_AUTHORIZE_PARAMS: [&str; 7] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+/// `[providers.x.oauth]`: a built-in preset with overrides, or a generic
+/// server complete enough to log in to.
+fn oauth(
+    cx: &Cx<'_>,
+    kind: ProviderKind,
+    raw: &Spanned<RawOAuth>,
+    path: &str,
+) -> Result<OAuthConfig, ConfigError> {
+    let section = raw.span();
+    let raw = raw.get_ref();
+    let mut o = OAuthConfig::default();
+    if let Some(v) = &raw.preset {
+        o.preset = Some(with_str(
+            cx,
+            v,
+            &format!("{path}.preset"),
+            "a preset name such as \"anthropic\"",
+            |s| {
+                let s = s.trim();
+                if presets::OAUTH_PRESETS.contains(&s) {
+                    Ok(s.to_owned())
+                } else {
+                    Err(format!(
+                        "unknown OAuth preset {s:?} (expected one of {})",
+                        presets::OAUTH_PRESETS.join(", ")
+                    ))
+                }
+            },
+        )?);
+    }
+    let url = |field: &Field, key: &str| -> Result<Option<String>, ConfigError> {
+        match field {
+            Some(v) => with_str(cx, v, &format!("{path}.{key}"), "a URL", |s| {
+                values::url(key, s)
+            })
+            .map(Some),
+            None => Ok(None),
+        }
+    };
+    o.issuer = url(&raw.issuer, "issuer")?;
+    o.authorize_url = url(&raw.authorize_url, "authorize_url")?;
+    o.token_url = url(&raw.token_url, "token_url")?;
+    o.device_url = url(&raw.device_url, "device_url")?;
+    o.userinfo_url = url(&raw.userinfo_url, "userinfo_url")?;
+    if let Some(v) = &raw.client_id {
+        let id = with_str(cx, v, &format!("{path}.client_id"), "a client id", |s| {
+            Ok(s.trim().to_owned())
+        })?;
+        if id.is_empty() || id.contains(char::is_whitespace) {
+            return Err(cx.err(
+                v.span(),
+                &format!("{path}.client_id"),
+                "the client id must not be empty or contain spaces".to_owned(),
+            ));
+        }
+        o.client_id = Some(id);
+    }
+    if let Some(list) = &raw.scopes {
+        let mut scopes = Vec::new();
+        for scope in list.get_ref() {
+            let s = scope.get_ref().trim();
+            if s.is_empty() || s.contains(char::is_whitespace) {
+                return Err(cx.err(
+                    scope.span(),
+                    &format!("{path}.scopes"),
+                    format!("invalid scope {s:?}: write one scope per string, e.g. scopes = [\"openid\", \"email\"]"),
+                ));
+            }
+            scopes.push(s.to_owned());
+        }
+        o.scopes = Some(scopes);
+    }
+    if let Some(params) = &raw.extra_authorize_params {
+        for (k, v) in params {
+            let name = k.get_ref().as_str();
+            let key = format!("{path}.extra_authorize_params.{name}");
+            if RESERVED_AUTHORIZE_PARAMS.contains(&name) {
+                return Err(cx.err(
+                    k.span(),
+                    &key,
+                    format!("{name} is set by marathon itself; remove it (scopes go in `scopes`)"),
+                ));
+            }
+            let value = with_str(cx, v, &key, "a string", |s| Ok(s.to_owned()))?;
+            o.extra_authorize_params.push((name.to_owned(), value));
+        }
+    }
+    if let Some(v) = &raw.redirect_port {
+        let key = format!("{path}.redirect_port");
+        o.redirect_port = Some(match v.get_ref() {
+            Scalar::Int(n) => u16::try_from(*n).ok().filter(|p| *p > 0).ok_or_else(|| {
+                cx.err(
+                    v.span(),
+                    &key,
+                    format!("redirect_port must be a port from 1 to 65535 (got {n})"),
+                )
+            })?,
+            other => {
+                return Err(cx.err(
+                    v.span(),
+                    &key,
+                    format!("expected a port number, found {}", other.type_name()),
+                ));
+            }
+        });
+    }
+    // A preset (named, or implied by the kind) fills in whatever is not
+    // written; without one the section must describe a whole server.
+    if o.preset.is_none() && presets::default_oauth_preset(kind).is_none() {
+        let missing = if o.client_id.is_none() {
+            Some("client_id is missing (the OAuth client marathon logs in as)")
+        } else if o.issuer.is_none() && o.token_url.is_none() {
+            Some("set `issuer` (endpoints found by discovery) or `token_url`")
+        } else if o.issuer.is_none() && o.authorize_url.is_none() && o.device_url.is_none() {
+            Some("set `issuer`, `authorize_url` or `device_url`: there is no way to log in")
+        } else {
+            None
+        };
+        if let Some(m) = missing {
+            return Err(cx.err(
+                section,
+                path,
+                format!("{m}; or name a built-in preset with `preset` ({})", presets::OAUTH_PRESETS.join(", ")),
+            ));
+        }
+    }
+    Ok(o)
 }
 
 /// `[providers.x.auth]`: where an API key goes for servers that do not take

@@ -31,6 +31,27 @@ pub fn canonical_name(name: &str) -> &str {
         .map_or(name, |(_, canonical)| canonical)
 }
 
+/// The built-in OAuth presets a provider's `oauth.preset` may name (marathon-oauth
+/// implements them).
+pub const OAUTH_PRESETS: [&str; 4] = [
+    "anthropic",
+    "openai-chatgpt",
+    "github-copilot",
+    "google-gemini",
+];
+
+/// The OAuth preset a provider of this kind logs in with when its config names
+/// none (`None`: API keys only, unless an `oauth` section describes a server).
+pub fn default_oauth_preset(kind: ProviderKind) -> Option<&'static str> {
+    match kind {
+        ProviderKind::Anthropic => Some("anthropic"),
+        ProviderKind::Codex => Some("openai-chatgpt"),
+        ProviderKind::Copilot => Some("github-copilot"),
+        ProviderKind::Google => Some("google-gemini"),
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => None,
+    }
+}
+
 /// The upstream a provider of this kind uses when the config names none
 /// (`None` for [`ProviderKind::OpenaiCompatible`], which must name one).
 pub fn default_upstream(kind: ProviderKind) -> Option<&'static str> {
