@@ -6,9 +6,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const MAIN_EXAMPLES: &str = "\
 Examples:
+  marathon demo                      # see failover, cooldown and recovery on a simulated provider
   printf %s \"$ANTHROPIC_API_KEY\" | marathon auth add anthropic --label work
   marathon auth import claude-code
-  marathon auth list
+  marathon serve                     # then: ANTHROPIC_BASE_URL=http://127.0.0.1:8787/anthropic
   marathon status
 
 Files: --home DIR (or MARATHON_HOME) keeps DIR/config.toml and DIR/data/.
@@ -31,14 +32,15 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Manage accounts: add, list, remove, rename, enable/disable, import
     Auth(AuthArgs),
-    /// Show every account and its state (offline view from the store)
+    /// Show every account and its state (live from a running proxy, else from the store)
     #[command(after_help = "\
 Examples:
   marathon status
   marathon status --json | jq '.[] | select(.state != \"active\")'
 
-Cooldowns shown are the last ones a marathon process saved; a running proxy
-holds the live state.")]
+When a proxy runs at the configured address, this shows its live view:
+cooldown countdowns, counters, the last error and quota bars. Otherwise (or
+with --offline) it shows the stored accounts and the last saved cooldowns.")]
     Status(StatusArgs),
     /// Run the rotating proxy (point your tools at http://127.0.0.1:8787/<provider>)
     #[command(after_help = "\
