@@ -289,6 +289,7 @@ def cmd_report(args):
     w(
         "Origin: nginx `return 200` with a chat.completion JSON (own process, 1 worker). "
         "Reference: nginx `proxy_pass` with upstream keepalive (own process, 1 worker). "
+        "Hyper floor: bench/passthrough, a minimal hyper server + hyper-util pooled client (tokio multi-thread). "
         "marathon: `marathon serve`, one API-key account, MARATHON_LOG=warn. "
         "Load: wrk, POST with a JSON body; c1 = 1 thread/1 connection, c64 = 2 threads/64 connections. "
         "Medians over rounds; added latency is paired with the direct run of the same round.\n"
@@ -296,7 +297,7 @@ def cmd_report(args):
 
     # ---- per-target summary
     summary = {}
-    for target in ("direct", "nginx", "marathon"):
+    for target in ("direct", "nginx", "hyper", "marathon"):
         s = {}
         for conc in (1, 64):
             rr = runs(target, conc)
@@ -327,21 +328,21 @@ def cmd_report(args):
 
     w("## Request/response (non-streamed), wrk\n")
     w(
-        "| | direct | nginx proxy | marathon | marathon / nginx |\n"
-        "|---|---:|---:|---:|---:|"
+        "| | direct | nginx proxy | hyper floor | marathon | marathon / nginx | marathon / hyper floor |\n"
+        "|---|---:|---:|---:|---:|---:|---:|"
     )
 
     def row(label, key, conc, unit="", digits=0, added=False):
         vals = []
-        for t in ("direct", "nginx", "marathon"):
+        for t in ("direct", "nginx", "hyper", "marathon"):
             v = summary.get(t, {}).get(conc, {}).get(key)
             if added and t == "direct":
                 v = None
             vals.append(v)
-        r = ratio(vals[2], vals[1])
         w(
             f"| {label} | {fmt(vals[0], unit, digits)} | {fmt(vals[1], unit, digits)} | "
-            f"{fmt(vals[2], unit, digits)} | {fmt(r, 'x', 2)} |"
+            f"{fmt(vals[2], unit, digits)} | {fmt(vals[3], unit, digits)} | "
+            f"{fmt(ratio(vals[3], vals[1]), 'x', 2)} | {fmt(ratio(vals[3], vals[2]), 'x', 2)} |"
         )
 
     row("throughput c1 (req/s)", "rps", 1)
@@ -361,9 +362,12 @@ def cmd_report(args):
 
     rss = meta.get("rss", {})
     w("")
-    w("| RSS (KiB) | nginx proxy (master + worker) | marathon |\n|---|---:|---:|")
+    w("| RSS (KiB) | nginx proxy (master + worker) | hyper floor | marathon |\n|---|---:|---:|---:|")
     for k, label in (("idle", "idle, after start"), ("warm", "idle, after warm-up"), ("hwm", "peak (VmHWM) at the end")):
-        w(f"| {label} | {fmt(rss.get('nginx_' + k))} | {fmt(rss.get('marathon_' + k))} |")
+        w(
+            f"| {label} | {fmt(rss.get('nginx_' + k))} | {fmt(rss.get('hyper_' + k))} | "
+            f"{fmt(rss.get('marathon_' + k))} |"
+        )
 
     # per-round raw numbers, for judging noise
     w("\n<details><summary>per-round numbers</summary>\n")
@@ -417,7 +421,10 @@ def cmd_report(args):
             f"{n_st} requests per target; added per event = (whole stream proxied − direct) / events. "
             "CPU per event: the proxy process's CPU time (all threads, schedstat) over the request / events.\n"
         )
-        w("| | direct | nginx proxy (buffering off) | marathon | marathon / nginx |\n|---|---:|---:|---:|---:|")
+        w(
+            "| | direct | nginx proxy (buffering off) | hyper floor | marathon | marathon / nginx | marathon / hyper floor |\n"
+            "|---|---:|---:|---:|---:|---:|---:|"
+        )
         first = {t: med([r["first_us"] for r in v]) for t, v in fb.items()}
         total = {t: med([r["total_us"] for r in v]) for t, v in st.items()}
         cpu_ev = {
@@ -431,8 +438,10 @@ def cmd_report(args):
         def line(label, d, unit, digits=0, with_direct=True):
             w(
                 f"| {label} | {fmt(d.get('direct') if with_direct else None, unit, digits)} | "
-                f"{fmt(d.get('nginx'), unit, digits)} | {fmt(d.get('marathon'), unit, digits)} | "
-                f"{fmt(ratio(d.get('marathon'), d.get('nginx')), 'x', 2)} |"
+                f"{fmt(d.get('nginx'), unit, digits)} | {fmt(d.get('hyper'), unit, digits)} | "
+                f"{fmt(d.get('marathon'), unit, digits)} | "
+                f"{fmt(ratio(d.get('marathon'), d.get('nginx')), 'x', 2)} | "
+                f"{fmt(ratio(d.get('marathon'), d.get('hyper')), 'x', 2)} |"
             )
 
         line("first byte (short stream)", first, " µs")

@@ -18,6 +18,7 @@ STREAM_REPEATS=${STREAM_REPEATS:-20}
 FAILOVER_SECONDS=${FAILOVER_SECONDS:-20}
 INFO_RUN=${INFO_RUN:-1}                 # one extra marathon run with request logging on
 KEEP=${KEEP:-0}                         # keep the temporary directory (logs, configs)
+# NO_BUILD=1: use the release binaries already in target/ (e.g. while the tree does not build)
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH")
@@ -42,12 +43,22 @@ if ((${#missing[@]})); then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-say "building marathon and marathon-sim (release)"
-(cd "$ROOT" && cargo build --release --quiet -p marathon -p marathon-sim)
+if [ "${NO_BUILD:-0}" = 1 ]; then
+    say "NO_BUILD=1: using the release binaries already built"
+else
+    say "building marathon and marathon-sim (release)"
+    (cd "$ROOT" && cargo build --release --quiet -p marathon -p marathon-sim)
+fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 MARATHON=$TARGET_DIR/release/marathon
 SIM=$TARGET_DIR/release/marathon-sim
 [ -x "$MARATHON" ] && [ -x "$SIM" ] || die "release binaries not found under $TARGET_DIR/release"
+# The floor for a hyper-based proxy (bench/passthrough, its own little workspace).
+if [ "${NO_BUILD:-0}" != 1 ] || [ ! -x "$TARGET_DIR/release/bench-passthrough" ]; then
+    say "building the minimal hyper pass-through"
+    CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet --manifest-path "$BENCH/passthrough/Cargo.toml"
+fi
+PASSTHROUGH=$TARGET_DIR/release/bench-passthrough
 
 # ---------------------------------------------------------------- processes
 WORK=$(mktemp -d -t marathon-bench.XXXXXX)
@@ -73,9 +84,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free ports, all held at once so they differ.
-read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON < <(python3 -c '
+read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(5)]
+ss = [socket.socket() for _ in range(7)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
@@ -127,9 +138,18 @@ sed "s/@STREAM_EVENTS@/$STREAM_EVENTS/" "$BENCH/sim.toml" >"$WORK/sim.toml"
 SIM_PID=$!
 PIDS+=("$SIM_PID")
 
+"$PASSTHROUGH" "$P_HYPER" "$P_ORIGIN" &
+HYPER_PID=$!
+PIDS+=("$HYPER_PID")
+"$PASSTHROUGH" "$P_HYPERSIM" "$P_SIM" &
+HYPERSIM_PID=$!
+PIDS+=("$HYPERSIM_PID")
+
 wait_http "http://127.0.0.1:$P_ORIGIN/"
 wait_http "http://127.0.0.1:$P_NGINX/"
 wait_http "http://127.0.0.1:$P_SIM/v1/models"
+wait_http "http://127.0.0.1:$P_HYPER/"
+wait_http "http://127.0.0.1:$P_HYPERSIM/v1/models"
 # nginx with a master: the worker does the work; count both (the master idles).
 ORIGIN_PIDS=("$ORIGIN_PID" $(pgrep -P "$ORIGIN_PID"))
 NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID"))
@@ -183,10 +203,12 @@ start_marathon warn "$WORK/marathon.log"
 sleep 0.5
 RSS_MARATHON_IDLE=$(status_kb VmRSS "$MARATHON_PID")
 RSS_NGINX_IDLE=$(status_kb VmRSS "${NGINX_PIDS[@]}")
+RSS_HYPER_IDLE=$(status_kb VmRSS "$HYPER_PID")
 
 URL_DIRECT="http://127.0.0.1:$P_ORIGIN/v1/chat/completions"
 URL_NGINX="http://127.0.0.1:$P_NGINX/v1/chat/completions"
 URL_MARATHON="http://127.0.0.1:$P_MARATHON/openai/v1/chat/completions"
+URL_HYPER="http://127.0.0.1:$P_HYPER/v1/chat/completions"
 
 # A sanity check: marathon answers 200 from the origin and says which account.
 hdrs=$(curl -s -D - -o /dev/null -H 'content-type: application/json' -H 'authorization: Bearer sk-bench-client' \
@@ -197,8 +219,8 @@ grep -qi '^x-marathon-account: bench' <<<"$hdrs" || die "no x-marathon-account h
 RAW=$WORK/raw.jsonl
 : >"$RAW"
 
-url_of() { case $1 in direct) echo "$URL_DIRECT" ;; nginx) echo "$URL_NGINX" ;; marathon) echo "$URL_MARATHON" ;; esac; }
-pids_of() { case $1 in direct) echo "${ORIGIN_PIDS[*]}" ;; nginx) echo "${NGINX_PIDS[*]}" ;; marathon) echo "$MARATHON_PID" ;; esac; }
+url_of() { case $1 in direct) echo "$URL_DIRECT" ;; nginx) echo "$URL_NGINX" ;; hyper) echo "$URL_HYPER" ;; marathon) echo "$URL_MARATHON" ;; esac; }
+pids_of() { case $1 in direct) echo "${ORIGIN_PIDS[*]}" ;; nginx) echo "${NGINX_PIDS[*]}" ;; hyper) echo "$HYPER_PID" ;; marathon) echo "$MARATHON_PID" ;; esac; }
 wrk_args() { if [ "$1" = 1 ]; then echo "-t1 -c1"; else echo "-t2 -c64"; fi; }
 
 run_wrk() { # target conc round log
@@ -238,33 +260,37 @@ warm() { # target
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 say "load average: $LOAD_BEFORE ($(nproc) CPUs)"
 say "warm-up"
-for t in direct nginx marathon; do warm "$t"; done
+for t in direct nginx hyper marathon; do warm "$t"; done
 sleep 1
 RSS_MARATHON_WARM=$(status_kb VmRSS "$MARATHON_PID")
 RSS_NGINX_WARM=$(status_kb VmRSS "${NGINX_PIDS[@]}")
+RSS_HYPER_WARM=$(status_kb VmRSS "$HYPER_PID")
 
-targets=(direct nginx marathon)
+targets=(direct nginx hyper marathon)
 for round in $(seq 1 "$ROUNDS"); do
     say "round $round of $ROUNDS"
     for conc in 1 64; do
         # Rotate the order each round so no target always runs first.
-        for i in 0 1 2; do
-            run_wrk "${targets[$(((i + round - 1) % 3))]}" "$conc" "$round" warn
+        for i in 0 1 2 3; do
+            run_wrk "${targets[$(((i + round - 1) % 4))]}" "$conc" "$round" warn
         done
     done
 done
 RSS_MARATHON_HWM=$(status_kb VmHWM "$MARATHON_PID")
 RSS_NGINX_HWM=$(status_kb VmHWM "${NGINX_PIDS[@]}")
+RSS_HYPER_HWM=$(status_kb VmHWM "$HYPER_PID")
 
 say "streams: first byte on a short stream, then $STREAM_EVENTS events, $STREAM_REPEATS requests per target"
-stream_pids=(--pid "direct=$SIM_PID" --pid "nginx=$(IFS=,; echo "${NGINX_PIDS[*]}")" --pid "marathon=$MARATHON_PID")
+stream_pids=(--pid "direct=$SIM_PID" --pid "nginx=$(IFS=,; echo "${NGINX_PIDS[*]}")" --pid "hyper=$HYPERSIM_PID" --pid "marathon=$MARATHON_PID")
 python3 "$BENCH/measure.py" stream --kind first-byte --key sk-bench-short --repeats "$((STREAM_REPEATS * 5))" "${stream_pids[@]}" \
     --target "direct=http://127.0.0.1:$P_SIM/v1/chat/completions" \
     --target "nginx=http://127.0.0.1:$P_SIMPROXY/v1/chat/completions" \
+    --target "hyper=http://127.0.0.1:$P_HYPERSIM/v1/chat/completions" \
     --target "marathon=http://127.0.0.1:$P_MARATHON/short/v1/chat/completions" >>"$RAW"
 python3 "$BENCH/measure.py" stream --kind stream --key sk-bench-stream --repeats "$STREAM_REPEATS" "${stream_pids[@]}" \
     --target "direct=http://127.0.0.1:$P_SIM/v1/chat/completions" \
     --target "nginx=http://127.0.0.1:$P_SIMPROXY/v1/chat/completions" \
+    --target "hyper=http://127.0.0.1:$P_HYPERSIM/v1/chat/completions" \
     --target "marathon=http://127.0.0.1:$P_MARATHON/stream/v1/chat/completions" >>"$RAW"
 
 say "failover: ${FAILOVER_SECONDS}s of requests, the preferred account rate-limited in 1 s windows"
@@ -291,7 +317,8 @@ cat >"$WORK/meta.json" <<EOF
  "marathon": "$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)",
  "clk_tck": $(getconf CLK_TCK),
  "rss": {"marathon_idle": $RSS_MARATHON_IDLE, "marathon_warm": $RSS_MARATHON_WARM, "marathon_hwm": $RSS_MARATHON_HWM,
-         "nginx_idle": $RSS_NGINX_IDLE, "nginx_warm": $RSS_NGINX_WARM, "nginx_hwm": $RSS_NGINX_HWM}}
+         "nginx_idle": $RSS_NGINX_IDLE, "nginx_warm": $RSS_NGINX_WARM, "nginx_hwm": $RSS_NGINX_HWM,
+         "hyper_idle": $RSS_HYPER_IDLE, "hyper_warm": $RSS_HYPER_WARM, "hyper_hwm": $RSS_HYPER_HWM}}
 EOF
 cp "$RAW" "$OUT/raw.jsonl"
 cp "$WORK/meta.json" "$OUT/meta.json"
