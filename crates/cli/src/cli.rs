@@ -129,6 +129,9 @@ pub(crate) struct AuthArgs {
 /// `marathon auth <command>`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuthCommand {
+    /// Log in to a provider with OAuth (browser, pasted code, or device code)
+    #[command(after_help = LOGIN_HELP)]
+    Login(LoginArgs),
     /// Add an API-key account (the key is read from stdin or a hidden prompt)
     #[command(after_help = "\
 The key is never taken from the command line (it would end up in shell
@@ -198,6 +201,54 @@ Examples:
   marathon auth import codex --move
   marathon auth import opencode --path ./backup/auth.json")]
     Import(ImportArgs),
+}
+
+const LOGIN_HELP: &str = "\
+Flows:
+  (default)   a browser login that comes back to a one-off server on
+              127.0.0.1 (authorization code + PKCE); the URL is always
+              printed, and opened in your browser when run in a terminal
+  --paste     for a machine without a browser: open the URL anywhere, then
+              paste the code shown (or the whole address the browser ended
+              on) here
+  --device    the device flow: open the printed address on any device and
+              enter the code shown
+
+Logging in again as the same identity (email or account) updates that
+account's tokens; another identity adds an account, labelled with its email
+unless --label is given. Tokens are stored in the account store (mode 0600)
+and never printed.
+
+Built-in logins: anthropic (Claude Pro/Max), codex (ChatGPT), copilot
+(GitHub), google (Gemini). Other providers log in to the OpenID/OAuth server
+in their [providers.<name>.oauth] config section.
+
+Examples:
+  marathon auth login anthropic
+  marathon auth login codex --device
+  marathon auth login anthropic --paste --label work
+  marathon auth login corp --no-browser --priority 10";
+
+/// `marathon auth login`.
+#[derive(Debug, Args)]
+pub(crate) struct LoginArgs {
+    /// Provider name (e.g. anthropic, codex, copilot, google, or one from your config)
+    pub(crate) provider: String,
+    /// Label for a new account, unique per provider [default: the account's email or id]
+    #[arg(long, short)]
+    pub(crate) label: Option<String>,
+    /// Paste the code (or the redirect URL) instead of waiting for the browser
+    #[arg(long, conflicts_with = "device")]
+    pub(crate) paste: bool,
+    /// Log in with a device code shown here, approved on any device
+    #[arg(long)]
+    pub(crate) device: bool,
+    /// Print the URL but do not open a browser
+    #[arg(long)]
+    pub(crate) no_browser: bool,
+    /// Priority (lower is preferred) [default: 0 for a new account; unchanged on re-login]
+    #[arg(long, short, allow_negative_numbers = true)]
+    pub(crate) priority: Option<i32>,
 }
 
 /// `marathon auth add`.

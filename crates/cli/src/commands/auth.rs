@@ -14,6 +14,7 @@ use crate::output::{Failure, Style, Table, cell};
 
 pub(crate) fn run(ctx: &Context, command: AuthCommand) -> anyhow::Result<()> {
     match command {
+        AuthCommand::Login(args) => super::login::run(ctx, &args),
         AuthCommand::Add(args) => add(ctx, &args),
         AuthCommand::List(args) => list(ctx, &args),
         AuthCommand::Remove(args) => remove(ctx, &args),

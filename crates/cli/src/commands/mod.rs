@@ -3,6 +3,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod demo;
+pub(crate) mod login;
 pub(crate) mod serve;
 pub(crate) mod status;
 

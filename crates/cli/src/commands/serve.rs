@@ -31,7 +31,8 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let mut opts = StartOptions::new(store.clone());
-        opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(crate::tokens::refresher(&config, store))));
+        let refresher = crate::tokens::refresher(&config, store.clone()).await?;
+        opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(refresher)));
         let handle = marathon_proxy::start(settings.clone(), opts).await?;
         let base = handle.url();
         eprintln!("marathon {} listening on {base}", env!("CARGO_PKG_VERSION"));
