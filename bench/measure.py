@@ -382,6 +382,39 @@ def cmd_report(args):
         )
     w("\n</details>\n")
 
+    variants = [t for t in ("marathon-1thread", "marathon-mimalloc") if runs(t, 64)]
+    if variants:
+        w("## marathon variants (same binary, same rounds): what a change would buy\n")
+        w(
+            "`marathon-1thread`: TOKIO_WORKER_THREADS=1 (one tokio worker, like nginx's one worker). "
+            "`marathon-mimalloc`: LD_PRELOAD of Debian's libmimalloc (instead of glibc malloc).\n"
+        )
+        w("| | marathon | " + " | ".join(variants) + " | nginx |\n|---|---:|" + "---:|" * len(variants) + "---:|")
+        for t in variants:
+            s_ = {}
+            for conc in (1, 64):
+                rr = runs(t, conc)
+                direct = runs("direct", conc)
+                s_[conc] = {
+                    "rps": med([r["wrk"]["requests"] / (r["wrk"]["duration_us"] / 1e6) for r in rr.values()]),
+                    "add50": med(
+                        [r["wrk"]["p50_us"] - direct[k]["wrk"]["p50_us"] for k, r in rr.items() if k in direct]
+                    ),
+                    "cpu": med([r["cpu_ticks"] / tick / r["wrk"]["requests"] * 1e6 for r in rr.values()]),
+                    "rss_max": max([r.get("rss_max_kb") or 0 for r in rr.values()]) or None,
+                }
+            summary[t] = s_
+        for label, key, conc, unit, digits in (
+            ("throughput c64 (req/s)", "rps", 64, "", 0),
+            ("added p50 c1", "add50", 1, " µs", 0),
+            ("CPU per request c1", "cpu", 1, " µs", 1),
+            ("CPU per request c64", "cpu", 64, " µs", 1),
+            ("RSS max during c64", "rss_max", 64, " KiB", 0),
+        ):
+            cells = [fmt(summary[t][conc].get(key), unit, digits) for t in ["marathon"] + variants + ["nginx"]]
+            w(f"| {label} | " + " | ".join(cells) + " |")
+        w("")
+
     info = [r for r in wrk if r.get("log") == "info"]
     if info:
         w("## marathon with request logging (MARATHON_LOG=info, to a file), one run\n")

@@ -19,6 +19,9 @@ FAILOVER_SECONDS=${FAILOVER_SECONDS:-20}
 INFO_RUN=${INFO_RUN:-1}                 # one extra marathon run with request logging on
 KEEP=${KEEP:-0}                         # keep the temporary directory (logs, configs)
 # NO_BUILD=1: use the release binaries already in target/ (e.g. while the tree does not build)
+# VARIANTS=1: also measure marathon with one tokio worker thread (TOKIO_WORKER_THREADS=1) and
+# with mimalloc preloaded (Debian's libmimalloc2.0), to see what those changes would buy.
+VARIANTS=${VARIANTS:-0}
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH")
@@ -42,6 +45,14 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+MIMALLOC=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2
+if [ "$VARIANTS" = 1 ] && [ ! -e "$MIMALLOC" ]; then
+    say "installing libmimalloc2.0 (apt-get) for VARIANTS=1"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libmimalloc2.0 >/dev/null
+fi
 
 if [ "${NO_BUILD:-0}" = 1 ]; then
     say "NO_BUILD=1: using the release binaries already built"
@@ -84,9 +95,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free ports, all held at once so they differ.
-read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM < <(python3 -c '
+read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM P_M1 P_MMI < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(7)]
+ss = [socket.socket() for _ in range(9)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
@@ -210,6 +221,19 @@ URL_NGINX="http://127.0.0.1:$P_NGINX/v1/chat/completions"
 URL_MARATHON="http://127.0.0.1:$P_MARATHON/openai/v1/chat/completions"
 URL_HYPER="http://127.0.0.1:$P_HYPER/v1/chat/completions"
 
+targets=(direct nginx hyper marathon)
+if [ "$VARIANTS" = 1 ]; then
+    TOKIO_WORKER_THREADS=1 MARATHON_LOG=warn "$MARATHON" serve --listen "127.0.0.1:$P_M1" 2>"$WORK/marathon-1thread.log" &
+    M1_PID=$!
+    PIDS+=("$M1_PID")
+    LD_PRELOAD=$MIMALLOC MARATHON_LOG=warn "$MARATHON" serve --listen "127.0.0.1:$P_MMI" 2>"$WORK/marathon-mimalloc.log" &
+    MMI_PID=$!
+    PIDS+=("$MMI_PID")
+    wait_http "http://127.0.0.1:$P_M1/_marathon/health"
+    wait_http "http://127.0.0.1:$P_MMI/_marathon/health"
+    targets+=(marathon-1thread marathon-mimalloc)
+fi
+
 # A sanity check: marathon answers 200 from the origin and says which account.
 hdrs=$(curl -s -D - -o /dev/null -H 'content-type: application/json' -H 'authorization: Bearer sk-bench-client' \
     -d '{"model":"m","messages":[]}' "$URL_MARATHON")
@@ -219,8 +243,26 @@ grep -qi '^x-marathon-account: bench' <<<"$hdrs" || die "no x-marathon-account h
 RAW=$WORK/raw.jsonl
 : >"$RAW"
 
-url_of() { case $1 in direct) echo "$URL_DIRECT" ;; nginx) echo "$URL_NGINX" ;; hyper) echo "$URL_HYPER" ;; marathon) echo "$URL_MARATHON" ;; esac; }
-pids_of() { case $1 in direct) echo "${ORIGIN_PIDS[*]}" ;; nginx) echo "${NGINX_PIDS[*]}" ;; hyper) echo "$HYPER_PID" ;; marathon) echo "$MARATHON_PID" ;; esac; }
+url_of() {
+    case $1 in
+        direct) echo "$URL_DIRECT" ;;
+        nginx) echo "$URL_NGINX" ;;
+        hyper) echo "$URL_HYPER" ;;
+        marathon) echo "$URL_MARATHON" ;;
+        marathon-1thread) echo "http://127.0.0.1:$P_M1/openai/v1/chat/completions" ;;
+        marathon-mimalloc) echo "http://127.0.0.1:$P_MMI/openai/v1/chat/completions" ;;
+    esac
+}
+pids_of() {
+    case $1 in
+        direct) echo "${ORIGIN_PIDS[*]}" ;;
+        nginx) echo "${NGINX_PIDS[*]}" ;;
+        hyper) echo "$HYPER_PID" ;;
+        marathon) echo "$MARATHON_PID" ;;
+        marathon-1thread) echo "$M1_PID" ;;
+        marathon-mimalloc) echo "$MMI_PID" ;;
+    esac
+}
 wrk_args() { if [ "$1" = 1 ]; then echo "-t1 -c1"; else echo "-t2 -c64"; fi; }
 
 run_wrk() { # target conc round log
@@ -260,19 +302,18 @@ warm() { # target
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 say "load average: $LOAD_BEFORE ($(nproc) CPUs)"
 say "warm-up"
-for t in direct nginx hyper marathon; do warm "$t"; done
+for t in "${targets[@]}"; do warm "$t"; done
 sleep 1
 RSS_MARATHON_WARM=$(status_kb VmRSS "$MARATHON_PID")
 RSS_NGINX_WARM=$(status_kb VmRSS "${NGINX_PIDS[@]}")
 RSS_HYPER_WARM=$(status_kb VmRSS "$HYPER_PID")
 
-targets=(direct nginx hyper marathon)
 for round in $(seq 1 "$ROUNDS"); do
     say "round $round of $ROUNDS"
     for conc in 1 64; do
         # Rotate the order each round so no target always runs first.
-        for i in 0 1 2 3; do
-            run_wrk "${targets[$(((i + round - 1) % 4))]}" "$conc" "$round" warn
+        for i in "${!targets[@]}"; do
+            run_wrk "${targets[$(((i + round - 1) % ${#targets[@]}))]}" "$conc" "$round" warn
         done
     done
 done
