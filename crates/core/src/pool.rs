@@ -19,10 +19,13 @@
 //!
 //! ## Cost of a pick
 //!
-//! Selection is O(log n) in the number of accounts (O(1) for round-robin)
-//! and never scans them all: usable accounts live in one ordered set keyed by
-//! `(tier, strategy key)` (for round-robin, two queues), so the answer is its
-//! first element not in the request's (small) exclude list.
+//! Selection is O(log n) in the number of accounts (O(1) for round-robin
+//! and least-used) and never scans them all: usable accounts live in one
+//! ordered set keyed by `(tier, strategy key)`, so the answer is its first
+//! element not in the request's (small) exclude list. Round-robin keeps a
+//! queue per tier instead, least-used a queue per tier and in-flight count
+//! (the lowest non-empty one is found from a bitmap); a pick or a finished
+//! request moves an account to the end of a queue.
 //! Cooldowns live in a second ordered set of `(until, account)`, promoted
 //! lazily at the start of each pick the way mini-redis expires keys; hot
 //! accounts (see [`PoolConfig::proactive_threshold`]) carry a third set of
@@ -250,9 +253,15 @@ impl Key {
         self.0 >> 127 == 1
     }
 
-    /// For a round-robin key: whether the account was never picked.
-    fn rr_never_picked(self) -> bool {
+    /// For a round-robin or least-used key: whether the account was never
+    /// picked (its last pick, and so its in-flight count, is zero).
+    fn never_picked(self) -> bool {
         (self.0 >> 64) & u128::from(u64::MAX >> 1) == 0
+    }
+
+    /// For a least-used key: the in-flight count, capped at [`MAX_BUCKET`].
+    fn in_flight_bucket(self) -> usize {
+        ((self.0 >> 115) as usize) & MAX_BUCKET as usize
     }
 }
 
@@ -1009,17 +1018,15 @@ fn key_for(cfg: &PoolConfig, s: &Slot, idx: usize) -> Option<Key> {
         Strategy::Sticky | Strategy::Priority => (prio << 95) | (seq << 32),
         // last_pick:63 | prio:32
         Strategy::RoundRobin => (u128::from(s.last_pick & M63) << 64) | (prio << 32),
-        // in_flight:12 | picks:40 | last_pick:43. Equal use is broken by the
-        // least recently picked, which rotates like round-robin and, unlike a
-        // priority tie-break, sends a finished request's account to the end
-        // of its run: both tree updates per request stay on the hot right edge.
-        // Saturating: past 4,095 requests in flight or 2^40 picks the order
-        // no longer matters.
+        // in_flight:12 | last_pick:51. The queues only need the in-flight
+        // count (which queue) and whether the key changed (a pick, a finished
+        // request: move to the end); the last pick makes a picked account's
+        // key change even at the in-flight cap, and tells a new account
+        // (never picked: joins at the end) from a returning one.
         Strategy::LeastUsed => {
-            let in_flight = u128::from(s.in_flight.min((1 << 12) - 1));
-            let picks = u128::from(s.picks.min((1 << 40) - 1));
-            let last = u128::from(s.last_pick.min((1 << 43) - 1));
-            (in_flight << 115) | (picks << 75) | (last << 32)
+            let in_flight = u128::from(s.in_flight.min(MAX_BUCKET));
+            let last = u128::from(s.last_pick.min((1 << 51) - 1));
+            (in_flight << 115) | (last << 64)
         }
         // drain_at:63 | prio:32
         Strategy::DrainSoonest => (u128::from(s.drain_at.min(M63)) << 64) | (prio << 32),
@@ -1116,26 +1123,40 @@ impl Slot {
 /// The usable accounts in strategy order.
 #[derive(Debug)]
 enum Order {
-    /// Ordered by key: sticky, priority, least-used, drain-soonest. O(log n).
+    /// Ordered by key: sticky, priority, drain-soonest. O(log n).
     Tree(BTreeSet<Key>),
-    /// Round-robin: the order is "least recently picked", and a pick always
-    /// moves an account to the very end, so two intrusive queues (normal and
-    /// hot tier) give O(1) where a tree paid O(log n) twice per pick.
-    Queues(Queues),
+    /// Round-robin and least-used: intrusive queues, O(1) per update.
+    /// Round-robin keeps one queue per tier: its order is "least recently
+    /// picked", and a pick always moves an account to the very end, where a
+    /// tree paid O(log n) twice per pick. Least-used (`by_in_flight`) keeps
+    /// one queue per tier and in-flight count; an account whose count changes
+    /// joins the end of its new queue, so the first account of the lowest
+    /// non-empty queue has the fewest requests in flight and, among those,
+    /// has had that count the longest.
+    Queues { q: Queues, by_in_flight: bool },
 }
 
 impl Order {
     fn new(strategy: Strategy) -> Self {
         match strategy {
-            Strategy::RoundRobin => Order::Queues(Queues::new()),
-            _ => Order::Tree(BTreeSet::new()),
+            Strategy::RoundRobin => Order::Queues {
+                q: Queues::new(),
+                by_in_flight: false,
+            },
+            Strategy::LeastUsed => Order::Queues {
+                q: Queues::new(),
+                by_in_flight: true,
+            },
+            Strategy::Sticky | Strategy::Priority | Strategy::DrainSoonest => {
+                Order::Tree(BTreeSet::new())
+            }
         }
     }
 
     fn is_empty(&self) -> bool {
         match self {
             Order::Tree(t) => t.is_empty(),
-            Order::Queues(q) => q.len == 0,
+            Order::Queues { q, .. } => q.len == 0,
         }
     }
 
@@ -1150,25 +1171,37 @@ impl Order {
                     t.insert(k);
                 }
             }
-            Order::Queues(q) => match (old, new) {
-                (None, None) => {}
-                (Some(o), None) => q.unlink(o.idx(), o.hot()),
-                // A new account joins at the end, in insertion order; one
-                // back in rotation (recovered, re-enabled) has waited longest,
-                // so it goes first.
-                (None, Some(n)) if n.rr_never_picked() => q.push_back(n.idx(), n.hot()),
-                (None, Some(n)) => q.push_front(n.idx(), n.hot()),
-                (Some(o), Some(n)) if o == n => {}
-                (Some(o), Some(n)) if o.hot() != n.hot() => {
-                    q.unlink(o.idx(), o.hot());
-                    q.push_front(n.idx(), n.hot());
+            Order::Queues { q, by_in_flight } => {
+                let at = |k: Key| Place {
+                    idx: k.idx(),
+                    tier: usize::from(k.hot()),
+                    bucket: if *by_in_flight {
+                        k.in_flight_bucket()
+                    } else {
+                        0
+                    },
+                };
+                match (old, new) {
+                    (None, None) => {}
+                    (Some(o), None) => q.unlink(at(o)),
+                    // A new account joins at the end, in insertion order; one
+                    // back in rotation (recovered, re-enabled) has waited
+                    // longest, so it goes first.
+                    (None, Some(n)) if n.never_picked() => q.push_back(at(n)),
+                    (None, Some(n)) => q.push_front(at(n)),
+                    (Some(o), Some(n)) if o == n => {}
+                    (Some(o), Some(n)) if o.hot() != n.hot() => {
+                        q.unlink(at(o));
+                        q.push_front(at(n));
+                    }
+                    // Same tier, new key: it was just picked or finished a
+                    // request (or was re-prioritised).
+                    (Some(o), Some(n)) => {
+                        q.unlink(at(o));
+                        q.push_back(at(n));
+                    }
                 }
-                // Same tier, new key: it was just picked (or re-prioritised).
-                (Some(o), Some(n)) => {
-                    q.unlink(o.idx(), o.hot());
-                    q.push_back(n.idx(), n.hot());
-                }
-            },
+            }
         }
     }
 
@@ -1179,21 +1212,54 @@ impl Order {
                 .iter()
                 .find(|k| !excluded(k.idx()))
                 .map(|k| (k.idx(), k.hot())),
-            Order::Queues(q) => q.first(excluded),
+            Order::Queues { q, .. } => q.first(excluded),
         }
     }
 }
 
 const NIL: u32 = u32::MAX;
 
-/// Two doubly linked lists threaded through slot indices (tier 0 and tier 1).
+/// In-flight counts at or above this share the last least-used queue: the
+/// order among accounts that busy no longer matters, and the queue heads
+/// stay small (64 words of occupancy bits per tier at most).
+const MAX_BUCKET: u32 = (1 << 12) - 1;
+
+/// Where a slot sits in [`Queues`].
+#[derive(Clone, Copy)]
+struct Place {
+    idx: usize,
+    tier: usize,
+    bucket: usize,
+}
+
+/// Doubly linked lists threaded through slot indices: per tier (0 normal,
+/// 1 hot), one list per bucket. A slot is in at most one list.
 #[derive(Debug)]
 struct Queues {
     next: Vec<u32>,
     prev: Vec<u32>,
-    head: [u32; 2],
-    tail: [u32; 2],
+    tiers: [Buckets; 2],
     len: usize,
+}
+
+/// One tier's lists.
+#[derive(Debug, Default)]
+struct Buckets {
+    head: Vec<u32>,
+    tail: Vec<u32>,
+    /// Bit `b` is set while list `b` is non-empty, so the lowest non-empty
+    /// list is a `trailing_zeros` away however the counts are spread.
+    occupied: Vec<u64>,
+}
+
+impl Buckets {
+    fn ensure(&mut self, b: usize) {
+        if self.head.len() <= b {
+            self.head.resize(b + 1, NIL);
+            self.tail.resize(b + 1, NIL);
+            self.occupied.resize(b / 64 + 1, 0);
+        }
+    }
 }
 
 impl Queues {
@@ -1201,71 +1267,89 @@ impl Queues {
         Queues {
             next: Vec::new(),
             prev: Vec::new(),
-            head: [NIL; 2],
-            tail: [NIL; 2],
+            tiers: [Buckets::default(), Buckets::default()],
             len: 0,
         }
     }
 
-    fn ensure(&mut self, i: usize) {
-        if self.next.len() <= i {
-            self.next.resize(i + 1, NIL);
-            self.prev.resize(i + 1, NIL);
+    fn ensure(&mut self, p: Place) {
+        if self.next.len() <= p.idx {
+            self.next.resize(p.idx + 1, NIL);
+            self.prev.resize(p.idx + 1, NIL);
         }
+        self.tiers[p.tier].ensure(p.bucket);
     }
 
-    fn push_front(&mut self, i: usize, hot: bool) {
-        self.ensure(i);
-        let t = usize::from(hot);
-        let i32_ = i as u32;
-        self.prev[i] = NIL;
-        self.next[i] = self.head[t];
-        match self.head[t] {
-            NIL => self.tail[t] = i32_,
-            h => self.prev[h as usize] = i32_,
+    fn push_front(&mut self, p: Place) {
+        self.ensure(p);
+        let i = p.idx as u32;
+        let t = &mut self.tiers[p.tier];
+        let b = p.bucket;
+        self.prev[p.idx] = NIL;
+        self.next[p.idx] = t.head[b];
+        match t.head[b] {
+            NIL => t.tail[b] = i,
+            h => self.prev[h as usize] = i,
         }
-        self.head[t] = i32_;
+        t.head[b] = i;
+        t.occupied[b / 64] |= 1 << (b % 64);
         self.len += 1;
     }
 
-    fn push_back(&mut self, i: usize, hot: bool) {
-        self.ensure(i);
-        let t = usize::from(hot);
-        let i32_ = i as u32;
-        self.next[i] = NIL;
-        self.prev[i] = self.tail[t];
-        match self.tail[t] {
-            NIL => self.head[t] = i32_,
-            tl => self.next[tl as usize] = i32_,
+    fn push_back(&mut self, p: Place) {
+        self.ensure(p);
+        let i = p.idx as u32;
+        let t = &mut self.tiers[p.tier];
+        let b = p.bucket;
+        self.next[p.idx] = NIL;
+        self.prev[p.idx] = t.tail[b];
+        match t.tail[b] {
+            NIL => t.head[b] = i,
+            tl => self.next[tl as usize] = i,
         }
-        self.tail[t] = i32_;
+        t.tail[b] = i;
+        t.occupied[b / 64] |= 1 << (b % 64);
         self.len += 1;
     }
 
-    fn unlink(&mut self, i: usize, hot: bool) {
-        let t = usize::from(hot);
-        let (p, n) = (self.prev[i], self.next[i]);
-        match p {
-            NIL => self.head[t] = n,
-            p => self.next[p as usize] = n,
+    fn unlink(&mut self, p: Place) {
+        let t = &mut self.tiers[p.tier];
+        let b = p.bucket;
+        let (prev, next) = (self.prev[p.idx], self.next[p.idx]);
+        match prev {
+            NIL => t.head[b] = next,
+            prev => self.next[prev as usize] = next,
         }
-        match n {
-            NIL => self.tail[t] = p,
-            n => self.prev[n as usize] = p,
+        match next {
+            NIL => t.tail[b] = prev,
+            next => self.prev[next as usize] = prev,
         }
-        self.prev[i] = NIL;
-        self.next[i] = NIL;
+        if t.head[b] == NIL {
+            t.occupied[b / 64] &= !(1 << (b % 64));
+        }
+        self.prev[p.idx] = NIL;
+        self.next[p.idx] = NIL;
         self.len -= 1;
     }
 
+    /// Normal tier before hot, lower buckets first, each list from its head.
+    /// Only excluded slots are walked past, so the cost is bounded by the
+    /// request's exclude list (plus one word per 64 buckets).
     fn first(&self, excluded: impl Fn(usize) -> bool) -> Option<(usize, bool)> {
-        for t in 0..2 {
-            let mut i = self.head[t];
-            while i != NIL {
-                if !excluded(i as usize) {
-                    return Some((i as usize, t == 1));
+        for (tier, t) in self.tiers.iter().enumerate() {
+            for (w, &word) in t.occupied.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let b = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let mut i = t.head[b];
+                    while i != NIL {
+                        if !excluded(i as usize) {
+                            return Some((i as usize, tier == 1));
+                        }
+                        i = self.next[i as usize];
+                    }
                 }
-                i = self.next[i as usize];
             }
         }
         None

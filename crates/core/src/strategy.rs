@@ -3,7 +3,7 @@
 //! The strategy only decides the *order* among usable accounts; health
 //! (cooling, needs-login, disabled) is the pool's business and always wins.
 //! See [`crate::pool`] for how each strategy is indexed so that a pick costs
-//! O(log n) in the number of accounts.
+//! O(log n) in the number of accounts (O(1) for round-robin and least-used).
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,8 +20,13 @@ pub enum Strategy {
     Sticky,
     /// Hand accounts out in turn: the least recently picked ready account next.
     RoundRobin,
-    /// Fewest requests in flight, then fewest picks in total, then the least
-    /// recently picked.
+    /// Fewest requests in flight; among those, the account that has had
+    /// that count the longest (since it was added, picked, or a request on
+    /// it ended): for idle accounts, the one idle the longest. An account
+    /// back from a cooldown, a login or being disabled goes first among its
+    /// peers. With one request at a time this rotates like round-robin; an
+    /// account that just finished a long request waits behind those that
+    /// were idle meanwhile.
     LeastUsed,
     /// Fill-first: the lowest priority number that is ready.
     Priority,

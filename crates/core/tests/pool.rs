@@ -181,7 +181,7 @@ fn round_robin_hands_accounts_out_in_turn() {
 }
 
 #[test]
-fn least_used_prefers_fewest_in_flight_then_fewest_picks() {
+fn least_used_prefers_fewest_in_flight_then_the_longest_idle() {
     let mut p = pool(Strategy::LeastUsed, &["a", "b", "c"]);
     // Three concurrent requests spread over the three accounts.
     assert_eq!(pick(&mut p, at(0)).0, "a");
@@ -190,14 +190,72 @@ fn least_used_prefers_fewest_in_flight_then_fewest_picks() {
     // b finishes: it has nothing in flight, so it is next.
     p.record(&id("b"), &ok(), at(1));
     assert_eq!(pick(&mut p, at(1)).0, "b");
-    // Everything finishes; a and c have 1 pick, b has 2: a (then c) come first.
-    for n in ["a", "b", "c"] {
+    // With one in flight each, the tie goes to the one longest at that count.
+    assert_eq!(pick(&mut p, at(1)).0, "a");
+    p.record(&id("a"), &ok(), at(1));
+    // Everything finishes, in the order c, a, b: idle longest first.
+    for n in ["c", "a", "b"] {
         p.record(&id(n), &ok(), at(2));
     }
-    assert_eq!(serve(&mut p, at(3), &ok()), "a");
-    assert_eq!(serve(&mut p, at(3), &ok()), "c");
-    let st = p.status(at(3));
-    assert!(st.iter().all(|s| s.in_flight == 0));
+    let got: Vec<String> = (0..6).map(|s| serve(&mut p, at(3 + s), &ok())).collect();
+    assert_eq!(got, ["c", "a", "b", "c", "a", "b"]);
+    assert!(p.status(at(9)).iter().all(|s| s.in_flight == 0));
+}
+
+#[test]
+fn least_used_puts_an_account_back_from_a_long_request_behind_the_idle_ones() {
+    let mut p = pool(Strategy::LeastUsed, &["a", "b", "c"]);
+    // A long request on a; short ones rotate over b and c meanwhile.
+    assert_eq!(pick(&mut p, at(0)).0, "a");
+    let got: Vec<String> = (1..5).map(|s| serve(&mut p, at(s), &ok())).collect();
+    assert_eq!(got, ["b", "c", "b", "c"]);
+    // a was picked longest ago, but it was busy all that time: b and c first.
+    p.record(&id("a"), &ok(), at(5));
+    let got: Vec<String> = (6..9).map(|s| serve(&mut p, at(s), &ok())).collect();
+    assert_eq!(got, ["b", "c", "a"]);
+}
+
+#[test]
+fn least_used_skips_excluded_and_benched_accounts_and_probes_a_recovered_one_first() {
+    let mut p = pool(Strategy::LeastUsed, &["a", "b", "c", "d"]);
+    fn req(exclude: &[AccountId]) -> PickRequest<'_> {
+        PickRequest {
+            session: None,
+            exclude,
+        }
+    }
+    // An exclude list skips heads of the lowest queue and never the order.
+    assert_eq!(pick_with(&mut p, at(0), &req(&[id("a"), id("b")])).0, "c");
+    p.record(&id("c"), &ok(), at(0));
+    assert_eq!(pick(&mut p, at(0)).0, "a");
+    assert_eq!(pick(&mut p, at(0)).0, "b");
+    assert_eq!(pick(&mut p, at(0)).0, "d");
+    // The only idle account is excluded: the busier ones are next, in order.
+    assert_eq!(pick_with(&mut p, at(0), &req(&[id("c")])).0, "a");
+    // a: 2 in flight, b, d: 1, c: 0. c is rate limited until at(30).
+    assert_eq!(pick(&mut p, at(1)).0, "c");
+    p.record(
+        &id("c"),
+        &limited_until(at(30), HintSource::RetryAfterSeconds),
+        at(1),
+    );
+    assert_eq!(
+        pick(&mut p, at(2)).0,
+        "b",
+        "c is cooling; b and d have one in flight"
+    );
+    for n in ["a", "a", "b", "b", "d"] {
+        p.record(&id(n), &ok(), at(3));
+    }
+    // Idle order now a, b, d. The cooldown ends: c is probed before them.
+    assert_eq!(pick(&mut p, at(31)), ("c".into(), true));
+    assert_eq!(pick(&mut p, at(31)).0, "a");
+    p.record(&id("c"), &ok(), at(32));
+    assert_eq!(health(&p, "c", at(32)), Health::Ready);
+    // Recovered: back first among the idle accounts.
+    assert_eq!(pick(&mut p, at(33)).0, "c");
+    assert_eq!(pick(&mut p, at(33)).0, "b");
+    assert_eq!(pick(&mut p, at(33)).0, "d");
 }
 
 #[test]

@@ -367,6 +367,79 @@ proptest! {
         prop_assert!(counts.iter().all(|&c| c == k), "counts {:?}", counts);
     }
 
+    /// Least-used against a model of its documented order: normal tier
+    /// before accounts past the proactive threshold, then fewest requests in
+    /// flight, then the account that has had its count the longest (since it
+    /// was added, picked, or a request on it ended); an account that changes
+    /// tier goes first in its new one. Excluded accounts are skipped, never
+    /// reordered.
+    #[test]
+    fn least_used_follows_its_documented_order(
+        n in 1usize..12,
+        ops in prop::collection::vec(
+            (0u8..3, any::<usize>(), prop_oneof![2 => Just(0u16), 1 => any::<u16>()], prop::option::of(any::<bool>())),
+            1..300,
+        ),
+    ) {
+        let mut p = Pool::new("anthropic", PoolConfig { strategy: Strategy::LeastUsed, ..PoolConfig::default() }, 3);
+        for i in 0..n {
+            p.upsert(meta(i, (i % 3) as i32, true));
+        }
+        let now = T0;
+        // Per account: hot, in flight, and when it took its place (smaller first).
+        let mut hot = vec![false; n];
+        let mut in_flight = vec![0u32; n];
+        let mut since: Vec<i64> = (0..n as i64).collect();
+        let (mut back, mut front) = (n as i64, -1i64);
+        let mut out: Vec<usize> = Vec::new();
+        for (kind, which, exclude_mask, usage) in ops {
+            if kind == 0 || out.is_empty() {
+                let exclude: Vec<AccountId> = (0..n).filter(|i| exclude_mask & (1 << i) != 0).map(id).collect();
+                let expected = (0..n)
+                    .filter(|&i| exclude_mask & (1 << i) == 0)
+                    .min_by_key(|&i| (hot[i], in_flight[i], since[i]));
+                match (p.pick(now, &PickRequest { session: None, exclude: &exclude }), expected) {
+                    (Pick::Account { id: got, probe, .. }, Some(want)) => {
+                        prop_assert_eq!(got, id(want));
+                        prop_assert!(!probe);
+                        in_flight[want] += 1;
+                        since[want] = back;
+                        back += 1;
+                        out.push(want);
+                    }
+                    (Pick::Exhausted(_), None) => {}
+                    (got, want) => prop_assert!(false, "picked {:?}, expected {:?}", got, want),
+                }
+            } else {
+                let a = out.swap_remove(which % out.len());
+                in_flight[a] -= 1;
+                let was_hot = hot[a];
+                if kind == 1 {
+                    let mut c = classify(&Outcome::Ok, now);
+                    if let Some(high) = usage {
+                        let utilization = if high { 0.99 } else { 0.5 };
+                        c = classify(&Outcome::Usage { utilization, resets_in_secs: 3600 }, now);
+                        hot[a] = high;
+                    }
+                    p.record(&id(a), &c, now);
+                } else {
+                    p.release(&id(a));
+                }
+                if hot[a] == was_hot {
+                    since[a] = back;
+                    back += 1;
+                } else {
+                    since[a] = front;
+                    front -= 1;
+                }
+            }
+        }
+        for s in p.status(now) {
+            let a: usize = s.id.0.trim_start_matches("acct-").parse().unwrap();
+            prop_assert_eq!(s.in_flight, in_flight[a]);
+        }
+    }
+
     /// A request that cannot be replayed is never retried, whatever happened.
     #[test]
     fn decide_never_retries_a_non_replayable_request(
