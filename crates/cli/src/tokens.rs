@@ -116,7 +116,11 @@ async fn override_preset(
         preset.scopes = scopes.clone();
     }
     for (k, v) in &o.extra_authorize_params {
-        match preset.extra_authorize_params.iter_mut().find(|(n, _)| n == k) {
+        match preset
+            .extra_authorize_params
+            .iter_mut()
+            .find(|(n, _)| n == k)
+        {
             Some(slot) => slot.1 = v.clone(),
             None => preset.extra_authorize_params.push((k.clone(), v.clone())),
         }

@@ -754,7 +754,10 @@ fn oauth(
             return Err(cx.err(
                 section,
                 path,
-                format!("{m}; or name a built-in preset with `preset` ({})", presets::OAUTH_PRESETS.join(", ")),
+                format!(
+                    "{m}; or name a built-in preset with `preset` ({})",
+                    presets::OAUTH_PRESETS.join(", ")
+                ),
             ));
         }
     }

@@ -104,7 +104,10 @@ client_id = "abc"
         Some("https://id.example.com/authorize")
     );
     assert_eq!(o.token_url.as_deref(), Some("https://id.example.com/token"));
-    assert_eq!(o.device_url.as_deref(), Some("https://id.example.com/device"));
+    assert_eq!(
+        o.device_url.as_deref(),
+        Some("https://id.example.com/device")
+    );
     assert_eq!(
         o.userinfo_url.as_deref(),
         Some("https://id.example.com/userinfo")
@@ -131,7 +134,10 @@ client_id = "my-own-client.apps.googleusercontent.com"
     );
     assert_eq!(c.providers["claude-team"].oauth_preset(), Some("anthropic"));
     // An openai-kind provider logging in through the ChatGPT preset.
-    assert_eq!(c.providers["my-codex"].oauth_preset(), Some("openai-chatgpt"));
+    assert_eq!(
+        c.providers["my-codex"].oauth_preset(),
+        Some("openai-chatgpt")
+    );
     let g = &c.providers["google"];
     assert_eq!(g.oauth_preset(), Some("google-gemini"));
     assert_eq!(
@@ -204,7 +210,9 @@ fn invalid_values_name_their_key() {
     );
     let e = error(&format!("{pre}scopes = [\"openid email\"]\n"));
     assert!(
-        e.starts_with("config.toml:2:11: providers.anthropic.oauth.scopes: invalid scope \"openid email\""),
+        e.starts_with(
+            "config.toml:2:11: providers.anthropic.oauth.scopes: invalid scope \"openid email\""
+        ),
         "{e}"
     );
     let e = error(&format!("{pre}scopes = \"openid\"\n"));

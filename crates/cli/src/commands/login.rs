@@ -88,7 +88,9 @@ async fn login(
         FlowKind::Paste => {
             let login = client.start_paste(&preset, &[]).map_err(failed)?;
             let url = login.authorize_url().to_string();
-            eprintln!("Open this URL in a browser (on any machine) and log in to {name}:\n\n  {url}\n");
+            eprintln!(
+                "Open this URL in a browser (on any machine) and log in to {name}:\n\n  {url}\n"
+            );
             if may_open && open_browser(&url) {
                 eprintln!("(opened in your browser)");
             }
