@@ -8,6 +8,7 @@ const MAIN_EXAMPLES: &str = "\
 Examples:
   marathon demo                      # see failover, cooldown and recovery on a simulated provider
   printf %s \"$ANTHROPIC_API_KEY\" | marathon auth add anthropic --label work
+  marathon auth login anthropic      # a Claude Pro/Max login in the browser
   marathon auth import claude-code
   marathon serve                     # then: ANTHROPIC_BASE_URL=http://127.0.0.1:8787/anthropic
   marathon status
@@ -30,7 +31,7 @@ pub(crate) struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Manage accounts: add, list, remove, rename, enable/disable, import
+    /// Manage accounts: login, add, list, remove, rename, enable/disable, import
     Auth(AuthArgs),
     /// Show every account and its state (live from a running proxy, else from the store)
     #[command(after_help = "\
@@ -117,6 +118,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 #[command(after_help = "\
 Examples:
   printf %s \"$OPENAI_API_KEY\" | marathon auth add openai --label work
+  marathon auth login codex
   marathon auth list
   marathon auth rename openai work work-2024
   marathon auth disable openai work-2024

@@ -191,3 +191,179 @@ impl TokenSource for OAuthTokens {
         Box::pin(async move { self.0.force_refresh(account, rejected).await.map_err(map) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use marathon_oauth::http::BoxFuture as HttpFuture;
+    use marathon_oauth::{HttpError, HttpRequest, HttpResponse, TokenFormat};
+
+    use super::*;
+
+    /// Answers discovery for one issuer; records the URLs asked for.
+    struct Discovery {
+        issuer: &'static str,
+        status: u16,
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl Discovery {
+        fn new(issuer: &'static str, status: u16) -> Self {
+            Discovery {
+                issuer,
+                status,
+                asked: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl HttpClient for Discovery {
+        fn send(&self, req: HttpRequest) -> HttpFuture<'_, Result<HttpResponse, HttpError>> {
+            self.asked.lock().unwrap().push(req.url.clone());
+            let i = self.issuer;
+            let body = serde_json::json!({
+                "issuer": i,
+                "authorization_endpoint": format!("{i}/auth"),
+                "token_endpoint": format!("{i}/token"),
+                "device_authorization_endpoint": format!("{i}/device/auth"),
+                "userinfo_endpoint": format!("{i}/me"),
+            });
+            let resp = HttpResponse::json(self.status, body);
+            Box::pin(async move { Ok(resp) })
+        }
+    }
+
+    fn config(src: &str) -> Config {
+        marathon_config::load_str(src, Path::new("config.toml")).unwrap()
+    }
+
+    fn resolve(
+        c: &Config,
+        name: &str,
+        http: &dyn HttpClient,
+    ) -> anyhow::Result<Option<OAuthPreset>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(preset_for(&c.providers[name], http))
+    }
+
+    #[test]
+    fn builtin_providers_get_their_builtin_preset_without_network() {
+        let c = config("");
+        let http = Discovery::new("https://unused.example", 500);
+        let names: Vec<(String, Option<String>)> = c
+            .providers
+            .keys()
+            .map(|n| (n.clone(), resolve(&c, n, &http).unwrap().map(|p| p.name)))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("anthropic".to_string(), Some("anthropic".to_string())),
+                ("codex".into(), Some("openai-chatgpt".into())),
+                ("copilot".into(), Some("github-copilot".into())),
+                ("google".into(), Some("google-gemini".into())),
+                ("openai".into(), None),
+            ]
+        );
+        assert!(http.asked.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn overrides_change_only_what_they_name() {
+        let c = config(
+            "[providers.anthropic.oauth]\nclient_id = \"my-client\"\nscopes = [\"user:inference\"]\n\
+             redirect_port = 8123\nextra_authorize_params = { prompt = \"login\" }\n\
+             [providers.google.oauth]\nextra_authorize_params = { prompt = \"select_account\" }\n",
+        );
+        let http = Discovery::new("https://unused.example", 500);
+        let a = resolve(&c, "anthropic", &http).unwrap().unwrap();
+        let builtin = OAuthPreset::anthropic();
+        assert_eq!(a.client_id, "my-client");
+        assert_eq!(a.scopes, ["user:inference"]);
+        assert_eq!(a.loopback.as_ref().unwrap().port, Some(8123));
+        assert_eq!(a.loopback.as_ref().unwrap().path, "/callback");
+        assert_eq!(
+            a.extra_authorize_params,
+            [("prompt".into(), "login".into())]
+        );
+        assert_eq!(a.token_url, builtin.token_url);
+        assert_eq!(a.token_format, TokenFormat::Json);
+        assert_eq!(a.flows, builtin.flows);
+        // A parameter the preset already sends is replaced, not doubled.
+        let g = resolve(&c, "google", &http).unwrap().unwrap();
+        assert_eq!(
+            g.extra_authorize_params,
+            [
+                ("access_type".to_string(), "offline".to_string()),
+                ("prompt".into(), "select_account".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_generic_provider_is_discovered_and_explicit_endpoints_win() {
+        let c = config(
+            "[providers.corp]\nkind = \"openai-compatible\"\nupstream = \"http://127.0.0.1:9\"\n\
+             [providers.corp.oauth]\nissuer = \"https://id.example.com\"\nclient_id = \"marathon\"\n\
+             token_url = \"https://id.example.com/oauth/v2/token\"\n",
+        );
+        let http = Discovery::new("https://id.example.com", 200);
+        let p = resolve(&c, "corp", &http).unwrap().unwrap();
+        assert_eq!(
+            http.asked.lock().unwrap().as_slice(),
+            ["https://id.example.com/.well-known/openid-configuration"]
+        );
+        assert_eq!(p.name, "corp");
+        assert_eq!(p.client_id, "marathon");
+        assert_eq!(
+            p.authorize_url.as_deref(),
+            Some("https://id.example.com/auth")
+        );
+        assert_eq!(p.token_url, "https://id.example.com/oauth/v2/token");
+        assert_eq!(
+            p.device_url.as_deref(),
+            Some("https://id.example.com/device/auth")
+        );
+        assert_eq!(
+            p.flows,
+            [FlowKind::Loopback, FlowKind::Paste, FlowKind::Device]
+        );
+    }
+
+    #[test]
+    fn a_builtin_pointed_at_another_server_takes_its_endpoints() {
+        let c = config("[providers.anthropic.oauth]\nissuer = \"https://id.example.com\"\n");
+        let http = Discovery::new("https://id.example.com", 200);
+        let p = resolve(&c, "anthropic", &http).unwrap().unwrap();
+        assert_eq!(
+            p.authorize_url.as_deref(),
+            Some("https://id.example.com/auth")
+        );
+        assert_eq!(p.token_url, "https://id.example.com/token");
+        assert!(p.supports(FlowKind::Device));
+        assert_eq!(p.client_id, OAuthPreset::anthropic().client_id);
+    }
+
+    #[test]
+    fn a_failed_discovery_names_the_provider_and_the_issuer() {
+        let c = config(
+            "[providers.corp]\nkind = \"openai\"\n[providers.corp.oauth]\n\
+             issuer = \"https://id.example.com\"\nclient_id = \"m\"\n",
+        );
+        let http = Discovery::new("https://id.example.com", 404);
+        let err = resolve(&c, "corp", &http).unwrap_err();
+        let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+        assert_eq!(
+            chain[0],
+            "provider corp: cannot set up its OAuth login (issuer https://id.example.com)"
+        );
+        assert_eq!(
+            chain[1],
+            "the OpenID configuration at https://id.example.com/.well-known/openid-configuration is not usable: HTTP 404"
+        );
+    }
+}

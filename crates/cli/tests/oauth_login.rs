@@ -131,9 +131,22 @@ fn pasted_redirect_and_device_code_logins_give_working_accounts() {
     );
     assert!(text(&carol.stderr).contains("Open this URL in a browser"));
 
-    let bob = login(&home, &server, "corp", Flow::Device, "bob", &[]);
+    // A taken --label does not lose the finished login: it is stored under
+    // the default label, with a note.
+    let bob = login(
+        &home,
+        &server,
+        "corp",
+        Flow::Device,
+        "bob",
+        &["--label", "carol"],
+    );
     assert!(bob.status.success(), "{}", text(&bob.stderr));
     let err = text(&bob.stderr);
+    assert!(
+        err.contains("note: the label \"carol\" belongs to another corp account; stored this one as \"bob@example.com\""),
+        "{err}"
+    );
     assert!(err.contains("and enter the code"), "{err}");
     assert!(err.contains("waiting for you to approve"), "{err}");
     assert!(

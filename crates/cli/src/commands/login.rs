@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use marathon_config::{Config, ProviderConfig};
 use marathon_oauth::{FlowKind, LoginError, LoginResult, OAuthClient, OAuthPreset, open_browser};
-use marathon_store::{AddResult, Store};
+use marathon_store::{AddResult, Store, StoreError};
 
 use super::Context;
 use crate::cli::LoginArgs;
@@ -258,7 +258,28 @@ fn save(
         .as_deref()
         .map(|i| format!(" as {i}"))
         .unwrap_or_default();
-    match store.add(new)? {
+    let fallback = {
+        let mut n = new.clone();
+        n.label = None;
+        n
+    };
+    // A taken --label must not throw away a login the user just finished:
+    // store it under the default label and say how to rename it.
+    let added = match store.add(new) {
+        Err(StoreError::LabelTaken { label, .. }) => {
+            let added = store.add(fallback)?;
+            eprintln!(
+                "{} the label {label:?} belongs to another {name} account; stored this one as {:?} \
+                 (rename it with `marathon auth rename {name} {:?} <label>`)",
+                Style::for_stderr().yellow("note:"),
+                added.account().label,
+                added.account().label
+            );
+            added
+        }
+        other => other?,
+    };
+    match added {
         AddResult::Added(a) => {
             println!(
                 "added {}/{} (oauth{who}, priority {})",

@@ -454,12 +454,11 @@ pub fn login(
     reader.join().unwrap();
     // Let the stdout drain catch up with the exited process.
     std::thread::sleep(Duration::from_millis(50));
-    let out = Output {
+    Output {
         status,
         stdout: stdout.lock().unwrap().clone().into_bytes(),
         stderr: stderr.lock().unwrap().clone().into_bytes(),
-    };
-    out
+    }
 }
 
 pub fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
