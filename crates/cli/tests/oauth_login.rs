@@ -218,4 +218,13 @@ fn login_refuses_what_cannot_work_before_anything_starts() {
         "{err}"
     );
     assert!(home.accounts("corp").is_empty());
+    // So does `marathon serve`, before it listens.
+    let out = dead.marathon().arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("provider corp: cannot set up its OAuth login (issuer http://127.0.0.1:9)"),
+        "{err}"
+    );
+    assert!(!err.contains("listening on"), "{err}");
 }

@@ -191,11 +191,23 @@ fn eight_proxies_share_refreshes_across_expiries_without_a_failed_request() {
     let urls: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
 
     let mut total = 0u64;
+    // Refreshes seen so far, and expiries the traffic crossed (at least one
+    // per account per wave; more only if a wave outlasted a token).
+    let mut refreshed = 0u64;
+    let mut slow_waves = 0u64;
+    let mut seen_tokens: Vec<String> = accounts.iter().map(|a| a.access.clone()).collect();
     for w in 1..=WAVES {
         // Both accounts' tokens are dead at the server now: this wave crosses
-        // one expiry per account.
+        // one expiry per account...
         wait_past_expiry(&home);
+        let wave_started = Instant::now();
         let results = rt.block_on(wave(&urls, PER_PROCESS));
+        // ...and one more per account for each time the wave outlasted a
+        // fresh token's usable life (TTL minus the 1s lead) on a slow machine.
+        let usable = Duration::from_secs(TTL - 1);
+        let extra = (wave_started.elapsed().as_millis() / usable.as_millis()) as u64;
+        let (low, high) = (refreshed + 2, refreshed + 2 * (1 + extra));
+        slow_waves += u64::from(extra > 0);
         let failed: Vec<&(u16, String)> = results.iter().filter(|(s, _)| *s != 200).collect();
         assert!(
             failed.is_empty(),
@@ -215,20 +227,27 @@ fn eight_proxies_share_refreshes_across_expiries_without_a_failed_request() {
         let stats = server.stats();
         // One refresh per account per expiry crossed, however many
         // processes and requests wanted a token at that moment.
-        assert_eq!(
-            stats["refreshes"],
-            2 * w,
-            "wave {w}: {stats}; expected {} refreshes (2 accounts x {w} expiries), not up to {}",
-            2 * w,
+        let refreshes = stats["refreshes"].as_u64().unwrap();
+        assert!(
+            (low..=high).contains(&refreshes),
+            "wave {w}: {stats}; expected {low} refreshes (2 accounts x {w} expiries{}), not up to {}",
+            if high > low {
+                format!(", up to {high} on a slow machine")
+            } else {
+                String::new()
+            },
             2 * w * PROCESSES as u64
         );
+        refreshed = refreshes;
         assert_eq!(stats["grant_errors"], 0, "wave {w}: {stats}");
+        seen_tokens.extend(home.accounts("corp").into_iter().map(|a| a.access));
     }
 
     let stats = server.stats();
     eprintln!(
         "race: {PROCESSES} processes x {PER_PROCESS} concurrent requests x {WAVES} waves = {total} requests, \
-         0 failed; expiries crossed: {} (2 accounts x {WAVES}); refreshes at the server: {}; \
+         0 failed; expiries crossed: {} (2 accounts x {WAVES} waves; waves outlasting a token: {slow_waves}); \
+         refreshes at the server: {}; \
          invalid_grant: {}; took {:?}",
         2 * WAVES,
         stats["refreshes"],
@@ -253,6 +272,18 @@ fn eight_proxies_share_refreshes_across_expiries_without_a_failed_request() {
     // stored refresh token proves the grant is intact.
     for p in proxies.iter_mut() {
         assert!(p.alive());
+        let log = p.log.lock().unwrap().clone();
+        assert!(!log.contains("refresh failed"), "{log}");
+        // No token in any log line.
+        for t in seen_tokens.iter().chain(&first_refresh_tokens) {
+            assert!(!log.contains(t.as_str()), "a token leaked into the log");
+        }
+        for a in &after {
+            assert!(
+                !log.contains(a.refresh.as_deref().unwrap()),
+                "a refresh token leaked into the log"
+            );
+        }
     }
     drop(proxies);
     for a in &after {
