@@ -556,6 +556,17 @@ fn account_unusable(
     let now = state.now();
     match e {
         TokenError::Permanent(reason) => {
+            let events = rt
+                .pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mark_needs_login(id, now, reason);
+            // Every request that queued behind the one failed refresh gets
+            // its error; announce it once, when the account turns needs-login
+            // (else a burst fires one webhook/command per request).
+            if events.is_empty() {
+                return;
+            }
             state.publish(vec![Event {
                 at: now,
                 provider: rt.settings.name.clone(),
@@ -565,11 +576,6 @@ fn account_unusable(
                     reason: reason.clone(),
                 },
             }]);
-            let events = rt
-                .pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .mark_needs_login(id, now, reason);
             state.publish(events);
             persist_needs_login(state, id);
         }
