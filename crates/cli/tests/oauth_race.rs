@@ -402,6 +402,19 @@ fn a_revoked_grant_sends_the_account_to_needs_login_and_traffic_to_the_other() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // One failed refresh, announced once, though 20 requests were in flight.
+    let sse = seen.lock().unwrap().clone();
+    let count = |kind: &str| {
+        sse.lines()
+            .filter(|l| l.starts_with("data: ") && l.contains(&format!("\"type\":\"{kind}\"")))
+            .count()
+    };
+    assert_eq!(
+        (count("needs_login"), count("refresh_failed")),
+        (1, 1),
+        "{sse}"
+    );
+    assert_eq!(server.stats()["invalid_grant_errors"], 1);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let states: Vec<(String, String)> = home
