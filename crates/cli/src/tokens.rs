@@ -167,11 +167,17 @@ pub(crate) async fn refresher(
 /// [`Refresher`] as the proxy's token source.
 pub(crate) struct OAuthTokens(pub(crate) Arc<Refresher>);
 
+/// The proxy puts the reason in events and the status view next to the
+/// account's label, so it carries the cause (`invalid_grant`), not the
+/// account id the refresher's own message names.
 fn map(e: RefreshError) -> TokenError {
-    if e.is_permanent() {
-        TokenError::Permanent(e.to_string())
-    } else {
-        TokenError::Transient(e.to_string())
+    match e {
+        RefreshError::Permanent { reason, .. } => {
+            TokenError::Permanent(format!("{reason}; log in again with `marathon auth login`"))
+        }
+        RefreshError::Transient { reason, .. } => TokenError::Transient(reason),
+        other if other.is_permanent() => TokenError::Permanent(other.to_string()),
+        other => TokenError::Transient(other.to_string()),
     }
 }
 
@@ -248,6 +254,29 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(preset_for(&c.providers[name], http))
+    }
+
+    #[test]
+    fn token_errors_carry_the_cause_not_the_account_id() {
+        let id = AccountId("acc_0123".into());
+        let TokenError::Permanent(p) = map(RefreshError::Permanent {
+            account: id.clone(),
+            reason: "invalid_grant".into(),
+        }) else {
+            panic!("permanent must stay permanent")
+        };
+        assert_eq!(p, "invalid_grant; log in again with `marathon auth login`");
+        let TokenError::Transient(t) = map(RefreshError::Transient {
+            account: id.clone(),
+            reason: "HTTP 503".into(),
+        }) else {
+            panic!("transient must stay transient")
+        };
+        assert_eq!(t, "HTTP 503");
+        assert!(matches!(
+            map(RefreshError::UnknownAccount(id)),
+            TokenError::Transient(_)
+        ));
     }
 
     #[test]
