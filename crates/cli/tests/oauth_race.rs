@@ -443,4 +443,29 @@ fn a_revoked_grant_sends_the_account_to_needs_login_and_traffic_to_the_other() {
     let list = home.marathon().args(["auth", "list"]).output().unwrap();
     let list = text(&list.stdout);
     assert!(list.contains("needs login"), "{list}");
+
+    // Alice logs in again: the same account is updated, and the running
+    // proxy picks it up (store sync every 2s) and serves her again.
+    let again = login(&home, &server, "corp", Flow::Loopback, "alice", &[]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).starts_with("updated corp/alice@example.com"),
+        "{}",
+        text(&again.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let results = rt.block_on(wave(&urls, 4));
+        assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+        if results.iter().any(|(_, a)| a == "alice@example.com") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice never came back after logging in again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(proxy.alive());
+    assert_eq!(home.accounts("corp")[0].state, "active");
 }
