@@ -7,7 +7,10 @@
 //! - [`load`] / [`load_str`]: file → checked [`Config`]; a missing file means
 //!   the built-in presets;
 //! - [`presets`]: the built-in providers (`anthropic`, `openai`, `codex`,
-//!   `google`, `copilot`) — their upstreams and how they take credentials;
+//!   `google`, `copilot`) — their upstreams, how they take credentials, and
+//!   the OAuth preset each logs in with ([`ProviderConfig::oauth_preset`]);
+//!   `[providers.<name>.oauth]` ([`OAuthConfig`]) overrides a preset or
+//!   describes a generic OpenID/OAuth server;
 //! - errors: every mistake is a [`ConfigError`] naming the file, line, column
 //!   and key (or the variable). Nothing invalid is replaced by a default, and
 //!   no error message quotes an access key.
