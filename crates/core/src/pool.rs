@@ -287,7 +287,6 @@ struct Slot {
     last_reason: Option<String>,
     usage: Vec<UsageWindow>,
     in_flight: u32,
-    picks: u64,
     last_pick: u64,
     last_cooled: Option<UnixMillis>,
     hot: bool,
@@ -398,7 +397,6 @@ impl Pool {
             last_reason: None,
             usage: Vec::new(),
             in_flight: 0,
-            picks: 0,
             last_pick: 0,
             last_cooled: None,
             hot: false,
@@ -492,7 +490,6 @@ impl Pool {
             unreachable!("chosen slots are live")
         };
         s.in_flight = s.in_flight.saturating_add(1);
-        s.picks += 1;
         s.last_pick = pick_seq;
         let probe = s.state == State::Probing { taken: false };
         if probe {
