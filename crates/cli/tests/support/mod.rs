@@ -64,11 +64,11 @@ impl OidcServer {
             .spawn()
             .expect("node is needed for the OAuth tests");
         let log = Arc::new(Mutex::new(String::new()));
-        drain(child.stderr.take().unwrap(), log.clone());
+        let _ = drain(child.stderr.take().unwrap(), log.clone());
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        drain(out, log.clone());
+        let _ = drain(out, log.clone());
         if line.trim().is_empty() {
             let _ = child.kill();
             let _ = child.wait();
@@ -136,7 +136,10 @@ impl Drop for OidcServer {
     }
 }
 
-fn drain(mut r: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
+fn drain(
+    mut r: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = r.read(&mut buf) {
@@ -147,7 +150,7 @@ fn drain(mut r: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
                 .unwrap()
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
-    });
+    })
 }
 
 /// Runs a future to completion on a small runtime of its own (the tests are
@@ -393,7 +396,7 @@ pub fn login(
         .spawn()
         .unwrap();
     let stdout = Arc::new(Mutex::new(String::new()));
-    drain(child.stdout.take().unwrap(), stdout.clone());
+    let stdout_reader = drain(child.stdout.take().unwrap(), stdout.clone());
     // stderr: watch for the URL line, keep everything.
     let stderr = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = mpsc::channel::<String>();
@@ -451,9 +454,9 @@ pub fn login(
         (flow, end) => panic!("{flow:?} login: the browser ended with {end:?}"),
     }
     let status = wait_timeout(&mut child, Duration::from_secs(30));
+    // Both pipes end when the process exits: read them to the end.
     reader.join().unwrap();
-    // Let the stdout drain catch up with the exited process.
-    std::thread::sleep(Duration::from_millis(50));
+    stdout_reader.join().unwrap();
     Output {
         status,
         stdout: stdout.lock().unwrap().clone().into_bytes(),
