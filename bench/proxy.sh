@@ -77,7 +77,9 @@ PIDS=()
 cleanup() {
     local p
     if ((${#PIDS[@]})); then
-        kill -INT "${PIDS[@]}" 2>/dev/null || true
+        # TERM, not INT: a background job of a non-interactive shell ignores
+        # SIGINT unless it installs its own handler (the pass-through does not).
+        kill -TERM "${PIDS[@]}" 2>/dev/null || true
         # Whoever has not stopped within 5 s (nginx masters stop their workers) is killed.
         (sleep 5 && kill -KILL "${PIDS[@]}" 2>/dev/null) &
         local watchdog=$!
