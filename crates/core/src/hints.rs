@@ -95,31 +95,42 @@ pub fn retry_hint(headers: &dyn HeaderLookup, body: &[u8], now: UnixMillis) -> O
 /// A window is reported when its utilisation is readable (or its status is
 /// `rejected`, which means full). Utilisation is clamped to `0.0..=1.0`.
 pub fn usage_windows(headers: &dyn HeaderLookup) -> Vec<UsageWindow> {
+    // Static names: this runs on every response, so no name is built per call.
+    const UNIFIED: [(&str, u64, [&str; 3]); 2] = [
+        (
+            "5h",
+            300,
+            [
+                "anthropic-ratelimit-unified-5h-status",
+                "anthropic-ratelimit-unified-5h-utilization",
+                "anthropic-ratelimit-unified-5h-reset",
+            ],
+        ),
+        (
+            "7d",
+            10_080,
+            [
+                "anthropic-ratelimit-unified-7d-status",
+                "anthropic-ratelimit-unified-7d-utilization",
+                "anthropic-ratelimit-unified-7d-reset",
+            ],
+        ),
+    ];
     let mut out = Vec::new();
-    for (name, minutes) in [("5h", 300), ("7d", 10_080)] {
-        let status = header_trim(
-            headers,
-            &format!("anthropic-ratelimit-unified-{name}-status"),
-        )
-        .filter(|s| !s.is_empty())
-        .map(str::to_ascii_lowercase);
-        let utilization = header_trim(
-            headers,
-            &format!("anthropic-ratelimit-unified-{name}-utilization"),
-        )
-        .and_then(parse_finite)
-        .or_else(|| (status.as_deref() == Some("rejected")).then_some(1.0));
+    for (name, minutes, [status_h, utilization_h, reset_h]) in UNIFIED {
+        let status = header_trim(headers, status_h)
+            .filter(|s| !s.is_empty())
+            .map(str::to_ascii_lowercase);
+        let utilization = header_trim(headers, utilization_h)
+            .and_then(parse_finite)
+            .or_else(|| (status.as_deref() == Some("rejected")).then_some(1.0));
         let Some(utilization) = utilization else {
             continue;
         };
         out.push(UsageWindow {
             name: name.to_owned(),
             utilization: utilization.clamp(0.0, 1.0),
-            resets_at: header_trim(
-                headers,
-                &format!("anthropic-ratelimit-unified-{name}-reset"),
-            )
-            .and_then(parse_epoch),
+            resets_at: header_trim(headers, reset_h).and_then(parse_epoch),
             status,
             window_minutes: Some(minutes),
         });
@@ -500,20 +511,34 @@ struct CodexWindow {
 }
 
 fn codex_windows(headers: &dyn HeaderLookup) -> Vec<CodexWindow> {
+    const WINDOWS: [(&str, [&str; 3]); 2] = [
+        (
+            "primary",
+            [
+                "x-codex-primary-used-percent",
+                "x-codex-primary-reset-at",
+                "x-codex-primary-window-minutes",
+            ],
+        ),
+        (
+            "secondary",
+            [
+                "x-codex-secondary-used-percent",
+                "x-codex-secondary-reset-at",
+                "x-codex-secondary-window-minutes",
+            ],
+        ),
+    ];
     let mut out = Vec::new();
-    for name in ["primary", "secondary"] {
-        let Some(used_percent) =
-            header_trim(headers, &format!("x-codex-{name}-used-percent")).and_then(parse_finite)
-        else {
+    for (name, [used_h, reset_h, minutes_h]) in WINDOWS {
+        let Some(used_percent) = header_trim(headers, used_h).and_then(parse_finite) else {
             continue;
         };
         out.push(CodexWindow {
             name,
             used_percent,
-            reset_at: header_trim(headers, &format!("x-codex-{name}-reset-at"))
-                .and_then(parse_epoch),
-            window_minutes: header_trim(headers, &format!("x-codex-{name}-window-minutes"))
-                .and_then(|v| v.parse::<u64>().ok()),
+            reset_at: header_trim(headers, reset_h).and_then(parse_epoch),
+            window_minutes: header_trim(headers, minutes_h).and_then(|v| v.parse::<u64>().ok()),
         });
     }
     out

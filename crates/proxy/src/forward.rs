@@ -80,22 +80,23 @@ async fn read_client_body(
             None,
         ))));
     }
-    let mut buf = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
-    let mut chunks = VecDeque::new();
+    // Most bodies arrive as one frame: keep it as it is (no copy); join
+    // only when there are several.
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        if buf.len() + data.len() > cap {
-            chunks.push_back(buf.split().freeze());
-            chunks.push_back(data);
+        total += data.len();
+        chunks.push_back(data);
+        if total > cap {
             return Ok(ClientBody::Once(Some(ProxyBody::stream(
                 chunks, body, None,
             ))));
         }
-        buf.extend_from_slice(&data);
     }
-    Ok(ClientBody::Replayable(buf.freeze()))
+    Ok(ClientBody::Replayable(contiguous(&chunks)))
 }
 
 /// Frees the account's in-flight slot if the request ends before its outcome
@@ -458,7 +459,7 @@ pub(crate) async fn forward(
                 }
             }
             Decision::RetrySame { after } => {
-                tokio::time::sleep(after).await;
+                pause(after).await;
             }
             Decision::Rotate { after } => {
                 if matches!(classification.class, Class::Auth) {
@@ -474,7 +475,7 @@ pub(crate) async fn forward(
                 rotated_from = Some((cur.label.clone(), short_reason(&classification)));
                 excluded.push(cur.id.clone());
                 current = None;
-                tokio::time::sleep(after).await;
+                pause(after).await;
             }
             Decision::Exhausted => {
                 let now = state.now();
@@ -507,6 +508,14 @@ pub(crate) async fn forward(
                 return resp;
             }
         }
+    }
+}
+
+/// Waits before a retry. A zero wait does not touch the timer: tokio rounds
+/// every sleep up to the next millisecond tick, which a failover must not pay.
+async fn pause(after: Duration) {
+    if !after.is_zero() {
+        tokio::time::sleep(after).await;
     }
 }
 
@@ -756,14 +765,27 @@ fn log_request(
     trace: &AttemptTrace,
     started: Instant,
 ) {
-    tracing::info!(
-        target: "marathon::request",
-        provider,
-        method = %parts.method,
-        path = parts.uri.path(),
-        status = status.as_u16(),
-        account = account.unwrap_or("-"),
-        attempts = %trace,
-        ms = started.elapsed().as_millis() as u64,
-    );
+    // A plain success on the first try is the common case and news to nobody:
+    // it logs at debug (an access log: MARATHON_LOG=marathon::request=debug),
+    // so the default log costs nothing per request. Anything that retried,
+    // rotated or failed logs at info with its whole trace.
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "marathon::request",
+                provider,
+                method = %parts.method,
+                path = parts.uri.path(),
+                status = status.as_u16(),
+                account = account.unwrap_or("-"),
+                attempts = %trace,
+                ms = started.elapsed().as_millis() as u64,
+            )
+        };
+    }
+    if status.is_success() && trace.len() <= 1 {
+        line!(debug);
+    } else {
+        line!(info);
+    }
 }
