@@ -339,11 +339,14 @@ pub(crate) async fn forward(
         *up_req.headers_mut() = headers;
 
         let sent = Instant::now();
-        let result = tokio::time::timeout(
-            state.settings.upstream_timeout,
-            state.client.request(up_req),
-        )
-        .await;
+        let result = match state.settings.upstream_timeout {
+            Some(limit) => tokio::time::timeout(limit, state.client.request(up_req)).await,
+            // No timer on the hot path by default: registering one per request
+            // makes parked workers sleep on a kernel timer, which measurably
+            // costs CPU; dead peers are caught by TCP keepalive, and a client
+            // that gives up cancels the attempt.
+            None => Ok(state.client.request(up_req).await),
+        };
         let upstream = match result {
             Err(_) => Err(TransportFailure::Timeout),
             Ok(Err(e)) if e.is_connect() => Err(TransportFailure::Connect),

@@ -1,7 +1,5 @@
 //! From configuration to proxy settings.
 
-use std::time::Duration;
-
 use marathon_config::Config;
 use marathon_core::decision::RetryPolicy;
 use marathon_core::pool::PoolConfig;
@@ -83,7 +81,7 @@ impl ProxySettings {
             access_keys: config.server.access_keys.clone(),
             max_body: usize::try_from(config.server.max_body).unwrap_or(usize::MAX),
             peek_first_event: config.server.peek_first_event,
-            upstream_timeout: Duration::from_secs(600),
+            upstream_timeout: None,
             providers,
             sinks: EventSinks {
                 webhook: config.events.webhook.clone(),

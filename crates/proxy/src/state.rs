@@ -54,8 +54,9 @@ pub struct ProxySettings {
     pub max_body: usize,
     /// Peek the first SSE event of a 200 stream before committing to it.
     pub peek_first_event: bool,
-    /// Give up on an upstream that sends no response head for this long.
-    pub upstream_timeout: Duration,
+    /// Give up on an upstream that sends no response head for this long
+    /// (`None`: wait as long as the client does; LLM answers can take minutes).
+    pub upstream_timeout: Option<Duration>,
     /// The providers.
     pub providers: Vec<ProviderSettings>,
     /// Event sinks besides the log and SSE.
