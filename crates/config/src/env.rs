@@ -9,12 +9,13 @@ use crate::model::{Config, ProviderConfig};
 use crate::values;
 
 /// Server and event settings, by variable name.
-pub const GLOBAL_VARS: [&str; 7] = [
+pub const GLOBAL_VARS: [&str; 8] = [
     "MARATHON_LISTEN",
     "MARATHON_ACCESS_KEYS",
     "MARATHON_ACCESS_KEY",
     "MARATHON_MAX_BODY",
     "MARATHON_PEEK_FIRST_EVENT",
+    "MARATHON_UPSTREAM_TIMEOUT",
     "MARATHON_WEBHOOK",
     "MARATHON_EVENT_COMMAND",
 ];
@@ -70,6 +71,9 @@ pub(crate) fn apply(
                     .collect();
             }
             "MARATHON_MAX_BODY" => config.server.max_body = values::bytes(value).map_err(err)?,
+            "MARATHON_UPSTREAM_TIMEOUT" => {
+                config.server.upstream_timeout = values::optional_duration(value).map_err(err)?
+            }
             "MARATHON_PEEK_FIRST_EVENT" => {
                 config.server.peek_first_event = values::boolean(value).map_err(err)?
             }

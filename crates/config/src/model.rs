@@ -46,6 +46,10 @@ pub struct ServerConfig {
     /// Hold a streamed response until its first event arrives, so a rate limit
     /// or overload reported inside a `200` stream can still rotate. On by default.
     pub peek_first_event: bool,
+    /// Give up on an upstream that sends no response head for this long.
+    /// Off by default: an LLM answer can take minutes, the client's own
+    /// timeout cancels the attempt, and TCP keepalive catches dead peers.
+    pub upstream_timeout: Option<std::time::Duration>,
 }
 
 impl ServerConfig {
@@ -76,6 +80,7 @@ impl Default for ServerConfig {
             access_keys: Vec::new(),
             max_body: Self::DEFAULT_MAX_BODY,
             peek_first_event: true,
+            upstream_timeout: None,
         }
     }
 }

@@ -107,6 +107,7 @@ struct RawServer {
     access_keys: Option<Vec<Spanned<Secret>>>,
     max_body: Field,
     peek_first_event: Field,
+    upstream_timeout: Field,
 }
 
 #[derive(Deserialize, Default)]
@@ -408,6 +409,15 @@ fn server(cx: &Cx<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError> {
     }
     if let Some(v) = &raw.peek_first_event {
         s.peek_first_event = boolean(cx, v, "server.peek_first_event")?;
+    }
+    if let Some(v) = &raw.upstream_timeout {
+        s.upstream_timeout = with_str(
+            cx,
+            v,
+            "server.upstream_timeout",
+            "a duration such as \"10m\", or \"off\"",
+            values::optional_duration,
+        )?;
     }
     if let Err(m) = s.check_exposure() {
         let span = raw.listen.as_ref().map_or(0..0, |v| v.span());

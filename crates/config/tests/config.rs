@@ -43,6 +43,7 @@ fn an_empty_file_gives_the_builtin_presets_with_defaults() {
     assert!(c.server.access_keys.is_empty());
     assert_eq!(c.server.max_body, 32 * 1024 * 1024);
     assert!(c.server.peek_first_event);
+    assert_eq!(c.server.upstream_timeout, None, "off by default");
     assert_eq!(c.events.webhook, None);
     assert_eq!(c.events.command, None);
     let names: Vec<&str> = c.providers.keys().map(String::as_str).collect();
@@ -202,6 +203,7 @@ listen = "0.0.0.0:9999"
 access_keys = ["team-key-1", "team-key-2"]
 max_body = 1048576
 peek_first_event = false
+upstream_timeout = "10m"
 
 [events]
 webhook = "https://hooks.example.com/marathon/"
@@ -225,6 +227,7 @@ session_header = "X-Session-Id"
     assert_eq!(keys, ["team-key-1", "team-key-2"]);
     assert_eq!(c.server.max_body, 1_048_576);
     assert!(!c.server.peek_first_event);
+    assert_eq!(c.server.upstream_timeout, Some(Duration::from_secs(600)));
     assert_eq!(
         c.events.webhook.as_deref(),
         Some("https://hooks.example.com/marathon")
@@ -514,6 +517,16 @@ fn invalid_max_body_and_boolean() {
     assert_eq!(
         error("[server]\npeek_first_event = \"yes\""),
         "config.toml:2:20: server.peek_first_event: expected true or false, found a string"
+    );
+    let e = error("[server]\nupstream_timeout = \"soon\"");
+    assert!(
+        e.starts_with("config.toml:2:20: server.upstream_timeout: "),
+        "{e}"
+    );
+    assert!(e.contains("\"off\""), "{e}");
+    assert_eq!(
+        error("[server]\nupstream_timeout = 600"),
+        "config.toml:2:20: server.upstream_timeout: expected a duration such as \"10m\", or \"off\", found an integer"
     );
 }
 

@@ -214,6 +214,7 @@ pub(crate) async fn forward(
     let mut current: Option<Current> = None;
     let mut rotated_from: Option<(String, String)> = None;
     let mut waited = Duration::ZERO;
+    let mut last_reason: Option<String> = None;
     // The slot a pick takes lasts across same-account retries (a refresh, the
     // transport retry, provider retries): the pool wants exactly one `record`
     // or `release` per pick, with the final outcome on that account.
@@ -292,6 +293,28 @@ pub(crate) async fn forward(
                 }
                 Pick::Exhausted(ex) => {
                     let now = state.now();
+                    // Usable accounts remain, but this request tried them all
+                    // and none was at fault (unreachable, timing out): that is
+                    // the upstream's failure, not "all accounts unavailable" —
+                    // and waiting for a recovery that is not coming would loop.
+                    let tried_usable = ex.accounts.iter().any(|a| {
+                        matches!(a.health, Health::Ready | Health::Probing)
+                            && excluded.contains(&a.id)
+                    });
+                    if tried_usable {
+                        let mut r = proxy_error(
+                            settings.flavor,
+                            StatusCode::BAD_GATEWAY,
+                            &format!(
+                                "marathon could not reach the {} upstream with any account ({})",
+                                settings.name,
+                                last_reason.as_deref().unwrap_or("unreachable")
+                            ),
+                        );
+                        add_trace_headers(r.headers_mut(), None, &trace);
+                        log_request(&settings.name, &parts, r.status(), None, &trace, started);
+                        return r;
+                    }
                     if let (Some(max_wait), Some(soonest)) = (settings.max_wait, ex.soonest) {
                         let wait = now.until(soonest);
                         if waited + wait <= max_wait && ctx.replayable {
@@ -380,6 +403,7 @@ pub(crate) async fn forward(
             }
         };
         trace.record(cur.label.clone(), &classification, now);
+        last_reason = Some(classification.reason.clone());
 
         // 4. Decide, and record the outcome unless the same account is tried
         // again (then its final outcome is recorded): a 401 fixed by a refresh

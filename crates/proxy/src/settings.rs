@@ -81,7 +81,7 @@ impl ProxySettings {
             access_keys: config.server.access_keys.clone(),
             max_body: usize::try_from(config.server.max_body).unwrap_or(usize::MAX),
             peek_first_event: config.server.peek_first_event,
-            upstream_timeout: None,
+            upstream_timeout: config.server.upstream_timeout,
             providers,
             sinks: EventSinks {
                 webhook: config.events.webhook.clone(),

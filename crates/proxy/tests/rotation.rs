@@ -1099,3 +1099,50 @@ async fn forbidden_403_rotates_and_rests_for_the_auth_failure_cooldown() {
     assert!((295_000..=330_000).contains(&remaining), "{remaining}");
     assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (1, 1));
 }
+
+// ---------------------------------------------------------------- upstream timeout
+
+/// `server.upstream_timeout`: an upstream that accepts and never answers is a
+/// transport failure (retried once, then the next account), not a hang.
+#[tokio::test]
+async fn an_upstream_that_never_answers_times_out_when_a_limit_is_set() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    // Accept and hold every connection, never writing a byte.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+        }
+    });
+    let w = world_with(
+        Scenario::new([acct("a1"), acct("a2")]),
+        Opts::new(Api::Anthropic).settings(move |s| {
+            s.upstream_timeout = Some(Duration::from_millis(200));
+            let p = s.provider_mut("anthropic").unwrap();
+            p.upstream = marathon_proxy::UpstreamBase::parse(&hung_url).unwrap();
+        }),
+    )
+    .await;
+    let started = Instant::now();
+    let r = w.call().await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        attempt_heads(&r),
+        [
+            "a1=transport",
+            "a1=transport",
+            "a2=transport",
+            "a2=transport"
+        ],
+        "{}",
+        r.attempts()
+    );
+    assert!(r.attempts().contains("(timeout)"), "{}", r.attempts());
+    assert!(
+        took < Duration::from_secs(3),
+        "four 200 ms timeouts took {took:?}"
+    );
+    holder.abort();
+}

@@ -102,8 +102,14 @@ async fn no_secret_in_logs_events_endpoints_or_responses() {
     let r = send(&w.client, keyed(w.request(true))).await;
     assert!(r.text().contains("event: error"));
     seen.push_str(&r.dump());
-    // Connection resets on the last account: transport failures, then exhausted.
+    // Connection resets on the last usable account: transport failures, then
+    // a 502 (the upstream's fault, not "all accounts unavailable").
     w.sim.set_account(acct("a4").reset()).unwrap();
+    let r = send(&w.client, keyed(w.request(false))).await;
+    assert_eq!(r.status, 502, "{}", r.dump());
+    seen.push_str(&r.dump());
+    // Two transport failures in a row benched a4 briefly: now every account
+    // is unavailable, and the answer is the exhausted 429.
     let r = send(&w.client, keyed(w.request(false))).await;
     assert_eq!(r.status, 429, "{}", r.dump());
     seen.push_str(&r.dump());
