@@ -670,25 +670,19 @@ async fn read_head(resp: Response<Incoming>, peek_sse: bool) -> (Upstream, Optio
             }
         }
     } else if let (true, Some(sc)) = (peek_sse, scanner.as_mut()) {
-        let mut seen = BytesMut::new();
+        let mut seen = 0usize;
         let deadline = tokio::time::Instant::now() + PEEK_TIMEOUT;
-        loop {
-            match tokio::time::timeout_at(deadline, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if let Some(err) = sc.feed(&data) {
-                        error_data = Some(err);
-                    }
-                    seen.extend_from_slice(&data);
-                    prefix.push_back(data);
-                    if error_data.is_some() || sc.events_seen() >= 1 || seen.len() > ERROR_BODY_PEEK
-                    {
-                        break;
-                    }
-                }
-                _ => break,
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if let Some(err) = sc.feed(&data) {
+                error_data = Some(err);
+            }
+            seen += data.len();
+            prefix.push_back(data);
+            if error_data.is_some() || sc.events_seen() >= 1 || seen > ERROR_BODY_PEEK {
+                break;
             }
         }
     }
@@ -777,10 +771,11 @@ pub(crate) fn add_trace_headers(h: &mut HeaderMap, account: Option<&str>, trace:
     }
     // No upstream attempt (every account was already benched): no header,
     // rather than an empty one.
-    if !trace.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&trace.to_string()) {
-            h.insert(ATTEMPTS_HEADER.clone(), v);
-        }
+    if let Some(v) = (!trace.is_empty())
+        .then(|| HeaderValue::from_str(&trace.to_string()).ok())
+        .flatten()
+    {
+        h.insert(ATTEMPTS_HEADER.clone(), v);
     }
 }
 
