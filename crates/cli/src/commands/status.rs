@@ -9,10 +9,10 @@ use crate::cli::StatusArgs;
 use crate::output::{Style, Table, cell};
 
 pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
-    if !args.offline {
-        if let Some(live) = live_status(ctx) {
-            return print_live(&live, args.json);
-        }
+    if !args.offline
+        && let Some(live) = live_status(ctx)
+    {
+        return print_live(&live, args.json);
     }
     let store = ctx.store()?;
     let mut accounts = store.list()?;
