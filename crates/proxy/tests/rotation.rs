@@ -1146,3 +1146,71 @@ async fn an_upstream_that_never_answers_times_out_when_a_limit_is_set() {
     );
     holder.abort();
 }
+
+// ---------------------------------------------------------------- hot state
+
+/// Cooldowns are hot state: saved when the proxy stops and restored when it
+/// starts again, so a restart does not send traffic straight back into a
+/// provider's quota window.
+#[tokio::test]
+async fn a_cooldown_survives_a_restart_of_the_proxy() {
+    let w = world(Scenario::new([
+        acct("a1").quota(1, Duration::from_secs(3600), QuotaStyle::AnthropicUnified),
+        acct("a2"),
+    ]))
+    .await;
+    assert_eq!(w.call().await.account(), Some("a1"));
+    let r = w.call().await;
+    assert_eq!(r.account(), Some("a2"), "{}", r.attempts());
+    assert_eq!(w.health("a1").await, "cooling");
+    let (before, _) = w.account("a1").await;
+
+    let World {
+        sim, proxy, store, ..
+    } = w;
+    proxy.shutdown(Duration::from_secs(2)).await;
+    let hot = marathon_store::Store::load_hot(&*store).unwrap();
+    assert!(
+        hot.cooldowns.values().any(|h| h.cooling_until.is_some()),
+        "saved on shutdown: {hot:?}"
+    );
+
+    let mut settings = test_settings(&sim.url());
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    let again = marathon_proxy::start(settings, marathon_proxy::StartOptions::new(store.clone()))
+        .await
+        .unwrap();
+    let status: Value = again.status();
+    let a1 = status["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["accounts"].as_array().unwrap().iter())
+        .find(|a| a["label"] == "a1")
+        .unwrap()
+        .clone();
+    assert_eq!(a1["health"]["state"], "cooling", "{a1}");
+    let left = a1["cooldown_remaining_ms"].as_u64().unwrap();
+    let was = before["cooldown_remaining_ms"].as_u64().unwrap();
+    assert!(
+        left <= was && left + 10_000 > was,
+        "restored {left} ms, had {was} ms"
+    );
+    // And the restarted proxy does not call a1.
+    let calls_before = sim.count("a1");
+    let client = http_client();
+    let r = send(
+        &client,
+        http::Request::post(format!("{}/anthropic/v1/messages", again.url()))
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .body(http_body_util::Full::new(Bytes::from(
+                Api::Anthropic.body(false).to_string(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, r.account()), (200, Some("a2")), "{}", r.text());
+    assert_eq!(sim.count("a1"), calls_before);
+    again.shutdown(Duration::from_secs(1)).await;
+}
