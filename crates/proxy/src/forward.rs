@@ -125,13 +125,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.rt
-                .pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .release(&id);
-        }
+        self.release();
     }
 }
 
