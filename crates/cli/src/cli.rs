@@ -80,6 +80,10 @@ pub(crate) struct ServeArgs {
     /// Log format
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Threads serving requests: 1 (the default) is one event loop, the
+    /// cheapest per request and ample for a laptop; more for a busy team gateway
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) workers: usize,
 }
 
 /// How log lines look.
