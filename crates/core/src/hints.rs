@@ -117,7 +117,10 @@ pub fn usage_windows(headers: &dyn HeaderLookup) -> Vec<UsageWindow> {
         ),
     ];
     let mut out = Vec::new();
-    for (name, minutes, [status_h, utilization_h, reset_h]) in UNIFIED {
+    let unified = headers.has_prefix("anthropic-ratelimit-unified-") != Some(false);
+    for (name, minutes, [status_h, utilization_h, reset_h]) in
+        UNIFIED.into_iter().filter(|_| unified)
+    {
         let status = header_trim(headers, status_h)
             .filter(|s| !s.is_empty())
             .map(str::to_ascii_lowercase);
@@ -530,6 +533,9 @@ fn codex_windows(headers: &dyn HeaderLookup) -> Vec<CodexWindow> {
         ),
     ];
     let mut out = Vec::new();
+    if headers.has_prefix("x-codex-") == Some(false) {
+        return out;
+    }
     for (name, [used_h, reset_h, minutes_h]) in WINDOWS {
         let Some(used_percent) = header_trim(headers, used_h).and_then(parse_finite) else {
             continue;

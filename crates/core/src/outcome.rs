@@ -11,6 +11,15 @@ use crate::clock::UnixMillis;
 pub trait HeaderLookup {
     /// The first value of the header `name` (lower-case), if present and valid UTF-8.
     fn header(&self, name: &str) -> Option<&str>;
+
+    /// Whether any header name starts with `prefix` (lower-case), if the
+    /// implementation can tell cheaply; `None` otherwise. Lets the parsers
+    /// skip a family of lookups (usage windows) on the many responses that
+    /// carry none of them.
+    fn has_prefix(&self, prefix: &str) -> Option<bool> {
+        let _ = prefix;
+        None
+    }
 }
 
 impl HeaderLookup for [(&str, &str)] {

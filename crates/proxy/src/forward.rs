@@ -402,7 +402,10 @@ pub(crate) async fn forward(
         // 4. Decide, and record the outcome unless the same account is tried
         // again (then its final outcome is recorded): a 401 fixed by a refresh
         // must not bench the account, and the slot must end exactly once.
-        let decision = {
+        let decision = if matches!(classification.class, Class::Success | Class::Request) {
+            // Always passed through; no need to take the budget's lock.
+            Decision::PassThrough
+        } else {
             let mut budget = rt.budget.lock().unwrap_or_else(|e| e.into_inner());
             decide(&settings.retry, &ctx, &classification, now, &mut budget)
         };
@@ -765,8 +768,9 @@ pub(crate) fn add_trace_headers(h: &mut HeaderMap, account: Option<&str>, trace:
     }
     // No upstream attempt (every account was already benched): no header,
     // rather than an empty one.
+    // `from_maybe_shared` takes the formatted string's buffer without a copy.
     if let Some(v) = (!trace.is_empty())
-        .then(|| HeaderValue::from_str(&trace.to_string()).ok())
+        .then(|| HeaderValue::from_maybe_shared(Bytes::from(trace.to_string())).ok())
         .flatten()
     {
         h.insert(ATTEMPTS_HEADER.clone(), v);

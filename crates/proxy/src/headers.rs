@@ -203,6 +203,10 @@ impl HeaderLookup for Lookup<'_> {
     fn header(&self, name: &str) -> Option<&str> {
         self.0.get(name).and_then(|v| v.to_str().ok())
     }
+
+    fn has_prefix(&self, prefix: &str) -> Option<bool> {
+        Some(self.0.keys().any(|k| k.as_str().starts_with(prefix)))
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +222,23 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn usage_windows_are_read_through_the_header_map_and_skipped_when_absent() {
+        let h = map(&[
+            ("anthropic-ratelimit-unified-5h-utilization", "0.42"),
+            ("anthropic-ratelimit-unified-5h-reset", "1764334800"),
+            ("x-codex-primary-used-percent", "37.5"),
+        ]);
+        assert_eq!(Lookup(&h).has_prefix("x-codex-"), Some(true));
+        let w = marathon_core::hints::usage_windows(&Lookup(&h));
+        let names: Vec<&str> = w.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["5h", "primary"]);
+        assert!((w[0].utilization - 0.42).abs() < 1e-9);
+        let plain = map(&[("content-type", "application/json")]);
+        assert_eq!(Lookup(&plain).has_prefix("x-codex-"), Some(false));
+        assert!(marathon_core::hints::usage_windows(&Lookup(&plain)).is_empty());
     }
 
     #[test]
