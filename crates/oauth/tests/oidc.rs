@@ -13,7 +13,7 @@ use marathon_oauth::{
     Refresher, RefresherConfig,
 };
 use marathon_store::{AccountState, Credential, FileStore, MemoryStore, Store};
-use support::{Browser, BrowserEnd, OidcServer};
+use marathon_testkit::{Browser, BrowserEnd, OidcServer};
 
 fn tokens(r: &LoginResult) -> (String, String, Option<UnixMillis>) {
     match &r.credential {
