@@ -14,6 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use marathon_core::sse::ErrorScanner;
 
+use crate::upstream::Reuse;
+
 /// Called once with the data of an error event seen inside a streamed response.
 pub(crate) type OnStreamError = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
@@ -60,6 +62,8 @@ pub(crate) enum ProxyBody {
         inner: Incoming,
         /// Optional in-stream error watcher.
         watch: Option<Box<StreamWatch>>,
+        /// The upstream connection, back to its pool at the body's end.
+        reuse: Option<Reuse>,
     },
 }
 
@@ -69,15 +73,25 @@ impl ProxyBody {
         ProxyBody::Full(Some(b.into()))
     }
 
+    /// `reuse`: the upstream connection `inner` arrives on, if it is one.
     pub(crate) fn stream(
         prefix: VecDeque<Bytes>,
         inner: Incoming,
         watch: Option<StreamWatch>,
+        mut reuse: Option<Reuse>,
     ) -> Self {
+        if inner.is_end_stream() {
+            // Everything was read already: the connection is free now (hyper
+            // may never poll a body that says it has ended).
+            if let Some(r) = reuse.take() {
+                r.finish();
+            }
+        }
         ProxyBody::Stream {
             prefix,
             inner,
             watch: watch.map(Box::new),
+            reuse,
         }
     }
 }
@@ -98,15 +112,31 @@ impl Body for ProxyBody {
                 prefix,
                 inner,
                 watch,
+                reuse,
             } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
-                let polled = Pin::new(inner).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(w)) = (&polled, watch.as_mut())
-                    && let Some(data) = frame.data_ref()
-                {
-                    w.observe(data);
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(w), Some(data)) = (watch.as_mut(), frame.data_ref()) {
+                            w.observe(data);
+                        }
+                        if inner.is_end_stream()
+                            && let Some(r) = reuse.take()
+                        {
+                            r.finish();
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(r) = reuse.take() {
+                            r.finish();
+                        }
+                    }
+                    // A broken body's connection is not reused.
+                    Poll::Ready(Some(Err(_))) => drop(reuse.take()),
+                    Poll::Pending => {}
                 }
                 polled
             }

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 
 use crate::body::ProxyBody;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{Endpoint, UpstreamClient};
 
 /// Where events go besides the log and the SSE stream.
 #[derive(Clone, Debug, Default)]
@@ -84,6 +84,10 @@ async fn webhook_sink(
     uri: http::Uri,
     client: UpstreamClient,
 ) {
+    let Some((endpoint, path)) = Endpoint::of_url(&uri) else {
+        tracing::error!("events.webhook must be an absolute http(s) URL; webhook sink disabled");
+        return;
+    };
     loop {
         let ev = match rx.recv().await {
             Ok(ev) => ev,
@@ -95,13 +99,15 @@ async fn webhook_sink(
         };
         let req = Request::builder()
             .method(Method::POST)
-            .uri(uri.clone())
+            .uri(path.clone())
+            .header(http::header::HOST, endpoint.host().clone())
             .header("content-type", "application/json")
             .body(ProxyBody::full(Bytes::from(ev.json.clone())));
         let Ok(req) = req else { continue };
-        match tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => {}
-            Ok(Ok(resp)) => {
+        let sent = client.send(&endpoint, req);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), sent).await {
+            Ok(Ok((resp, _))) if resp.status().is_success() => {}
+            Ok(Ok((resp, _))) => {
                 tracing::warn!(status = resp.status().as_u16(), "webhook answered an error")
             }
             Ok(Err(e)) => tracing::warn!("webhook unreachable: {e}"),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use marathon_core::classify::classify;
@@ -28,7 +29,8 @@ use marathon_core::{
 use crate::body::{ProxyBody, StreamWatch};
 use crate::errors::{exhausted_response, proxy_error};
 use crate::headers::{Lookup, prepare_request_headers, strip_hop_by_hop};
-use crate::state::{AppState, ProviderRuntime, TokenError};
+use crate::state::{AccountCred, AppState, ProviderRuntime, TokenError};
+use crate::upstream::Reuse;
 
 /// How much of an error body is read to classify it (the rest streams on).
 const ERROR_BODY_PEEK: usize = 64 * 1024;
@@ -78,10 +80,12 @@ async fn read_client_body(
             VecDeque::new(),
             body,
             None,
+            None,
         ))));
     }
-    // Most bodies arrive as one frame: keep it as it is (no copy); join
-    // only when there are several.
+    // Most bodies arrive as one frame: keep it as it is (no copy, no queue);
+    // join only when there are several.
+    let mut first: Option<Bytes> = None;
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
@@ -89,14 +93,24 @@ async fn read_client_body(
             continue;
         };
         total += data.len();
-        chunks.push_back(data);
+        match first.take() {
+            None if chunks.is_empty() => first = Some(data),
+            earlier => {
+                chunks.extend(earlier);
+                chunks.push_back(data);
+            }
+        }
         if total > cap {
+            chunks.extend(first.take());
             return Ok(ClientBody::Once(Some(ProxyBody::stream(
-                chunks, body, None,
+                chunks, body, None, None,
             ))));
         }
     }
-    Ok(ClientBody::Replayable(contiguous(&chunks)))
+    Ok(ClientBody::Replayable(match first {
+        Some(only) => only,
+        None => contiguous(&chunks),
+    }))
 }
 
 /// Frees the account's in-flight slot if the request ends before its outcome
@@ -133,7 +147,10 @@ impl Drop for Slot {
 struct Upstream {
     head: http::response::Parts,
     prefix: VecDeque<Bytes>,
+    /// The rest of the body (`None`: all of it is in `prefix`).
     rest: Option<Incoming>,
+    /// The connection `rest` arrives on.
+    reuse: Option<Reuse>,
     scanner: Option<ErrorScanner>,
 }
 
@@ -142,7 +159,17 @@ struct Current {
     id: AccountId,
     label: String,
     kind: AccountKind,
-    secret: Secret,
+    cred: Arc<AccountCred>,
+    /// The refresher's access token, when it is not the stored one.
+    token: Option<Secret>,
+}
+
+impl Current {
+    fn secret(&self) -> &Secret {
+        self.token
+            .as_ref()
+            .unwrap_or_else(|| self.cred.stored_secret())
+    }
 }
 
 /// Serves one request for one provider.
@@ -152,15 +179,8 @@ pub(crate) async fn forward(
     req: Request<Incoming>,
     path: &str,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
     let settings = &rt.settings;
     rt.metrics.requests.fetch_add(1, Relaxed);
-    let now = state.now();
-    rt.budget
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .deposit(now);
-
     let (mut parts, body) = req.into_parts();
     let query = parts.uri.query().map(str::to_string);
     let mut client_body =
@@ -175,6 +195,13 @@ pub(crate) async fn forward(
                 );
             }
         };
+    // One clock read serves the budget, the first pick and the log line's start.
+    let started = state.now();
+    let now = started;
+    rt.budget
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .deposit(now);
     if !client_body.replayable() {
         tracing::info!(
             provider = %settings.name,
@@ -191,9 +218,7 @@ pub(crate) async fn forward(
     // The client's headers are only needed as the base of every attempt's.
     let mut base_headers = std::mem::take(&mut parts.headers);
     prepare_request_headers(&mut base_headers);
-    if let Ok(host) = HeaderValue::from_str(settings.upstream.authority().as_str()) {
-        base_headers.insert(header::HOST, host);
-    }
+    base_headers.insert(header::HOST, rt.endpoint.host().clone());
     let Some(uri) = settings.upstream.join(path, query.as_deref()) else {
         return proxy_error(
             settings.flavor,
@@ -217,10 +242,11 @@ pub(crate) async fn forward(
         id: None,
     };
 
+    let mut first_pick = Some(now);
     loop {
         // 1. Select an account (unless the last decision was "same account again").
         if current.is_none() {
-            let now = state.now();
+            let now = first_pick.take().unwrap_or_else(|| state.now());
             let pick = {
                 let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
                 ctx.accounts_in_pool = u32::try_from(pool.len()).unwrap_or(u32::MAX);
@@ -259,12 +285,15 @@ pub(crate) async fn forward(
                         excluded.push(id);
                         continue;
                     };
-                    let secret = match cred.kind {
-                        AccountKind::ApiKey => cred.stored_secret().clone(),
+                    let token = match cred.kind {
+                        AccountKind::ApiKey => None,
                         AccountKind::Oauth => match &state.tokens {
-                            None => cred.stored_secret().clone(),
+                            None => None,
                             Some(tokens) => match tokens.access_token(&id).await {
-                                Ok(s) => s,
+                                // The stored token (the usual case) has its
+                                // headers built already.
+                                Ok(s) if s.same_as(cred.stored_secret()) => None,
+                                Ok(s) => Some(s),
                                 Err(e) => {
                                     account_unusable(&state, &rt, &id, &cred.label, &e);
                                     // Nothing was sent: end the slot, or an
@@ -282,7 +311,8 @@ pub(crate) async fn forward(
                         id,
                         label,
                         kind: cred.kind,
-                        secret,
+                        cred,
+                        token,
                     });
                 }
                 Pick::Exhausted(ex) => {
@@ -306,7 +336,15 @@ pub(crate) async fn forward(
                             ),
                         );
                         add_trace_headers(r.headers_mut(), None, &trace);
-                        log_request(&settings.name, &parts, r.status(), None, &trace, started);
+                        log_request(
+                            &settings.name,
+                            &parts,
+                            r.status(),
+                            None,
+                            &trace,
+                            &state,
+                            started,
+                        );
                         return r;
                     }
                     if let (Some(max_wait), Some(soonest)) = (settings.max_wait, ex.soonest) {
@@ -321,7 +359,15 @@ pub(crate) async fn forward(
                     announce_exhausted(&state, &rt, now, ex.soonest);
                     let resp =
                         exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
-                    log_request(&settings.name, &parts, resp.status(), None, &trace, started);
+                    log_request(
+                        &settings.name,
+                        &parts,
+                        resp.status(),
+                        None,
+                        &trace,
+                        &state,
+                        started,
+                    );
                     return resp;
                 }
             }
@@ -335,15 +381,20 @@ pub(crate) async fn forward(
 
         // 2. Send.
         let mut headers = base_headers.clone();
-        let applied = {
-            let creds = rt.creds.read().unwrap_or_else(|e| e.into_inner());
-            let empty = serde_json::Map::new();
-            let extras = creds.get(&cur.id).map_or(&empty, |c| &c.extras);
-            settings
-                .credentials
-                .apply(&mut headers, cur.kind, &cur.secret, extras)
+        let fresh;
+        let rendered = match (&cur.token, &cur.cred.rendered) {
+            (None, Some(r)) => Some(r),
+            _ => {
+                fresh = settings
+                    .credentials
+                    .render(cur.kind, cur.secret(), &cur.cred.extras)
+                    .ok();
+                fresh.as_ref()
+            }
         };
-        if applied.is_err() {
+        if let Some(r) = rendered {
+            settings.credentials.apply_rendered(&mut headers, r);
+        } else {
             tracing::error!(provider = %settings.name, account = %cur.label, "stored credential is not a valid header value; skipping the account");
             slot.release();
             excluded.push(cur.id.clone());
@@ -357,20 +408,22 @@ pub(crate) async fn forward(
 
         let sent = Instant::now();
         let result = match state.settings.upstream_timeout {
-            Some(limit) => tokio::time::timeout(limit, state.client.request(up_req)).await,
+            Some(limit) => {
+                tokio::time::timeout(limit, state.client.send(&rt.endpoint, up_req)).await
+            }
             // No timer on the hot path by default: registering one per request
             // makes parked workers sleep on a kernel timer, which measurably
             // costs CPU; dead peers are caught by TCP keepalive, and a client
             // that gives up cancels the attempt.
-            None => Ok(state.client.request(up_req).await),
+            None => Ok(state.client.send(&rt.endpoint, up_req).await),
         };
         let upstream = match result {
             Err(_) => Err(TransportFailure::Timeout),
             Ok(Err(e)) if e.is_connect() => Err(TransportFailure::Connect),
             Ok(Err(_)) => Err(TransportFailure::ResetBeforeResponse),
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, reuse))) => {
                 rt.metrics.observe_latency(sent.elapsed());
-                Ok(read_head(resp, state.settings.peek_first_event).await)
+                Ok(read_head(resp, reuse, state.settings.peek_first_event).await)
             }
         };
 
@@ -448,13 +501,14 @@ pub(crate) async fn forward(
                     resp.status(),
                     Some(&cur.label),
                     &trace,
+                    &state,
                     started,
                 );
                 return resp;
             }
             Decision::RefreshAndRetry => {
                 let refreshed = match &state.tokens {
-                    Some(tokens) => tokens.force_refresh(&cur.id, &cur.secret).await,
+                    Some(tokens) => tokens.force_refresh(&cur.id, cur.secret()).await,
                     None => Err(TokenError::Permanent(
                         "no OAuth refresher is configured".into(),
                     )),
@@ -469,7 +523,7 @@ pub(crate) async fn forward(
                             .refreshed(&cur.id, state.now());
                         state.publish(events);
                         if let Some(c) = current.as_mut() {
-                            c.secret = secret;
+                            c.token = Some(secret);
                         }
                     }
                     Err(e) => {
@@ -528,7 +582,15 @@ pub(crate) async fn forward(
                 }
                 announce_exhausted(&state, &rt, now, ex.soonest);
                 let resp = exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
-                log_request(&settings.name, &parts, resp.status(), None, &trace, started);
+                log_request(
+                    &settings.name,
+                    &parts,
+                    resp.status(),
+                    None,
+                    &trace,
+                    &state,
+                    started,
+                );
                 return resp;
             }
         }
@@ -643,7 +705,11 @@ fn persist_needs_login(state: &AppState, id: &AccountId) {
 /// Reads what classification needs of a response: an error body's first
 /// bytes, or a 200 stream's first event. Returns the in-stream error data if
 /// the first event is an error.
-async fn read_head(resp: Response<Incoming>, peek_sse: bool) -> (Upstream, Option<Vec<u8>>) {
+async fn read_head(
+    resp: Response<Incoming>,
+    reuse: Reuse,
+    peek_sse: bool,
+) -> (Upstream, Option<Vec<u8>>) {
     let (head, mut body) = resp.into_parts();
     let mut prefix = VecDeque::new();
     let is_sse = head
@@ -653,15 +719,20 @@ async fn read_head(resp: Response<Incoming>, peek_sse: bool) -> (Upstream, Optio
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut scanner = is_sse.then(ErrorScanner::new);
     let mut error_data = None;
+    let mut ended = false;
     if !head.status.is_success() {
         let mut read = 0;
-        while read < ERROR_BODY_PEEK {
+        while read < ERROR_BODY_PEEK && !body.is_end_stream() {
             match tokio::time::timeout(PEEK_TIMEOUT, body.frame()).await {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         read += data.len();
                         prefix.push_back(data);
                     }
+                }
+                Ok(None) => {
+                    ended = true;
+                    break;
                 }
                 _ => break,
             }
@@ -683,11 +754,20 @@ async fn read_head(resp: Response<Incoming>, peek_sse: bool) -> (Upstream, Optio
             }
         }
     }
+    // An answer read to its end frees its connection now, even if it is
+    // thrown away for a retry.
+    let (rest, reuse) = if ended || body.is_end_stream() {
+        reuse.finish();
+        (None, None)
+    } else {
+        (Some(body), Some(reuse))
+    };
     (
         Upstream {
             head,
             prefix,
-            rest: Some(body),
+            rest,
+            reuse,
             scanner,
         },
         error_data,
@@ -719,7 +799,20 @@ fn respond(
 ) -> Response<ProxyBody> {
     let mut head = up.head;
     strip_hop_by_hop(&mut head.headers);
-    add_trace_headers(&mut head.headers, Some(&cur.label), trace);
+    match (&cur.cred.label_header, &cur.cred.first_try_ok) {
+        // The common case, with the header values built when the account loaded.
+        (Some(label), Some(ok))
+            if trace.entries.len() == 1
+                && trace.entries[0].status == Some(200)
+                && trace.entries[0].class == Class::Success
+                && trace.entries[0].note.is_none()
+                && trace.entries[0].label == cur.cred.label =>
+        {
+            head.headers.insert(ACCOUNT_HEADER.clone(), label.clone());
+            head.headers.insert(ATTEMPTS_HEADER.clone(), ok.clone());
+        }
+        _ => add_trace_headers(&mut head.headers, Some(&cur.label), trace),
+    }
     if !replayable {
         head.headers
             .insert(REPLAYABLE_HEADER.clone(), HeaderValue::from_static("false"));
@@ -756,7 +849,7 @@ fn respond(
         )
     });
     let body = match up.rest.take() {
-        Some(rest) => ProxyBody::stream(up.prefix, rest, watch),
+        Some(rest) => ProxyBody::stream(up.prefix, rest, watch, up.reuse.take()),
         None => ProxyBody::full(contiguous(&up.prefix)),
     };
     Response::from_parts(head, body)
@@ -783,7 +876,8 @@ fn log_request(
     status: StatusCode,
     account: Option<&str>,
     trace: &AttemptTrace,
-    started: Instant,
+    state: &AppState,
+    started: UnixMillis,
 ) {
     // A plain success on the first try is the common case and news to nobody:
     // it logs at debug (an access log: MARATHON_LOG=marathon::request=debug),
@@ -799,7 +893,7 @@ fn log_request(
                 status = status.as_u16(),
                 account = account.unwrap_or("-"),
                 attempts = %trace,
-                ms = started.elapsed().as_millis() as u64,
+                ms = state.now().0.saturating_sub(started.0),
             )
         };
     }

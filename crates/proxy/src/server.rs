@@ -119,6 +119,7 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     let mut providers = HashMap::new();
     for (i, p) in settings.providers.iter().enumerate() {
         let rt = ProviderRuntime {
+            endpoint: p.upstream.endpoint(),
             pool: Mutex::new(Pool::new(
                 p.name.clone(),
                 p.pool.clone(),
@@ -138,7 +139,7 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     let addr = listener
         .local_addr()
         .map_err(|e| ProxyError::Bind(settings.listen, e))?;
-    let client = crate::upstream::client();
+    let client = crate::upstream::UpstreamClient::new();
     let bus = EventBus::new();
     bus.start_sinks(&settings.sinks, client.clone());
     let state = Arc::new(AppState {
@@ -283,7 +284,12 @@ async fn background(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
                     Err(_) => {}
                 }
             }
-            _ = save.tick() => save_hot(&state).await,
+            _ = save.tick() => {
+                save_hot(&state).await;
+                for rt in state.providers.values() {
+                    rt.endpoint.sweep();
+                }
+            }
             _ = shutdown.changed() => return,
         }
     }

@@ -8,17 +8,18 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use http::HeaderValue;
 use marathon_core::budget::RetryBudget;
-use marathon_core::decision::RetryPolicy;
+use marathon_core::decision::{AttemptEntry, AttemptTrace, RetryPolicy};
 use marathon_core::events::Event;
 use marathon_core::pool::{Health, Pool, PoolConfig};
-use marathon_core::{AccountId, AccountKind, ApiFlavor, Clock, Secret, UnixMillis};
+use marathon_core::{AccountId, AccountKind, ApiFlavor, Class, Clock, Secret, UnixMillis};
 use marathon_store::{AccountState, Credential, Store, StoredAccount};
 
 use crate::events::{EventBus, EventSinks};
-use crate::headers::CredentialStyle;
+use crate::headers::{CredentialStyle, RenderedCredential};
 use crate::metrics::ProviderMetrics;
-use crate::upstream::{UpstreamBase, UpstreamClient};
+use crate::upstream::{Endpoint, UpstreamBase, UpstreamClient};
 
 /// How one provider is proxied.
 #[derive(Clone, Debug)]
@@ -93,22 +94,44 @@ pub enum TokenError {
     Transient(String),
 }
 
-/// The credential in memory, as last read from the store.
-#[derive(Clone)]
+/// The credential in memory, as last read from the store, with the headers
+/// derived from it built once instead of per request.
 pub(crate) struct AccountCred {
     pub label: String,
     pub kind: AccountKind,
     pub credential: Credential,
     pub extras: serde_json::Map<String, serde_json::Value>,
+    /// The stored credential's upstream headers (`None`: it cannot be a
+    /// header value; the request path reports that).
+    pub rendered: Option<RenderedCredential>,
+    /// `x-marathon-account` (`None`: the label cannot be a header value).
+    pub label_header: Option<HeaderValue>,
+    /// `x-marathon-attempts` of the common case: a 200 on the first try.
+    pub first_try_ok: Option<HeaderValue>,
 }
 
 impl AccountCred {
-    fn from_stored(a: &StoredAccount) -> Self {
+    fn from_stored(a: &StoredAccount, style: &CredentialStyle) -> Self {
+        let kind = a.kind;
+        let secret = match &a.credential {
+            Credential::ApiKey { key } => key,
+            Credential::Oauth { access, .. } => access,
+        };
+        let mut trace = AttemptTrace::new();
+        trace.push(AttemptEntry {
+            label: a.label.clone(),
+            status: Some(200),
+            class: Class::Success,
+            note: None,
+        });
         AccountCred {
             label: a.label.clone(),
-            kind: a.kind,
+            kind,
             credential: a.credential.clone(),
             extras: a.extras.clone(),
+            rendered: style.render(kind, secret, &a.extras).ok(),
+            label_header: HeaderValue::from_str(&a.label).ok(),
+            first_try_ok: HeaderValue::from_str(&trace.to_string()).ok(),
         }
     }
 
@@ -123,6 +146,8 @@ impl AccountCred {
 /// One provider at run time.
 pub(crate) struct ProviderRuntime {
     pub settings: ProviderSettings,
+    /// The upstream's connection pool.
+    pub endpoint: Endpoint,
     /// A std mutex on purpose: it is held only for a pick or a record (no
     /// `.await` inside), which is shorter than a tokio mutex's bookkeeping.
     pub pool: Mutex<Pool>,
@@ -202,7 +227,10 @@ impl AppState {
             let mut creds = rt.creds.write().unwrap_or_else(|e| e.into_inner());
             creds.clear();
             for a in mine {
-                creds.insert(a.id.clone(), Arc::new(AccountCred::from_stored(a)));
+                creds.insert(
+                    a.id.clone(),
+                    Arc::new(AccountCred::from_stored(a, &rt.settings.credentials)),
+                );
             }
         }
     }

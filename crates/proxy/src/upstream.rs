@@ -1,39 +1,261 @@
 //! The upstream HTTP client and target URLs.
 //!
-//! hyper-util's pooled client is on the hot path on purpose: it keeps
-//! connections alive, does not re-parse a URL string per request (we build the
-//! `Uri` from parts parsed once at start-up), and sets `TCP_NODELAY`. TLS is
-//! rustls with the `ring` provider and the Mozilla roots.
+//! The client is hyper's HTTP/1.1 connection API with a small keep-alive pool
+//! per [`Endpoint`], not hyper-util's general-purpose pooled client: that one
+//! spawns a task per request to put the connection back once it turns idle,
+//! clones the connector and the pool key per request, and looks the pool up
+//! in a map. Here a response body hands its connection back when it reaches
+//! its end ([`Reuse`]), and the endpoint is resolved once per provider.
+//! Requests are sent in origin form (`/v1/messages`) with the `host` header
+//! set by the caller. TLS is rustls with the `ring` provider and the Mozilla
+//! roots; new connections set `TCP_NODELAY` and TCP keepalive.
 
-use std::time::Duration;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use tower_service::Service;
 
 use crate::body::ProxyBody;
 
-/// The pooled upstream client.
-pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+/// How long an idle upstream connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per endpoint (more are closed when they turn idle).
+const MAX_IDLE: usize = 256;
 
-pub(crate) fn client() -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https)
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Opens upstream connections and sends requests over pooled ones.
+#[derive(Clone)]
+pub(crate) struct UpstreamClient {
+    connector: HttpsConnector<HttpConnector>,
+}
+
+/// One upstream origin (scheme and authority) and its idle connections.
+/// Clones share the pool.
+#[derive(Clone)]
+pub(crate) struct Endpoint(Arc<EndpointInner>);
+
+struct EndpointInner {
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    tx: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// The connection a response came on. [`Reuse::finish`] puts it back in the
+/// pool once the response body has been read to its end; dropped instead (the
+/// body was abandoned half-way), the connection closes.
+pub(crate) struct Reuse {
+    endpoint: Arc<EndpointInner>,
+    tx: SendRequest<ProxyBody>,
+}
+
+impl Reuse {
+    pub(crate) fn finish(self) {
+        self.endpoint.put(self.tx);
+    }
+}
+
+/// Why an upstream request got no response.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// No connection could be opened (refused, DNS, TLS, connect timeout).
+    #[error("could not connect: {0}")]
+    Connect(BoxError),
+    /// The connection failed while the request was sent or the response head awaited.
+    #[error("{0}")]
+    Request(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    pub(crate) fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+impl UpstreamClient {
+    pub(crate) fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        UpstreamClient { connector }
+    }
+
+    /// Sends `req` (origin-form URI, `host` set) to `endpoint` over an idle
+    /// connection, or a new one. A request an idle connection refused before
+    /// writing a byte of it (the upstream had just closed it) goes out again
+    /// on the next connection, as hyper hands it back untouched.
+    pub(crate) async fn send(
+        &self,
+        endpoint: &Endpoint,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Reuse), UpstreamError> {
+        loop {
+            let (mut tx, reused) = match endpoint.0.take_idle() {
+                Some(tx) => (tx, true),
+                None => (self.connect(&endpoint.0).await?, false),
+            };
+            // A connection put back a moment ago may not have seen its
+            // response's end yet; it is ready as soon as its task runs.
+            if !tx.is_ready()
+                && let Err(e) = tx.ready().await
+            {
+                if reused {
+                    continue;
+                }
+                return Err(UpstreamError::Connect(e.into()));
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let reuse = Reuse {
+                        endpoint: endpoint.0.clone(),
+                        tx,
+                    };
+                    return Ok((resp, reuse));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(UpstreamError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn connect(&self, ep: &EndpointInner) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let uri = Uri::builder()
+            .scheme(ep.scheme.clone())
+            .authority(ep.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let io = connector.call(uri).await.map_err(UpstreamError::Connect)?;
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(tx)
+    }
+}
+
+impl Endpoint {
+    pub(crate) fn new(scheme: Scheme, authority: Authority) -> Self {
+        let host = HeaderValue::from_str(authority.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Endpoint(Arc::new(EndpointInner {
+            scheme,
+            authority,
+            host,
+            idle: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The endpoint of an absolute URL, and the URL's origin-form path.
+    pub(crate) fn of_url(uri: &Uri) -> Option<(Self, Uri)> {
+        let scheme = uri.scheme()?.clone();
+        let authority = uri.authority()?.clone();
+        let pq = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Some((Endpoint::new(scheme, authority), Uri::from(pq)))
+    }
+
+    /// The `host` header value.
+    pub(crate) fn host(&self) -> &HeaderValue {
+        &self.0.host
+    }
+
+    /// Closes connections idle for too long or closed by the upstream.
+    pub(crate) fn sweep(&self) {
+        let stale: Vec<Idle> = {
+            let mut idle = self.0.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let (keep, stale) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|i| i.usable());
+            *idle = keep;
+            stale
+        };
+        drop(stale);
+    }
+
+    /// Idle connections right now (for tests).
+    #[cfg(test)]
+    pub(crate) fn idle_count(&self) -> usize {
+        self.0.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.0.scheme, self.0.authority)
+    }
+}
+
+impl Idle {
+    fn usable(&self) -> bool {
+        !self.tx.is_closed() && self.since.elapsed() < IDLE_TIMEOUT
+    }
+}
+
+impl EndpointInner {
+    /// The most recently used idle connection that is still open.
+    fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut stale = Vec::new();
+        let found = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match idle.pop() {
+                    None => break None,
+                    Some(i) if i.usable() => break Some(i.tx),
+                    Some(i) => stale.push(i),
+                }
+            }
+        };
+        // Closing happens outside the lock.
+        drop(stale);
+        found
+    }
+
+    fn put(&self, tx: SendRequest<ProxyBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
 }
 
 /// A provider's upstream base URL, parsed once.
@@ -83,7 +305,8 @@ impl UpstreamBase {
         })
     }
 
-    /// The upstream URI for a client path (`/v1/messages`) and query.
+    /// The origin-form upstream URI (`/prefix/v1/messages?q`) for a client
+    /// path (`/v1/messages`) and query.
     pub(crate) fn join(&self, path: &str, query: Option<&str>) -> Option<Uri> {
         let mut pq = String::with_capacity(
             self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
@@ -97,18 +320,12 @@ impl UpstreamBase {
             pq.push('?');
             pq.push_str(q);
         }
-        let pq = PathAndQuery::from_maybe_shared(pq).ok()?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .ok()
+        PathAndQuery::from_maybe_shared(pq).ok().map(Uri::from)
     }
 
-    /// The authority, for the `host` header.
-    pub(crate) fn authority(&self) -> &Authority {
-        &self.authority
+    /// A new connection pool for this upstream's origin.
+    pub(crate) fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.scheme.clone(), self.authority.clone())
     }
 }
 
@@ -122,22 +339,130 @@ impl std::fmt::Display for UpstreamBase {
 mod tests {
     use super::*;
 
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A raw HTTP/1.1 upstream: answers every request with `answer`, and
+    /// hangs up right after the first answer when `once`.
+    async fn upstream(answer: &'static str, once: bool) -> (Endpoint, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if sock.write_all(answer.as_bytes()).await.is_err() || once {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let authority: Authority = addr.to_string().parse().unwrap();
+        (Endpoint::new(Scheme::HTTP, authority), accepted)
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    fn get(ep: &Endpoint) -> Request<ProxyBody> {
+        Request::builder()
+            .uri("/v1/models")
+            .header(http::header::HOST, ep.host().clone())
+            .body(ProxyBody::Empty)
+            .unwrap()
+    }
+
+    /// Sends and reads the whole body through the proxy's body type.
+    async fn fetch(client: &UpstreamClient, ep: &Endpoint) -> Result<String, UpstreamError> {
+        let (resp, reuse) = client.send(ep, get(ep)).await?;
+        let body = ProxyBody::stream(Default::default(), resp.into_body(), None, Some(reuse));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        Ok(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_kept_alive_connection() {
+        let (ep, accepted) = upstream(OK, false).await;
+        let client = UpstreamClient::new();
+        for _ in 0..5 {
+            assert_eq!(fetch(&client, &ep).await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(ep.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_not_reused() {
+        // One answer per connection, then the upstream hangs up (as an idle
+        // timeout would), without saying `connection: close`.
+        let (ep, accepted) = upstream(OK, true).await;
+        let client = UpstreamClient::new();
+        for _ in 0..3 {
+            assert_eq!(fetch(&client, &ep).await.unwrap(), "ok");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        ep.sweep();
+        assert_eq!(ep.idle_count(), 0, "closed connections are swept");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_half_way_closes_its_connection() {
+        let (ep, accepted) = upstream(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            false,
+        )
+        .await;
+        let client = UpstreamClient::new();
+        let (resp, reuse) = client.send(&ep, get(&ep)).await.unwrap();
+        let mut body = ProxyBody::stream(Default::default(), resp.into_body(), None, Some(reuse));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"hello");
+        drop(body);
+        assert_eq!(ep.idle_count(), 0);
+        // The next request needs (and gets) a new connection.
+        let (_resp, _reuse) = client.send(&ep, get(&ep)).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        drop(listener);
+        let ep = Endpoint::new(Scheme::HTTP, authority);
+        match UpstreamClient::new().send(&ep, get(&ep)).await {
+            Err(err) => assert!(err.is_connect(), "{err}"),
+            Ok(_) => panic!("a closed port answered"),
+        }
+    }
+
     #[test]
     fn joins_prefix_path_and_query() {
         let b = UpstreamBase::parse("https://chatgpt.com/backend-api/codex/").unwrap();
         assert_eq!(
             b.join("/responses", Some("a=1")).unwrap().to_string(),
-            "https://chatgpt.com/backend-api/codex/responses?a=1"
+            "/backend-api/codex/responses?a=1"
         );
         let b = UpstreamBase::parse("http://127.0.0.1:9000").unwrap();
         assert_eq!(
             b.join("/v1/messages", None).unwrap().to_string(),
-            "http://127.0.0.1:9000/v1/messages"
+            "/v1/messages"
         );
-        assert_eq!(
-            b.join("", None).unwrap().to_string(),
-            "http://127.0.0.1:9000/"
-        );
+        assert_eq!(b.join("", None).unwrap().to_string(), "/");
+        assert_eq!(format!("{:?}", b.endpoint()), "http://127.0.0.1:9000");
     }
 
     #[test]
