@@ -177,12 +177,11 @@ pub(crate) async fn forward(
     state: Arc<AppState>,
     rt: Arc<ProviderRuntime>,
     req: Request<Incoming>,
-    path: &str,
+    route_len: usize,
 ) -> Response<ProxyBody> {
     let settings = &rt.settings;
     rt.metrics.requests.fetch_add(1, Relaxed);
     let (mut parts, body) = req.into_parts();
-    let query = parts.uri.query().map(str::to_string);
     let mut client_body =
         match read_client_body(&parts.headers, body, state.settings.max_body).await {
             Ok(b) => b,
@@ -219,7 +218,9 @@ pub(crate) async fn forward(
     let mut base_headers = std::mem::take(&mut parts.headers);
     prepare_request_headers(&mut base_headers);
     base_headers.insert(header::HOST, rt.endpoint.host().clone());
-    let Some(uri) = settings.upstream.join(path, query.as_deref()) else {
+    // The path after `/<provider>`.
+    let path = parts.uri.path().get(route_len..).unwrap_or_default();
+    let Some(uri) = rt.paths.uri(&settings.upstream, path, parts.uri.query()) else {
         return proxy_error(
             settings.flavor,
             StatusCode::BAD_REQUEST,
@@ -352,7 +353,7 @@ pub(crate) async fn forward(
                         if waited + wait <= max_wait && ctx.replayable {
                             waited += wait;
                             excluded.clear();
-                            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+                            Box::pin(tokio::time::sleep(wait.max(Duration::from_millis(10)))).await;
                             continue;
                         }
                     }
@@ -409,7 +410,11 @@ pub(crate) async fn forward(
         let sent = Instant::now();
         let result = match state.settings.upstream_timeout {
             Some(limit) => {
-                tokio::time::timeout(limit, state.client.send(&rt.endpoint, up_req)).await
+                Box::pin(tokio::time::timeout(
+                    limit,
+                    state.client.send(&rt.endpoint, up_req),
+                ))
+                .await
             }
             // No timer on the hot path by default: registering one per request
             // makes parked workers sleep on a kernel timer, which measurably
@@ -423,7 +428,14 @@ pub(crate) async fn forward(
             Ok(Err(_)) => Err(TransportFailure::ResetBeforeResponse),
             Ok(Ok((resp, reuse))) => {
                 rt.metrics.observe_latency(sent.elapsed());
-                Ok(read_head(resp, reuse, state.settings.peek_first_event).await)
+                let peek = state.settings.peek_first_event;
+                if !resp.status().is_success() || (peek && is_sse(resp.headers())) {
+                    // Boxed: its timers would otherwise sit in every request's
+                    // future, which is moved around by value.
+                    Ok(Box::pin(read_head(resp, reuse, peek)).await)
+                } else {
+                    Ok((plain_head(resp, reuse), None))
+                }
             }
         };
 
@@ -450,7 +462,6 @@ pub(crate) async fn forward(
             }
         };
         trace.record(cur.label.clone(), &classification, now);
-        last_reason = Some(classification.reason.clone());
 
         // 4. Decide, and record the outcome unless the same account is tried
         // again (then its final outcome is recorded): a 401 fixed by a refresh
@@ -477,6 +488,9 @@ pub(crate) async fn forward(
             Decision::RetrySame { .. } | Decision::RefreshAndRetry
         ) {
             record(&mut slot);
+        }
+        if !matches!(decision, Decision::PassThrough) {
+            last_reason = Some(classification.reason.clone());
         }
         match decision {
             Decision::PassThrough => {
@@ -576,7 +590,7 @@ pub(crate) async fn forward(
                         current = None;
                         ctx.same_account_tries = 0;
                         ctx.refreshed = false;
-                        tokio::time::sleep(wait).await;
+                        Box::pin(tokio::time::sleep(wait)).await;
                         continue;
                     }
                 }
@@ -601,7 +615,8 @@ pub(crate) async fn forward(
 /// every sleep up to the next millisecond tick, which a failover must not pay.
 async fn pause(after: Duration) {
     if !after.is_zero() {
-        tokio::time::sleep(after).await;
+        // Boxed, like every timer here: off the hot path, out of its future.
+        Box::pin(tokio::time::sleep(after)).await;
     }
 }
 
@@ -702,6 +717,32 @@ fn persist_needs_login(state: &AppState, id: &AccountId) {
     });
 }
 
+fn is_sse(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// A response whose body classification does not need: a success that is
+/// not a stream to peek into.
+fn plain_head(resp: Response<Incoming>, reuse: Reuse) -> Upstream {
+    let (head, body) = resp.into_parts();
+    let scanner = is_sse(&head.headers).then(ErrorScanner::new);
+    let (rest, reuse) = if body.is_end_stream() {
+        reuse.finish();
+        (None, None)
+    } else {
+        (Some(body), Some(reuse))
+    };
+    Upstream {
+        head,
+        prefix: VecDeque::new(),
+        rest,
+        reuse,
+        scanner,
+    }
+}
+
 /// Reads what classification needs of a response: an error body's first
 /// bytes, or a 200 stream's first event. Returns the in-stream error data if
 /// the first event is an error.
@@ -712,12 +753,7 @@ async fn read_head(
 ) -> (Upstream, Option<Vec<u8>>) {
     let (head, mut body) = resp.into_parts();
     let mut prefix = VecDeque::new();
-    let is_sse = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let mut scanner = is_sse.then(ErrorScanner::new);
+    let mut scanner = is_sse(&head.headers).then(ErrorScanner::new);
     let mut error_data = None;
     let mut ended = false;
     if !head.status.is_success() {

@@ -16,55 +16,75 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Headers that carry a client's credential to a provider; always replaced.
-pub(crate) const CREDENTIAL_HEADERS: [HeaderName; 4] = [
+/// Removes hop-by-hop headers, including any named by `Connection`.
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none, or only `connection: keep-alive`: one pass of
+    // cheap name comparisons (a standard name compares as an integer), then
+    // removals of what is there only (a removal hashes the name).
+    let present = presence(h, &HOP_BY_HOP);
+    if present == 0 {
+        return;
+    }
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(header::CONNECTION) {
+        for token in v.to_str().unwrap_or_default().split(',') {
+            let token = token.trim();
+            // Connection options, not header names.
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(n);
+            }
+        }
+    }
+    remove_present(h, &HOP_BY_HOP, present);
+    for n in &listed {
+        h.remove(n);
+    }
+}
+
+/// Which of `names` (at most 64) `h` has, as a bit set.
+fn presence(h: &HeaderMap, names: &[HeaderName]) -> u64 {
+    let mut bits = 0u64;
+    for k in h.keys() {
+        if let Some(i) = names.iter().position(|n| n == k) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+fn remove_present(h: &mut HeaderMap, names: &[HeaderName], bits: u64) {
+    for (i, n) in names.iter().enumerate() {
+        if bits & (1 << i) != 0 {
+            h.remove(n);
+        }
+    }
+}
+
+/// What never goes upstream from a client's request besides hop-by-hop
+/// headers: the headers that carry its credentials (always replaced by the
+/// account's), its `host` (the proxy sets the upstream's), and
+/// `accept-encoding`, so that error bodies arrive readable for classification.
+const NOT_FORWARDED: [HeaderName; 6] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("x-goog-api-key"),
     HeaderName::from_static("x-marathon-key"),
+    header::HOST,
+    header::ACCEPT_ENCODING,
 ];
 
-/// Removes hop-by-hop headers, including any named by `Connection`.
-pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none: one pass of cheap name comparisons instead
-    // of a hashed removal per name.
-    if !h.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        h.remove(n);
-    }
-}
-
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(n)
-}
-
 /// Prepares a client's request headers for upstream, before the account's
-/// credential is added: hop-by-hop and credential headers out, `host` out
-/// (the client sets the upstream's), and `accept-encoding` out so error
-/// bodies arrive readable for classification.
+/// credential is added: hop-by-hop headers and [`NOT_FORWARDED`] out.
 pub(crate) fn prepare_request_headers(h: &mut HeaderMap) {
     strip_hop_by_hop(h);
-    // Removes only what is there (a removal hashes the name; a comparison
-    // against a standard name is an integer compare).
-    let present: Vec<HeaderName> = h
-        .keys()
-        .filter(|n| {
-            CREDENTIAL_HEADERS.contains(n) || *n == header::HOST || *n == header::ACCEPT_ENCODING
-        })
-        .cloned()
-        .collect();
-    for n in &present {
-        h.remove(n);
-    }
+    let present = presence(h, &NOT_FORWARDED);
+    remove_present(h, &NOT_FORWARDED, present);
 }
 
 /// How a provider's upstream requests carry an account's credential —

@@ -27,6 +27,7 @@ mod metrics;
 mod ops;
 pub mod server;
 mod settings;
+mod shutdown;
 mod state;
 mod upstream;
 

@@ -1,6 +1,5 @@
 //! Accepting connections and routing requests.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -116,17 +115,18 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     if !settings.listen.ip().is_loopback() && settings.access_keys.is_empty() {
         return Err(ProxyError::OpenBind(settings.listen));
     }
-    let mut providers = HashMap::new();
+    let mut providers = crate::state::FastMap::default();
     for (i, p) in settings.providers.iter().enumerate() {
         let rt = ProviderRuntime {
             endpoint: p.upstream.endpoint(),
+            paths: Default::default(),
             pool: Mutex::new(Pool::new(
                 p.name.clone(),
                 p.pool.clone(),
                 0x6d61_7261_7468_6f6e ^ i as u64,
             )),
             budget: Mutex::new(RetryBudget::default()),
-            creds: RwLock::new(HashMap::new()),
+            creds: RwLock::new(Default::default()),
             metrics: ProviderMetrics::default(),
             last_exhausted_event: Default::default(),
             settings: p.clone(),
@@ -179,7 +179,7 @@ async fn accept_loop(
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let graceful = crate::shutdown::Shutdown::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -193,16 +193,13 @@ async fn accept_loop(
                 let conn = hyper::server::conn::http1::Builder::new()
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                tokio::spawn(graceful.watch(conn));
             }
             _ = shutdown.changed() => break,
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    graceful.close().await;
 }
 
 async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -244,8 +241,9 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyB
     let Some(rt) = state.providers.get(first).cloned() else {
         return not_found_provider(&state, first);
     };
-    let tail = tail.to_string();
-    crate::forward::forward(state, rt, req, &tail).await
+    // `/` + the provider's name: forward reads the rest of the path itself.
+    let route_len = 1 + first.len();
+    crate::forward::forward(state, rt, req, route_len).await
 }
 
 fn not_found() -> Response<ProxyBody> {

@@ -19,7 +19,11 @@ use marathon_store::{AccountState, Credential, Store, StoredAccount};
 use crate::events::{EventBus, EventSinks};
 use crate::headers::{CredentialStyle, RenderedCredential};
 use crate::metrics::ProviderMetrics;
-use crate::upstream::{Endpoint, UpstreamBase, UpstreamClient};
+use crate::upstream::{Endpoint, PathCache, UpstreamBase, UpstreamClient};
+
+/// A map read on every request: foldhash instead of SipHash (the keys are
+/// provider names and account ids, not attacker-chosen).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// How one provider is proxied.
 #[derive(Clone, Debug)]
@@ -148,12 +152,14 @@ pub(crate) struct ProviderRuntime {
     pub settings: ProviderSettings,
     /// The upstream's connection pool.
     pub endpoint: Endpoint,
+    /// Upstream URIs of the paths clients use.
+    pub paths: PathCache,
     /// A std mutex on purpose: it is held only for a pick or a record (no
     /// `.await` inside), which is shorter than a tokio mutex's bookkeeping.
     pub pool: Mutex<Pool>,
     pub budget: Mutex<RetryBudget>,
     /// `Arc` so a pick clones a pointer, not the credential.
-    pub creds: RwLock<HashMap<AccountId, Arc<AccountCred>>>,
+    pub creds: RwLock<FastMap<AccountId, Arc<AccountCred>>>,
     pub metrics: ProviderMetrics,
     /// When the last `exhausted` event went out (ms since the epoch).
     pub last_exhausted_event: std::sync::atomic::AtomicU64,
@@ -162,7 +168,7 @@ pub(crate) struct ProviderRuntime {
 /// Everything a request needs.
 pub(crate) struct AppState {
     pub settings: ProxySettings,
-    pub providers: HashMap<String, Arc<ProviderRuntime>>,
+    pub providers: FastMap<String, Arc<ProviderRuntime>>,
     pub client: UpstreamClient,
     pub bus: EventBus,
     pub clock: Arc<dyn Clock>,

@@ -112,7 +112,8 @@ impl UpstreamClient {
         loop {
             let (mut tx, reused) = match endpoint.0.take_idle() {
                 Some(tx) => (tx, true),
-                None => (self.connect(&endpoint.0).await?, false),
+                // Boxed: connecting is rare, and its future is large.
+                None => (Box::pin(self.connect(&endpoint.0)).await?, false),
             };
             // A connection put back a moment ago may not have seen its
             // response's end yet; it is ready as soon as its task runs.
@@ -255,6 +256,44 @@ impl EndpointInner {
                 since: Instant::now(),
             });
         }
+    }
+}
+
+/// Paths cached per provider; past this, new paths are built every time.
+const PATH_CACHE: usize = 32;
+
+/// The upstream URIs of the paths clients send, built once: clients of an
+/// LLM API use a handful of paths, and building a URI means an allocation
+/// and a validating parse.
+#[derive(Default)]
+pub(crate) struct PathCache(std::sync::RwLock<Vec<CachedPath>>);
+
+struct CachedPath {
+    path: Box<str>,
+    query: Option<Box<str>>,
+    uri: Uri,
+}
+
+impl PathCache {
+    /// `base.join(path, query)`, from the cache when it is there.
+    pub(crate) fn uri(&self, base: &UpstreamBase, path: &str, query: Option<&str>) -> Option<Uri> {
+        let hit = |c: &CachedPath| &*c.path == path && c.query.as_deref() == query;
+        {
+            let cached = self.0.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cached.iter().find(|c| hit(c)) {
+                return Some(c.uri.clone());
+            }
+        }
+        let uri = base.join(path, query)?;
+        let mut cached = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if cached.len() < PATH_CACHE && !cached.iter().any(hit) {
+            cached.push(CachedPath {
+                path: path.into(),
+                query: query.map(Into::into),
+                uri: uri.clone(),
+            });
+        }
+        Some(uri)
     }
 }
 
@@ -463,6 +502,28 @@ mod tests {
         );
         assert_eq!(b.join("", None).unwrap().to_string(), "/");
         assert_eq!(format!("{:?}", b.endpoint()), "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn the_path_cache_answers_what_join_would() {
+        let b = UpstreamBase::parse("https://chatgpt.com/backend-api/codex").unwrap();
+        let cache = PathCache::default();
+        for _ in 0..2 {
+            for (path, query) in [
+                ("/responses", None),
+                ("/responses", Some("a=1")),
+                ("", None),
+            ] {
+                assert_eq!(cache.uri(&b, path, query), b.join(path, query));
+            }
+        }
+        assert_eq!(cache.0.read().unwrap().len(), 3);
+        for i in 0..100 {
+            let q = format!("n={i}");
+            assert_eq!(cache.uri(&b, "/x", Some(&q)), b.join("/x", Some(&q)));
+        }
+        assert_eq!(cache.0.read().unwrap().len(), PATH_CACHE, "bounded");
+        assert_eq!(cache.uri(&b, "/bad path", None), None);
     }
 
     #[test]

@@ -1214,3 +1214,43 @@ async fn a_cooldown_survives_a_restart_of_the_proxy() {
     assert_eq!(sim.count("a1"), calls_before);
     again.shutdown(Duration::from_secs(1)).await;
 }
+
+// ---------------------------------------------------------------- shutdown
+
+/// Shutting down lets a stream in flight finish, closes idle kept-alive
+/// client connections, and returns once every connection is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_streams_in_flight_and_closes_idle_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let w = world(Scenario::new([acct("a1").stream_events(10).slow_ms(80)])).await;
+    let addr = w.proxy.local_addr();
+    // An idle keep-alive connection: one request answered, then silence.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /_marathon/health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    let resp = w.client.request(w.request(true)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let World { proxy, .. } = w;
+    let started = Instant::now();
+    let stopping = tokio::spawn(proxy.shutdown(Duration::from_secs(10)));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("message_stop"), "the stream was cut: {text}");
+    stopping.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited for its grace period: {:?}",
+        started.elapsed()
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection stayed open: {closed:?}"
+    );
+}
