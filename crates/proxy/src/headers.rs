@@ -27,7 +27,12 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
     let mut listed: Vec<HeaderName> = Vec::new();
     for v in h.get_all(header::CONNECTION) {
-        for token in v.to_str().unwrap_or_default().split(',') {
+        let v = v.to_str().unwrap_or_default();
+        // The usual value names no header.
+        if v.eq_ignore_ascii_case("keep-alive") || v.eq_ignore_ascii_case("close") {
+            continue;
+        }
+        for token in v.split(',') {
             let token = token.trim();
             // Connection options, not header names.
             if token.is_empty()
@@ -140,12 +145,15 @@ impl CredentialStyle {
                 })
                 .collect()
         };
+        let mut strip: Vec<HeaderName> = style
+            .strip
+            .iter()
+            .map(|n| name(n))
+            .collect::<Result<_, _>>()?;
+        // `prepare_request_headers` removed those already.
+        strip.retain(|n| !NOT_FORWARDED.contains(n));
         Ok(CredentialStyle {
-            strip: style
-                .strip
-                .iter()
-                .map(|n| name(n))
-                .collect::<Result<_, _>>()?,
+            strip,
             api_key: rules(&style.api_key)?,
             oauth: rules(&style.oauth)?,
         })

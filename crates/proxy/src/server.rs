@@ -270,8 +270,10 @@ fn not_found_provider(state: &AppState, name: &str) -> Response<ProxyBody> {
 async fn background(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let mut sync = tokio::time::interval(SYNC_EVERY);
     let mut save = tokio::time::interval(SAVE_HOT_EVERY);
+    let mut sweep = tokio::time::interval(crate::upstream::SWEEP_EVERY);
     sync.tick().await;
     save.tick().await;
+    sweep.tick().await;
     loop {
         tokio::select! {
             _ = sync.tick() => {
@@ -282,8 +284,8 @@ async fn background(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
                     Err(_) => {}
                 }
             }
-            _ = save.tick() => {
-                save_hot(&state).await;
+            _ = save.tick() => save_hot(&state).await,
+            _ = sweep.tick() => {
                 for rt in state.providers.values() {
                     rt.endpoint.sweep();
                 }

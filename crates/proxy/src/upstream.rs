@@ -226,6 +226,10 @@ impl Idle {
     }
 }
 
+/// How often [`Endpoint::sweep`] should run: the longest a connection stays
+/// idle is [`IDLE_TIMEOUT`] plus this.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
 impl EndpointInner {
     /// The most recently used idle connection that is still open.
     fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
@@ -233,9 +237,11 @@ impl EndpointInner {
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             loop {
+                // Only closed connections are skipped here (no clock read per
+                // request); ones idle too long are closed by `sweep`.
                 match idle.pop() {
                     None => break None,
-                    Some(i) if i.usable() => break Some(i.tx),
+                    Some(i) if !i.tx.is_closed() => break Some(i.tx),
                     Some(i) => stale.push(i),
                 }
             }
