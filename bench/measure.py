@@ -289,7 +289,7 @@ def cmd_report(args):
     w(
         "Origin: nginx `return 200` with a chat.completion JSON (own process, 1 worker). "
         "Reference: nginx `proxy_pass` with upstream keepalive (own process, 1 worker). "
-        "Hyper floor: bench/passthrough, a minimal hyper server + hyper-util pooled client (tokio multi-thread). "
+        "Hyper floor: bench/passthrough, a minimal hyper server + hyper-util pooled client (one current-thread tokio runtime, as marathon serve runs by default). "
         "marathon: `marathon serve`, one API-key account, MARATHON_LOG=warn. "
         "Load: wrk, POST with a JSON body; c1 = 1 thread/1 connection, c64 = 2 threads/64 connections. "
         "Medians over rounds; added latency is paired with the direct run of the same round.\n"
