@@ -9,12 +9,6 @@ mod tokens;
 
 use std::process::ExitCode;
 
-/// mimalloc rather than glibc's malloc: the proxy allocates and frees a few
-/// small objects per request, and this measured 3–8% less CPU per request
-/// (bench/README.md) for about 0.3 MB more RSS.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
