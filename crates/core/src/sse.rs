@@ -123,12 +123,17 @@ impl ErrorScanner {
 
     fn dispatch(&mut self) -> Option<Vec<u8>> {
         self.events += 1;
-        let data = std::mem::take(&mut self.data);
-        let is_error = self.event_is_error || (self.has_data && is_error_json(&data));
+        let is_error = self.event_is_error || (self.has_data && is_error_json(&self.data));
         self.event_is_error = false;
         self.has_field = false;
         self.has_data = false;
-        is_error.then_some(data)
+        if is_error {
+            Some(std::mem::take(&mut self.data))
+        } else {
+            // Keeps its capacity: no allocation per event on a long stream.
+            self.data.clear();
+            None
+        }
     }
 }
 
@@ -217,7 +222,7 @@ fn push_capped(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// Splits a byte stream into lines across chunk boundaries, keeping at most
@@ -242,8 +247,7 @@ impl LineSplitter {
                 chunk = rest;
             }
         }
-        while let Some(i) = chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
-            push_capped(&mut self.line, &chunk[..i], MAX_LINE);
+        while let Some(i) = memchr::memchr2(b'\n', b'\r', chunk) {
             let mut next = i + 1;
             if chunk[i] == b'\r' {
                 match chunk.get(next) {
@@ -252,9 +256,23 @@ impl LineSplitter {
                     Some(_) => {}
                 }
             }
+            let go_on = if self.pending {
+                // The line began in an earlier chunk: join, hand over, and
+                // keep the buffer's capacity for the next one.
+                push_capped(&mut self.line, &chunk[..i], MAX_LINE);
+                let mut line = std::mem::take(&mut self.line);
+                let go_on = on_line(self.first_line(&line));
+                line.clear();
+                self.line = line;
+                go_on
+            } else {
+                // The whole line is in this chunk: no copy.
+                let line = &chunk[..i.min(MAX_LINE)];
+                on_line(self.first_line(line))
+            };
+            self.pending = false;
             chunk = &chunk[next..];
-            let line = self.complete();
-            if !on_line(&line) {
+            if !go_on {
                 return;
             }
         }
@@ -262,6 +280,15 @@ impl LineSplitter {
             self.pending = true;
             push_capped(&mut self.line, chunk, MAX_LINE);
         }
+    }
+
+    /// `line` without the stream's byte order mark, if it is the first line.
+    fn first_line<'a>(&mut self, line: &'a [u8]) -> &'a [u8] {
+        if self.started {
+            return line;
+        }
+        self.started = true;
+        line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line)
     }
 
     fn complete(&mut self) -> Vec<u8> {
