@@ -27,7 +27,7 @@ fn pool(strategy: Strategy, n: usize) -> Pool {
     );
     for i in 0..n {
         p.upsert(AccountMeta {
-            id: AccountId(format!("acct-{i:05}")),
+            id: AccountId(format!("acct-{i:05}").into()),
             provider: "anthropic".into(),
             label: format!("account-{i}"),
             kind: AccountKind::Oauth,

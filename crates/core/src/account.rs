@@ -5,12 +5,20 @@
 use std::fmt;
 
 /// A stable account id (assigned by the store, never shown as the account's
-/// name: that is the label).
+/// name: that is the label). Shared, not copied: the proxy clones ids on
+/// every request.
 #[derive(
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 #[serde(transparent)]
-pub struct AccountId(pub String);
+pub struct AccountId(pub std::sync::Arc<str>);
+
+impl AccountId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -300,7 +300,7 @@ fn provider_backoff(policy: &RetryPolicy, ctx: &AttemptContext) -> Duration {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttemptEntry {
     /// The account's label.
-    pub label: String,
+    pub label: std::sync::Arc<str>,
     /// HTTP status, if a response came back.
     pub status: Option<u16>,
     /// The outcome's class.
@@ -330,7 +330,12 @@ impl AttemptTrace {
 
     /// Adds an attempt on `label` with outcome `c`; the note is derived from
     /// it (reset hint source and wait from `now`, or the transport reason).
-    pub fn record(&mut self, label: impl Into<String>, c: &Classification, now: UnixMillis) {
+    pub fn record(
+        &mut self,
+        label: impl Into<std::sync::Arc<str>>,
+        c: &Classification,
+        now: UnixMillis,
+    ) {
         let note = match (&c.reset, c.class) {
             (Some(h), _) => Some(format!(
                 "{}, {}",

@@ -45,6 +45,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 // Seeded per process; several times faster than SipHash on short ids, and
 // the ids are ours, not an attacker's.
@@ -151,8 +152,8 @@ pub enum Pick {
     Account {
         /// Its id (to look up credentials, and to `record`).
         id: AccountId,
-        /// Its label (for logs, traces, events).
-        label: String,
+        /// Its label (for logs, traces, events); shared, not copied.
+        label: Arc<str>,
         /// Whether this request is the one probe of an account whose cooldown ended.
         probe: bool,
     },
@@ -280,6 +281,8 @@ enum State {
 #[derive(Debug)]
 struct Slot {
     meta: AccountMeta,
+    /// `meta.label`, shared with every pick.
+    label: Arc<str>,
     /// Insertion order; the tie-breaker after priority.
     seq: u64,
     state: State,
@@ -384,12 +387,16 @@ impl Pool {
     pub fn upsert(&mut self, meta: AccountMeta) {
         if let Some(i) = self.find(&meta.id) {
             if let Some(s) = self.slots[i].as_mut() {
+                if s.meta.label != meta.label {
+                    s.label = meta.label.as_str().into();
+                }
                 s.meta = meta;
             }
             self.sync(i);
             return;
         }
         let slot = Slot {
+            label: meta.label.as_str().into(),
             meta: meta.clone(),
             seq: self.next_seq,
             state: State::Ready,
@@ -501,7 +508,7 @@ impl Pool {
         }
         let pick = Pick::Account {
             id: s.meta.id.clone(),
-            label: s.meta.label.clone(),
+            label: s.label.clone(),
             probe,
         };
         self.sync(i);
@@ -1371,7 +1378,7 @@ struct IdIndex {
 
 impl IdIndex {
     fn hash(&self, id: &AccountId) -> u64 {
-        self.hasher.hash_one(id.0.as_str())
+        self.hasher.hash_one(id.as_str())
     }
 
     fn find(&self, id: &AccountId, slots: &[Option<Slot>]) -> Option<usize> {

@@ -18,7 +18,7 @@ fn at(secs: u64) -> UnixMillis {
 }
 
 fn id(s: &str) -> AccountId {
-    AccountId(s.to_owned())
+    AccountId(s.into())
 }
 
 fn meta(name: &str, priority: i32) -> AccountMeta {
@@ -105,7 +105,7 @@ fn pick_with(p: &mut Pool, now: UnixMillis, req: &PickRequest<'_>) -> (String, b
     match p.pick(now, req) {
         Pick::Account { id, label, probe } => {
             assert_eq!(id.0, label, "test accounts use their id as label");
-            (label, probe)
+            (label.to_string(), probe)
         }
         Pick::Exhausted(e) => panic!("unexpected exhaustion: {e:?}"),
     }
@@ -943,7 +943,7 @@ fn upsert_updates_labels_and_keeps_state() {
     assert_eq!(p.len(), 1);
     match p.pick(at(1), &PickRequest::default()) {
         Pick::Account { id: got, label, .. } => {
-            assert_eq!((got, label.as_str()), (id("a"), "personal"))
+            assert_eq!((got, &*label), (id("a"), "personal"))
         }
         other => panic!("{other:?}"),
     }

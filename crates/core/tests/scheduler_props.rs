@@ -106,7 +106,7 @@ fn op_s() -> impl proptest::strategy::Strategy<Value = Op> {
 }
 
 fn id(i: usize) -> AccountId {
-    AccountId(format!("acct-{i}"))
+    AccountId(format!("acct-{i}").into())
 }
 
 fn meta(i: usize, priority: i32, enabled: bool) -> AccountMeta {
@@ -215,7 +215,7 @@ proptest! {
                     match p.pick(now, &req) {
                         Pick::Account { id: got, label, probe } => {
                             let acct: usize = got.0.trim_start_matches("acct-").parse().unwrap();
-                            prop_assert_eq!(label, format!("label-{acct}"));
+                            prop_assert_eq!(label.to_string(), format!("label-{acct}"));
                             let h = before[&got];
                             prop_assert!(usable(h), "picked {} in state {:?}", got, h);
                             prop_assert!(!exclude.contains(&got), "picked excluded {}", got);

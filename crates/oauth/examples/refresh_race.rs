@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_preset("corp", preset),
     );
-    let id = AccountId(id.clone());
+    let id = AccountId(id.as_str().into());
     let mut errors = 0u64;
     for round in 0..rounds {
         let go = start.plus(Duration::from_millis(round_ms * round));

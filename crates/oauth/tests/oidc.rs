@@ -371,7 +371,7 @@ async fn processes_sharing_a_file_store_refresh_once_per_expiry() {
         .map(|_| {
             std::process::Command::new(&bin)
                 .arg(dir.path())
-                .arg(&id.0)
+                .arg(id.as_str())
                 .arg(&server.issuer)
                 .arg(ROUNDS.to_string())
                 .arg(base.to_string())

@@ -157,7 +157,7 @@ struct Upstream {
 /// The current account of a request.
 struct Current {
     id: AccountId,
-    label: String,
+    label: Arc<str>,
     kind: AccountKind,
     cred: Arc<AccountCred>,
     /// The refresher's access token, when it is not the stored one.
@@ -269,7 +269,7 @@ pub(crate) async fn forward(
                             provider: settings.name.clone(),
                             kind: EventKind::Failover {
                                 from,
-                                to: label.clone(),
+                                to: label.to_string(),
                                 reason,
                             },
                         }]);
@@ -544,7 +544,7 @@ pub(crate) async fn forward(
                         record(&mut slot);
                         let (id, label) = (cur.id.clone(), cur.label.clone());
                         account_unusable(&state, &rt, &id, &label, &e);
-                        rotated_from = Some((label, classification.reason.clone()));
+                        rotated_from = Some((label.to_string(), classification.reason.clone()));
                         excluded.push(id);
                         current = None;
                     }
@@ -564,7 +564,7 @@ pub(crate) async fn forward(
                     state.publish(events);
                     persist_needs_login(&state, &cur.id);
                 }
-                rotated_from = Some((cur.label.clone(), short_reason(&classification)));
+                rotated_from = Some((cur.label.to_string(), short_reason(&classification)));
                 excluded.push(cur.id.clone());
                 current = None;
                 pause(after).await;
@@ -842,7 +842,7 @@ fn respond(
                 && trace.entries[0].status == Some(200)
                 && trace.entries[0].class == Class::Success
                 && trace.entries[0].note.is_none()
-                && trace.entries[0].label == cur.cred.label =>
+                && *trace.entries[0].label == *cur.cred.label =>
         {
             head.headers.insert(ACCOUNT_HEADER.clone(), label.clone());
             head.headers.insert(ATTEMPTS_HEADER.clone(), ok.clone());

@@ -123,7 +123,7 @@ impl AccountCred {
         };
         let mut trace = AttemptTrace::new();
         trace.push(AttemptEntry {
-            label: a.label.clone(),
+            label: a.label.as_str().into(),
             status: Some(200),
             class: Class::Success,
             note: None,

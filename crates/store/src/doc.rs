@@ -150,7 +150,7 @@ pub(crate) fn new_id(taken: &[StoredAccount]) -> AccountId {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         h.write_u128(nanos);
-        let id = AccountId(format!("acc_{:016x}", h.finish()));
+        let id = AccountId(format!("acc_{:016x}", h.finish()).into());
         if !taken.iter().any(|a| a.id == id) {
             return id;
         }

@@ -240,7 +240,10 @@ fn a_v0_file_is_migrated_after_a_backup() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(v["version"], 1);
     assert_eq!(v["accounts"][0]["label"], "legacy");
-    assert_eq!(s.find("openai", "legacy").unwrap().unwrap().id.0, "acc_old");
+    assert_eq!(
+        s.find("openai", "legacy").unwrap().unwrap().id.as_str(),
+        "acc_old"
+    );
 }
 
 #[test]
