@@ -190,7 +190,11 @@ async fn accept_loop(
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handle(state, req).await) }
                 });
+                // One flat write buffer instead of a queue of iovecs: LLM
+                // answers are small or come in small chunks, and the queue's
+                // bookkeeping cost more than the copy (measured).
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .writev(false)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), svc);
                 tokio::spawn(graceful.watch(conn));

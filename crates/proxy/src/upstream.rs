@@ -154,6 +154,8 @@ impl UpstreamClient {
             .map_err(UpstreamError::Connect)?;
         let io = connector.call(uri).await.map_err(UpstreamError::Connect)?;
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            // As on the server side: a flat write buffer (see `server`).
+            .writev(false)
             .handshake(io)
             .await
             .map_err(|e| UpstreamError::Connect(e.into()))?;
