@@ -82,7 +82,9 @@ pub struct PoolConfig {
     /// once, so parallel requests do not double its backoff (default 2 s).
     pub dedupe_window: Duration,
     /// An account with a usage window at or above this utilisation is picked
-    /// only when no other usable account exists (default 0.95; `None` = off).
+    /// only when no other usable account exists (e.g. 0.95; default `None`,
+    /// off, as in the config: moving early costs the provider's prompt cache,
+    /// which is per account).
     pub proactive_threshold: Option<f64>,
     /// Jitter as a fraction of a computed backoff (default 0.1).
     pub jitter: f64,
@@ -98,7 +100,7 @@ impl Default for PoolConfig {
             auth_failure_cooldown: Duration::from_secs(300),
             transport_penalty: Duration::from_secs(2),
             dedupe_window: Duration::from_secs(2),
-            proactive_threshold: Some(0.95),
+            proactive_threshold: None,
             jitter: 0.1,
         }
     }

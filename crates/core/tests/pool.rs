@@ -512,7 +512,11 @@ fn a_later_hint_or_worse_class_extends_a_deduplicated_cooldown() {
 
 #[test]
 fn proactive_switch_avoids_an_account_near_its_quota() {
-    let mut p = pool(Strategy::Sticky, &["personal", "work"]);
+    let cfg = PoolConfig {
+        proactive_threshold: Some(0.95),
+        ..PoolConfig::default()
+    };
+    let mut p = pool_with(cfg, &["personal", "work"]);
     let five_hour_reset = UnixMillis::from_secs(1_764_334_800);
     let hot = Classification {
         usage: vec![window("5h", 0.97, Some(five_hour_reset))],
@@ -543,11 +547,9 @@ fn proactive_switch_avoids_an_account_near_its_quota() {
 }
 
 #[test]
-fn proactive_switch_can_be_turned_off() {
-    let cfg = PoolConfig {
-        proactive_threshold: None,
-        ..PoolConfig::default()
-    };
+fn proactive_switch_is_off_by_default() {
+    let cfg = PoolConfig::default();
+    assert_eq!(cfg.proactive_threshold, None, "as in the config");
     let mut p = pool_with(cfg, &["personal", "work"]);
     let hot = Classification {
         usage: vec![window("5h", 0.99, None)],

@@ -381,7 +381,7 @@ proptest! {
             1..300,
         ),
     ) {
-        let mut p = Pool::new("anthropic", PoolConfig { strategy: Strategy::LeastUsed, ..PoolConfig::default() }, 3);
+        let mut p = Pool::new("anthropic", PoolConfig { strategy: Strategy::LeastUsed, proactive_threshold: Some(0.95), ..PoolConfig::default() }, 3);
         for i in 0..n {
             p.upsert(meta(i, (i % 3) as i32, true));
         }
