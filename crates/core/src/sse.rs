@@ -13,6 +13,9 @@
 //! lines, a blank line dispatches the event, `:` starts a comment, one space
 //! after the field's colon is dropped, and a leading UTF-8 BOM is ignored.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde_json::Value;
 
 /// Longest line kept, in bytes; the rest of a longer line is dropped.
@@ -179,7 +182,7 @@ pub fn first_event_end(buf: &[u8]) -> Option<usize> {
 /// a top-level `error` object (OpenAI chat completions, Gemini).
 pub fn is_error_json(data: &[u8]) -> bool {
     // Cheap pre-check: almost every event is a content delta without the word.
-    if !contains(data, b"error") && !contains(data, b"failed") {
+    if !contains(data, &ERROR) && !contains(data, &FAILED) {
         return false;
     }
     match serde_json::from_slice::<Value>(data) {
@@ -221,9 +224,13 @@ fn push_capped(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
     buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
+fn contains(hay: &[u8], needle: &Finder<'static>) -> bool {
+    needle.find(hay).is_some()
 }
+
+// Built once: building a searcher costs more than running it on one event.
+static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error"));
+static FAILED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"failed"));
 
 /// Splits a byte stream into lines across chunk boundaries, keeping at most
 /// [`MAX_LINE`] bytes of any line.
