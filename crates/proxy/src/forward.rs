@@ -357,19 +357,7 @@ pub(crate) async fn forward(
                             continue;
                         }
                     }
-                    announce_exhausted(&state, &rt, now, ex.soonest);
-                    let resp =
-                        exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
-                    log_request(
-                        &settings.name,
-                        &parts,
-                        resp.status(),
-                        None,
-                        &trace,
-                        &state,
-                        started,
-                    );
-                    return resp;
+                    return answer_exhausted(&state, &rt, &parts, now, &ex, &trace, started);
                 }
             }
         }
@@ -594,18 +582,7 @@ pub(crate) async fn forward(
                         continue;
                     }
                 }
-                announce_exhausted(&state, &rt, now, ex.soonest);
-                let resp = exhausted_response(settings.flavor, &settings.name, now, &ex, &trace);
-                log_request(
-                    &settings.name,
-                    &parts,
-                    resp.status(),
-                    None,
-                    &trace,
-                    &state,
-                    started,
-                );
-                return resp;
+                return answer_exhausted(&state, &rt, &parts, now, &ex, &trace, started);
             }
         }
     }
@@ -618,6 +595,32 @@ async fn pause(after: Duration) {
         // Boxed, like every timer here: off the hot path, out of its future.
         Box::pin(tokio::time::sleep(after)).await;
     }
+}
+
+/// The "all accounts unavailable" answer (429 in the provider's format),
+/// announced and logged.
+fn answer_exhausted(
+    state: &AppState,
+    rt: &ProviderRuntime,
+    parts: &http::request::Parts,
+    now: UnixMillis,
+    ex: &Exhausted,
+    trace: &AttemptTrace,
+    started: UnixMillis,
+) -> Response<ProxyBody> {
+    let settings = &rt.settings;
+    announce_exhausted(state, rt, now, ex.soonest);
+    let resp = exhausted_response(settings.flavor, &settings.name, now, ex, trace);
+    log_request(
+        &settings.name,
+        parts,
+        resp.status(),
+        None,
+        trace,
+        state,
+        started,
+    );
+    resp
 }
 
 /// Counts an "all accounts unavailable" answer, and tells the event sinks —
