@@ -726,17 +726,24 @@ fn is_sse(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
+/// The unread rest of a body and the connection it arrives on. A body read to
+/// its end (`ended`, or so its framing says) frees its connection now, even if
+/// the answer is then thrown away for a retry.
+fn unread_rest(body: Incoming, reuse: Reuse, ended: bool) -> (Option<Incoming>, Option<Reuse>) {
+    if ended || body.is_end_stream() {
+        reuse.finish();
+        (None, None)
+    } else {
+        (Some(body), Some(reuse))
+    }
+}
+
 /// A response whose body classification does not need: a success that is
 /// not a stream to peek into.
 fn plain_head(resp: Response<Incoming>, reuse: Reuse) -> Upstream {
     let (head, body) = resp.into_parts();
     let scanner = is_sse(&head.headers).then(ErrorScanner::new);
-    let (rest, reuse) = if body.is_end_stream() {
-        reuse.finish();
-        (None, None)
-    } else {
-        (Some(body), Some(reuse))
-    };
+    let (rest, reuse) = unread_rest(body, reuse, false);
     Upstream {
         head,
         prefix: VecDeque::new(),
@@ -793,14 +800,7 @@ async fn read_head(
             }
         }
     }
-    // An answer read to its end frees its connection now, even if it is
-    // thrown away for a retry.
-    let (rest, reuse) = if ended || body.is_end_stream() {
-        reuse.finish();
-        (None, None)
-    } else {
-        (Some(body), Some(reuse))
-    };
+    let (rest, reuse) = unread_rest(body, reuse, ended);
     (
         Upstream {
             head,
