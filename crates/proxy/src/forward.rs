@@ -417,12 +417,13 @@ pub(crate) async fn forward(
             Ok(Ok((resp, reuse))) => {
                 rt.metrics.observe_latency(sent.elapsed());
                 let peek = state.settings.peek_first_event;
-                if !resp.status().is_success() || (peek && is_sse(resp.headers())) {
+                let sse = is_sse(resp.headers());
+                if !resp.status().is_success() || (peek && sse) {
                     // Boxed: its timers would otherwise sit in every request's
                     // future, which is moved around by value.
-                    Ok(Box::pin(read_head(resp, reuse, peek)).await)
+                    Ok(Box::pin(read_head(resp, reuse, sse, peek)).await)
                 } else {
-                    Ok((plain_head(resp, reuse), None))
+                    Ok((plain_head(resp, reuse, sse), None))
                 }
             }
         };
@@ -740,9 +741,9 @@ fn unread_rest(body: Incoming, reuse: Reuse, ended: bool) -> (Option<Incoming>, 
 
 /// A response whose body classification does not need: a success that is
 /// not a stream to peek into.
-fn plain_head(resp: Response<Incoming>, reuse: Reuse) -> Upstream {
+fn plain_head(resp: Response<Incoming>, reuse: Reuse, sse: bool) -> Upstream {
     let (head, body) = resp.into_parts();
-    let scanner = is_sse(&head.headers).then(ErrorScanner::new);
+    let scanner = sse.then(ErrorScanner::new);
     let (rest, reuse) = unread_rest(body, reuse, false);
     Upstream {
         head,
@@ -759,11 +760,12 @@ fn plain_head(resp: Response<Incoming>, reuse: Reuse) -> Upstream {
 async fn read_head(
     resp: Response<Incoming>,
     reuse: Reuse,
+    sse: bool,
     peek_sse: bool,
 ) -> (Upstream, Option<Vec<u8>>) {
     let (head, mut body) = resp.into_parts();
     let mut prefix = VecDeque::new();
-    let mut scanner = is_sse(&head.headers).then(ErrorScanner::new);
+    let mut scanner = sse.then(ErrorScanner::new);
     let mut error_data = None;
     let mut ended = false;
     if !head.status.is_success() {
