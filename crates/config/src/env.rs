@@ -134,7 +134,7 @@ fn provider_var(config: &mut Config, var: &str, value: &str) -> Result<(), Confi
 
 fn set(p: &mut ProviderConfig, suffix: &str, value: &str) -> Result<(), String> {
     match suffix {
-        "UPSTREAM" => p.upstream = values::url("upstream", value)?,
+        "UPSTREAM" => p.upstream = values::upstream_url(value)?,
         "STRATEGY" => p.strategy = values::strategy(value)?,
         "MAX_ATTEMPTS" => p.max_attempts = values::max_attempts_str(value)?,
         "RATE_LIMIT_COOLDOWN" => p.rate_limit_cooldown = values::duration(value)?,

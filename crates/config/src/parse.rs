@@ -484,9 +484,13 @@ fn provider(
     };
 
     let upstream = match &own.upstream {
-        Some(v) => with_str(cx, v, &format!("{own_path}.upstream"), "a URL", |s| {
-            values::url("upstream", s)
-        })?,
+        Some(v) => with_str(
+            cx,
+            v,
+            &format!("{own_path}.upstream"),
+            "a URL",
+            values::upstream_url,
+        )?,
         None => match presets::default_upstream(kind) {
             Some(u) => u.to_owned(),
             None => {

@@ -104,13 +104,22 @@ pub(crate) fn listen(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// An `http://` or `https://` base URL; the trailing slash is dropped so
-/// `upstream + path` joins cleanly.
+/// `upstream + path` joins cleanly. A user name or password in it
+/// (`https://user:pw@host`) is refused: marathon shows URLs in its banner,
+/// status and errors, and sends credentials only from the account store.
+/// Errors quote the URL with any such credential and the query redacted.
 pub(crate) fn url(what: &str, s: &str) -> Result<String, String> {
     let s = s.trim();
     let rest = s
         .strip_prefix("https://")
         .or_else(|| s.strip_prefix("http://"));
+    let shown = marathon_core::secret::redact_url(s);
     match rest {
+        Some(rest) if authority(rest).contains('@') => Err(format!(
+            "{what} {shown:?} holds a user name or password before the host; \
+             remove the `user:password@` part (marathon would show it in its banner, \
+             status and logs; credentials belong in the account store)"
+        )),
         Some(rest)
             if !rest.is_empty()
                 && !rest.starts_with('/')
@@ -119,9 +128,29 @@ pub(crate) fn url(what: &str, s: &str) -> Result<String, String> {
             Ok(s.trim_end_matches('/').to_owned())
         }
         _ => Err(format!(
-            "invalid {what} {s:?} (expected an http:// or https:// URL)"
+            "invalid {what} {shown:?} (expected an http:// or https:// URL)"
         )),
     }
+}
+
+/// A provider's upstream: a [`url`] without a query string or fragment (the
+/// client's own query is appended to each request, and a query here is
+/// where a key would hide).
+pub(crate) fn upstream_url(s: &str) -> Result<String, String> {
+    let u = url("upstream", s)?;
+    if u.contains(['?', '#']) {
+        return Err(format!(
+            "upstream {:?} must not have a query string or fragment; \
+             the base URL is scheme, host and path only",
+            marathon_core::secret::redact_url(&u)
+        ));
+    }
+    Ok(u)
+}
+
+/// The authority of a URL without its scheme: up to the path, query or fragment.
+fn authority(rest: &str) -> &str {
+    rest.split(['/', '?', '#']).next().unwrap_or_default()
 }
 
 /// A header name (RFC 9110 token), lower-cased.
@@ -235,6 +264,22 @@ mod tests {
         assert!(url("upstream", "api.openai.com").is_err());
         assert!(url("upstream", "ftp://x").is_err());
         assert!(url("upstream", "https://").is_err());
+        // Userinfo is refused, and never quoted back.
+        let err = url("upstream", "https://bob:hunter2@api.example.com/v1").unwrap_err();
+        assert!(err.contains("user name or password"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(url("webhook URL", "http://token@hooks.example.com").is_err());
+        let err = url("upstream", "htps://bob:hunter2@x").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        // An '@' in the path is not a credential.
+        assert!(url("webhook URL", "https://example.com/u/@me").is_ok());
+        assert!(upstream_url("https://api.example.com/v1?key=hunter2").is_err());
+        assert!(
+            !upstream_url("https://api.example.com/v1?key=hunter2")
+                .unwrap_err()
+                .contains("hunter2")
+        );
+        assert!(upstream_url("https://api.example.com/v1").is_ok());
         assert_eq!(header_name("X-Session-Id").unwrap(), "x-session-id");
         assert!(header_name("bad header").is_err());
         assert!(provider_name("my-llm2").is_ok());

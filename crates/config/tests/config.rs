@@ -460,6 +460,84 @@ fn invalid_upstream() {
     );
 }
 
+/// A password in a URL would be printed by `serve`'s banner, `status` and
+/// the dashboard (it was, before this check). Every URL setting refuses
+/// one, naming file, line and key, and never quotes it back.
+#[test]
+fn a_password_in_any_url_is_refused_without_quoting_it() {
+    let cases = [
+        (
+            "[providers.anthropic]\nupstream = \"https://user:secret@api.example.com\"",
+            "config.toml:2:12: providers.anthropic.upstream: ",
+        ),
+        (
+            "[events]\nwebhook = \"https://hook:secret@hooks.example.com/x\"",
+            "config.toml:2:11: events.webhook: ",
+        ),
+        (
+            "[providers.corp]\nkind = \"openai\"\nupstream = \"https://llm.example.com\"\n\
+             [providers.corp.oauth]\nclient_id = \"c\"\nissuer = \"https://admin:secret@id.example.com\"",
+            "config.toml:6:10: providers.corp.oauth.issuer: ",
+        ),
+        (
+            "[providers.anthropic.oauth]\ntoken_url = \"https://secret@id.example.com/token\"",
+            "config.toml:2:13: providers.anthropic.oauth.token_url: ",
+        ),
+    ];
+    for (src, start) in cases {
+        let e = error(src);
+        assert!(e.starts_with(start), "{e}");
+        assert!(e.contains("user name or password"), "{e}");
+        assert!(!e.contains("secret"), "the password is quoted: {e}");
+    }
+    // The same through the environment.
+    let e = env(
+        "",
+        &[(
+            "MARATHON_ANTHROPIC_UPSTREAM",
+            "https://user:secret@api.example.com",
+        )],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("environment variable MARATHON_ANTHROPIC_UPSTREAM: "),
+        "{e}"
+    );
+    assert!(!e.contains("secret"), "{e}");
+    let e = env(
+        "",
+        &[("MARATHON_WEBHOOK", "https://user:secret@h.example.com")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("user name or password") && !e.contains("secret"),
+        "{e}"
+    );
+    // An '@' in a path is not a password.
+    assert_eq!(
+        parse("[events]\nwebhook = \"https://hooks.example.com/u/@team\"")
+            .events
+            .webhook
+            .as_deref(),
+        Some("https://hooks.example.com/u/@team")
+    );
+}
+
+/// A query on an upstream is where a key hides (`?key=...`); it is refused
+/// at load, not when `serve` starts, and is not quoted.
+#[test]
+fn an_upstream_query_is_refused_without_quoting_it() {
+    let e = error("[providers.google]\nupstream = \"https://g.example.com/v1?key=secret\"");
+    assert!(
+        e.starts_with("config.toml:2:12: providers.google.upstream: "),
+        "{e}"
+    );
+    assert!(e.contains("query string"), "{e}");
+    assert!(!e.contains("secret"), "{e}");
+}
+
 #[test]
 fn invalid_listen_address() {
     assert_eq!(

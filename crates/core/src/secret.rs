@@ -55,6 +55,30 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A URL as it may be shown (banner, status, error message): a user name or
+/// password before the host (`https://user:pw@host`) and the query string
+/// (`?key=...`) are replaced by `[redacted]`, the fragment is dropped.
+/// Config refuses such URLs where it can; this keeps one that slipped
+/// through (or a mistyped one quoted in an error) from printing a credential.
+pub fn redact_url(url: &str) -> String {
+    let url = url.split('#').next().unwrap_or_default();
+    let (url, query) = match url.split_once('?') {
+        Some((before, _)) => (before, "?[redacted]"),
+        None => (url, ""),
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("[redacted]@{host}"),
+        None => authority.to_owned(),
+    };
+    let scheme = scheme.map(|s| format!("{s}://")).unwrap_or_default();
+    format!("{scheme}{authority}{path}{query}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +103,25 @@ mod tests {
     fn serializes_transparently_for_the_store() {
         let s = Secret::new("tok");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"tok\"");
+    }
+
+    #[test]
+    fn redact_url_hides_userinfo_and_query() {
+        assert_eq!(
+            redact_url("https://user:hunter2@api.example.com:8443/v1"),
+            "https://[redacted]@api.example.com:8443/v1"
+        );
+        assert_eq!(
+            redact_url("https://hooks.example.com/x?token=hunter2#frag"),
+            "https://hooks.example.com/x?[redacted]"
+        );
+        // An '@' in the path is not userinfo; one in the authority is, even
+        // without a scheme (a mistyped URL quoted in an error).
+        assert_eq!(
+            redact_url("https://example.com/users/@me"),
+            "https://example.com/users/@me"
+        );
+        assert_eq!(redact_url("user:hunter2@host/x"), "[redacted]@host/x");
+        assert_eq!(redact_url("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
     }
 }

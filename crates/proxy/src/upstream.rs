@@ -325,8 +325,9 @@ pub struct BadUpstream {
 impl UpstreamBase {
     /// Parses `http(s)://host[:port][/prefix]`.
     pub fn parse(url: &str) -> Result<Self, BadUpstream> {
+        // The URL is quoted redacted: a mistyped one may still hold a password or key.
         let bad = |why| BadUpstream {
-            url: url.to_string(),
+            url: marathon_core::secret::redact_url(url),
             why,
         };
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
@@ -343,6 +344,11 @@ impl UpstreamBase {
             .ok_or_else(|| bad("missing host"))?;
         if uri.query().is_some() {
             return Err(bad("must not have a query string"));
+        }
+        // `user:password@` would be sent as part of the Host header and shown
+        // wherever the upstream is (banner, status); credentials come from accounts.
+        if authority.as_str().contains('@') {
+            return Err(bad("must not hold a user name or password"));
         }
         let prefix = uri.path().trim_end_matches('/').to_string();
         Ok(UpstreamBase {
@@ -378,7 +384,12 @@ impl UpstreamBase {
 
 impl std::fmt::Display for UpstreamBase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
+        // Host and port only: never userinfo, even if a caller slipped one past `parse`.
+        write!(f, "{}://{}", self.scheme, self.authority.host())?;
+        if let Some(port) = self.authority.port() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(&self.prefix)
     }
 }
 
@@ -539,5 +550,24 @@ mod tests {
         for url in ["ftp://x", "127.0.0.1:80", "http://x/?q=1", "not a url"] {
             assert!(UpstreamBase::parse(url).is_err(), "{url}");
         }
+    }
+
+    /// A password or key in an upstream URL never reaches an error message
+    /// or the banner/status text (`Display`), and userinfo is refused: it
+    /// would otherwise go out in the Host header.
+    #[test]
+    fn upstream_credentials_are_refused_and_never_shown() {
+        for url in [
+            "https://user:hunter2@api.example.com",
+            "https://api.example.com/v1?key=hunter2",
+        ] {
+            let err = UpstreamBase::parse(url).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("api.example.com"), "{err}");
+        }
+        let b = UpstreamBase::parse("http://[::1]:9000/v1/").unwrap();
+        assert_eq!(b.to_string(), "http://[::1]:9000/v1");
+        let b = UpstreamBase::parse("https://api.example.com").unwrap();
+        assert_eq!(b.to_string(), "https://api.example.com");
     }
 }
