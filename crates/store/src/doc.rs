@@ -224,12 +224,13 @@ pub(crate) fn add(
     if let Some(label) = &new.label {
         validate_label(label)?;
     }
-    let existing = accounts.iter_mut().find(|a| {
-        a.provider == new.provider
-            && ((a.identity.is_some() && a.identity == new.identity)
-                || a.credential.same_api_key(&new.credential))
-    });
-    if let Some(a) = existing {
+    // The same identity first (a re-login brings new tokens), then the same
+    // key or refresh token (a re-import of a login that names no identity).
+    let existing = accounts
+        .iter()
+        .position(|a| a.provider == new.provider && new.same_identity(a))
+        .or_else(|| accounts.iter().position(|a| new.is_same_account(a)));
+    if let Some(a) = existing.map(|i| &mut accounts[i]) {
         a.kind = new.kind;
         a.credential = new.credential;
         a.state = AccountState::Active;

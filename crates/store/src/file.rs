@@ -14,7 +14,7 @@
 //! Reads do not take the lock: writes replace the file by rename, so a reader
 //! always sees a whole file, old or new.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,41 @@ pub struct FileStore {
     hot_path: PathBuf,
     locks_dir: PathBuf,
     clock: Arc<dyn Clock>,
+    tightened: Vec<PermissionFix>,
+}
+
+/// A store file or directory that other users could read or write, and was
+/// made private when the store was opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermissionFix {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// Its mode before (permission bits only).
+    pub was: u32,
+    /// Its mode now (0600 for a file, 0700 for a directory).
+    pub now: u32,
+    /// Whether it holds credentials (the accounts file or a backup of it):
+    /// anyone who could read it may have copied them.
+    pub holds_secrets: bool,
+}
+
+impl std::fmt::Display for PermissionFix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} was open to other users (mode {:04o}); it is now {:04o}",
+            self.path.display(),
+            self.was,
+            self.now
+        )?;
+        if self.holds_secrets {
+            f.write_str(
+                ". It holds credentials: if another user could have read it, \
+                 replace them (new API keys, log in again)",
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for FileStore {
@@ -61,16 +96,72 @@ impl FileStore {
     /// [`FileStore::open`] with the clock used for `created_at`/`updated_at`.
     pub fn open_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Result<FileStore, StoreError> {
         create_private_dir(dir)?;
-        let store = FileStore {
+        let mut store = FileStore {
             dir: dir.to_path_buf(),
             path: dir.join(ACCOUNTS),
             lock_path: dir.join("accounts.lock"),
             hot_path: dir.join("hot.json"),
             locks_dir: dir.join("locks"),
             clock,
+            tightened: Vec::new(),
         };
+        store.tightened = store.make_private()?;
+        for fix in &store.tightened {
+            tracing::warn!(path = %fix.path.display(), "{fix}");
+        }
         store.prepare()?;
         Ok(store)
+    }
+
+    /// Files and directories whose permissions [`FileStore::open`] tightened
+    /// (each is also logged as a warning), for a front end to show.
+    pub fn permission_fixes(&self) -> &[PermissionFix] {
+        &self.tightened
+    }
+
+    /// Makes the data directory 0700 and its files 0600 where another user
+    /// could read or write them (an older marathon, a copy with `cp`, a
+    /// umask of 022 on a file made by hand). New files are created private;
+    /// this repairs what is already there.
+    fn make_private(&self) -> Result<Vec<PermissionFix>, StoreError> {
+        let mut fixes = Vec::new();
+        let mut check = |path: &Path, private: u32, holds_secrets: bool| {
+            let meta = match std::fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err("inspect", path)(e)),
+            };
+            let was = meta.permissions().mode() & 0o7777;
+            if was & 0o077 == 0 {
+                return Ok(());
+            }
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(private))
+                .map_err(io_err("make private", path))?;
+            fixes.push(PermissionFix {
+                path: path.to_path_buf(),
+                was,
+                now: private,
+                holds_secrets,
+            });
+            Ok(())
+        };
+        check(&self.dir, 0o700, false)?;
+        check(&self.locks_dir, 0o700, false)?;
+        check(&self.path, 0o600, true)?;
+        check(&self.lock_path, 0o600, false)?;
+        check(&self.hot_path, 0o600, false)?;
+        let entries = std::fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))?;
+        let backup_prefix = format!("{ACCOUNTS}.bak-");
+        let mut backups: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&backup_prefix))
+            .map(|e| e.path())
+            .collect();
+        backups.sort();
+        for backup in backups {
+            check(&backup, 0o600, true)?;
+        }
+        Ok(fixes)
     }
 
     /// The accounts file.

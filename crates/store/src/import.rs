@@ -4,7 +4,8 @@
 //! - opencode `auth.json`: a flat map of provider → `{type:"oauth",refresh,access,expires,accountId?}`
 //!   or `{type:"api",key}`. opencode's `openai` OAuth login is a ChatGPT login,
 //!   so it becomes a `codex` account; its `openai` API key stays `openai`.
-//! - Claude Code `~/.claude/.credentials.json`: `{"claudeAiOauth":{accessToken,refreshToken,expiresAt,scopes,..}}`.
+//! - Claude Code `~/.claude/.credentials.json`: `{"claudeAiOauth":{accessToken,refreshToken,expiresAt,scopes,..}}`;
+//!   who is logged in is in `~/.claude.json` (`oauthAccount.emailAddress`).
 //! - Codex `~/.codex/auth.json`: `{OPENAI_API_KEY, tokens:{id_token,access_token,refresh_token,account_id}, last_refresh}`.
 //! - Gemini CLI `~/.gemini/oauth_creds.json`: `{access_token, refresh_token, expiry_date, id_token?, scope?}`.
 //!
@@ -228,13 +229,51 @@ pub fn parse(format: ImportFormat, contents: &str) -> Result<Import, ImportError
     Ok(import)
 }
 
-/// Reads and parses a `format` credentials file.
+/// Reads and parses a `format` credentials file. For Claude Code, whose
+/// credentials file does not say who is logged in, the identity comes from
+/// its profile ([`claude_code_identity`]) when one is found.
 pub fn read(format: ImportFormat, path: &Path) -> Result<Import, ImportError> {
     let contents = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(format, &contents).map_err(|e| e.with_path(path))
+    let mut import = parse(format, &contents).map_err(|e| e.with_path(path))?;
+    if format == ImportFormat::ClaudeCode {
+        let identity = claude_code_identity(path);
+        for item in &mut import.accounts {
+            if item.account.identity.is_none() {
+                item.account.identity.clone_from(&identity);
+            }
+        }
+    }
+    Ok(import)
+}
+
+/// Who is logged in to Claude Code: `oauthAccount.emailAddress` (else its
+/// `accountUuid`) in the `.claude.json` Claude Code keeps next to its
+/// credentials (`$CLAUDE_CONFIG_DIR`) or, for `~/.claude/.credentials.json`,
+/// in `~/.claude.json`. With it a re-import after Claude Code refreshed its
+/// tokens updates the account instead of adding a second one, and it matches
+/// `marathon auth login anthropic`'s identity (the email). Best effort: no
+/// profile, or one that cannot be read, means no identity.
+pub fn claude_code_identity(credentials: &Path) -> Option<String> {
+    let dir = credentials.parent()?;
+    let mut candidates = vec![dir.join(".claude.json")];
+    if dir.file_name().is_some_and(|n| n == ".claude") {
+        candidates.push(dir.parent()?.join(".claude.json"));
+    }
+    candidates.iter().find_map(|profile| {
+        let text = std::fs::read_to_string(profile).ok()?;
+        let root: Value = serde_json::from_str(&text).ok()?;
+        let account = root.get("oauthAccount")?;
+        ["emailAddress", "accountUuid"].iter().find_map(|k| {
+            account
+                .get(k)?
+                .as_str()
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        })
+    })
 }
 
 /// What [`remove_from_source`] did.

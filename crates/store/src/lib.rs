@@ -35,7 +35,7 @@ pub mod import;
 mod lock;
 mod memory;
 
-pub use file::FileStore;
+pub use file::{FileStore, PermissionFix};
 pub use memory::MemoryStore;
 
 /// A JSON object, used for provider extras and preserved unknown fields.
@@ -77,13 +77,43 @@ impl Credential {
         }
     }
 
-    /// Whether two credentials are the same static API key (used to make
-    /// adding the same key twice an update rather than a second account).
-    fn same_api_key(&self, other: &Credential) -> bool {
+    /// Whether two credentials are the same login: the same API key, or
+    /// OAuth tokens sharing their refresh token (or, without one, their
+    /// access token). Adding such a credential again updates the account
+    /// that holds it: two accounts holding one single-use refresh token
+    /// would race, and the loser's login would be lost.
+    pub fn same_login(&self, other: &Credential) -> bool {
         match (self, other) {
             (Credential::ApiKey { key: a }, Credential::ApiKey { key: b }) => a.same_as(b),
+            (
+                Credential::Oauth {
+                    access: a1,
+                    refresh: r1,
+                    ..
+                },
+                Credential::Oauth {
+                    access: a2,
+                    refresh: r2,
+                    ..
+                },
+            ) => match (r1, r2) {
+                (Some(r1), Some(r2)) if r1.same_as(r2) => true,
+                _ => a1.same_as(a2),
+            },
             _ => false,
         }
+    }
+
+    /// Whether this is an OAuth login with a refresh token: the kind of
+    /// credential two holders cannot share (refresh tokens are single-use).
+    pub fn is_single_use(&self) -> bool {
+        matches!(
+            self,
+            Credential::Oauth {
+                refresh: Some(_),
+                ..
+            }
+        )
     }
 }
 
@@ -202,6 +232,18 @@ pub struct NewAccount {
 }
 
 impl NewAccount {
+    /// Whether `stored` is this account already: same provider, and the
+    /// same identity or the same login ([`Credential::same_login`]).
+    /// [`Store::add`] updates such an account instead of adding one.
+    pub fn is_same_account(&self, stored: &StoredAccount) -> bool {
+        stored.provider == self.provider
+            && (self.same_identity(stored) || stored.credential.same_login(&self.credential))
+    }
+
+    pub(crate) fn same_identity(&self, stored: &StoredAccount) -> bool {
+        stored.identity.is_some() && stored.identity == self.identity
+    }
+
     /// An API-key account with defaults for everything else.
     pub fn api_key(provider: impl Into<String>, label: Option<String>, key: Secret) -> Self {
         NewAccount {
@@ -222,8 +264,9 @@ impl NewAccount {
 pub enum AddResult {
     /// A new account was stored.
     Added(StoredAccount),
-    /// The same account (same provider and identity, or the same API key) was
-    /// already stored: its credential was replaced, its label kept.
+    /// The same account (same provider and identity, or the same API key or
+    /// refresh token) was already stored: its credential was replaced, its
+    /// label kept.
     Updated(StoredAccount),
 }
 
@@ -365,7 +408,8 @@ pub trait Store: Send + Sync {
     /// One account by provider and label.
     fn find(&self, provider: &str, label: &str) -> Result<Option<StoredAccount>, StoreError>;
     /// Adds an account, or updates the existing one with the same provider and
-    /// identity (or the same API key): its credential is replaced and its label
+    /// identity (or the same API key or refresh token, see
+    /// [`NewAccount::is_same_account`]): its credential is replaced and its label
     /// kept. The label defaults to the identity, else `<provider>-N`; an explicit
     /// label that is taken is an error, a defaulted one gets a `-2` suffix.
     /// Durable when it returns.

@@ -279,6 +279,63 @@ fn files_are_private() {
     );
 }
 
+/// Store files left open to other users (copied with `cp`, made by an older
+/// build, a 022 umask on a hand-made file) were used as they were, so any
+/// local user could read the keys. Opening the store now makes them private,
+/// reports each fix, and changes no byte of their contents.
+#[test]
+fn loose_permissions_are_tightened_on_open_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    store(&dir)
+        .add(key("anthropic", "work", "sk-ant-1"))
+        .unwrap();
+    store(&dir).save_hot(&HotState::default()).unwrap();
+    let backup = dir.join("accounts.json.bak-v0");
+    std::fs::write(&backup, b"[]").unwrap();
+    let loose = [
+        (dir.clone(), 0o755),
+        (dir.join("accounts.json"), 0o644),
+        (dir.join("accounts.lock"), 0o666),
+        (dir.join("hot.json"), 0o640),
+        (backup.clone(), 0o604),
+    ];
+    for (path, m) in &loose {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*m)).unwrap();
+    }
+    let before = std::fs::read(dir.join("accounts.json")).unwrap();
+
+    let s = store(&dir);
+    let fixed: Vec<(&Path, u32, u32)> = s
+        .permission_fixes()
+        .iter()
+        .map(|f| (f.path.as_path(), f.was, f.now))
+        .collect();
+    assert_eq!(
+        fixed,
+        [
+            (dir.as_path(), 0o755, 0o700),
+            (dir.join("accounts.json").as_path(), 0o644, 0o600),
+            (dir.join("accounts.lock").as_path(), 0o666, 0o600),
+            (dir.join("hot.json").as_path(), 0o640, 0o600),
+            (backup.as_path(), 0o604, 0o600),
+        ]
+    );
+    for (path, _) in &loose {
+        let want = if path == &dir { 0o700 } else { 0o600 };
+        assert_eq!(mode(path), want, "{}", path.display());
+    }
+    assert_eq!(std::fs::read(dir.join("accounts.json")).unwrap(), before);
+    let message = s.permission_fixes()[1].to_string();
+    assert!(
+        message.contains("mode 0644") && message.contains("0600"),
+        "{message}"
+    );
+    assert!(message.contains("holds credentials"), "{message}");
+    // Private files are left alone and not reported.
+    assert!(store(&dir).permission_fixes().is_empty());
+}
+
 #[test]
 fn account_locks_exclude_other_handles_and_time_out() {
     let tmp = tempfile::tempdir().unwrap();

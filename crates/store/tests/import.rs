@@ -5,7 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use marathon_store::import::{self, Import, ImportError, ImportFormat, Removed, Skipped};
-use marathon_store::{AccountKind, Credential, NewAccount, UnixMillis};
+use marathon_store::{
+    AccountKind, AddResult, Credential, MemoryStore, NewAccount, Store, UnixMillis,
+};
 use serde_json::{Value, json};
 
 fn fixture(name: &str) -> PathBuf {
@@ -635,4 +637,96 @@ fn move_refuses_a_malformed_source_and_leaves_it() {
         .unwrap_err();
     assert!(matches!(e, ImportError::Malformed { .. }), "{e:?}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ broken");
+}
+
+/// Importing the same file twice must not store a login twice: two accounts
+/// holding one single-use refresh token race, and the loser is logged out.
+/// On main the logins that name no identity (Claude Code; opencode's
+/// Anthropic, Copilot and Google logins) were added a second time.
+#[test]
+fn importing_the_same_file_twice_keeps_one_account_per_login() {
+    for (format, name) in [
+        (ImportFormat::Opencode, "opencode-auth.json"),
+        (ImportFormat::Opencode, "opencode-api-keys.json"),
+        (ImportFormat::ClaudeCode, "claude-code-credentials.json"),
+        (ImportFormat::Codex, "codex-auth.json"),
+        (ImportFormat::Gemini, "gemini-oauth_creds.json"),
+    ] {
+        let store = MemoryStore::new();
+        for a in read(format, name).into_accounts() {
+            assert!(
+                matches!(store.add(a).unwrap(), AddResult::Added(_)),
+                "{name}"
+            );
+        }
+        let count = store.list().unwrap().len();
+        for a in read(format, name).into_accounts() {
+            let again = store.add(a).unwrap();
+            assert!(matches!(again, AddResult::Updated(_)), "{name}: {again:?}");
+        }
+        assert_eq!(store.list().unwrap().len(), count, "{name}");
+    }
+}
+
+/// Claude Code's credentials file does not say who is logged in; its
+/// profile (`~/.claude.json`, or `.claude.json` beside the credentials in a
+/// `$CLAUDE_CONFIG_DIR`) does. With that identity a re-import after Claude
+/// Code refreshed both tokens updates the account instead of adding one.
+#[test]
+fn claude_code_identity_comes_from_its_profile() {
+    let home = tempfile::tempdir().unwrap();
+    let claude_dir = home.path().join(".claude");
+    std::fs::create_dir(&claude_dir).unwrap();
+    let creds = claude_dir.join(".credentials.json");
+    std::fs::copy(fixture("claude-code-credentials.json"), &creds).unwrap();
+    assert_eq!(
+        import::read(ImportFormat::ClaudeCode, &creds)
+            .unwrap()
+            .accounts[0]
+            .account
+            .identity,
+        None,
+        "no profile, no identity"
+    );
+    std::fs::write(
+        home.path().join(".claude.json"),
+        r#"{"numStartups":3,"oauthAccount":{"accountUuid":"0b1c-uuid","emailAddress":"ana@example.com"}}"#,
+    )
+    .unwrap();
+    let first = import::read(ImportFormat::ClaudeCode, &creds).unwrap();
+    assert_eq!(
+        first.accounts[0].account.identity.as_deref(),
+        Some("ana@example.com")
+    );
+
+    // Claude Code refreshed: new access and refresh tokens, same person.
+    let mut refreshed = json_file(&creds);
+    refreshed["claudeAiOauth"]["accessToken"] = json!("sk-ant-oat01-FAKE-new-access");
+    refreshed["claudeAiOauth"]["refreshToken"] = json!("sk-ant-ort01-FAKE-new-refresh");
+    std::fs::write(&creds, refreshed.to_string()).unwrap();
+    let store = MemoryStore::new();
+    store.add(first.into_accounts().remove(0)).unwrap();
+    let again = import::read(ImportFormat::ClaudeCode, &creds).unwrap();
+    let AddResult::Updated(a) = store.add(again.into_accounts().remove(0)).unwrap() else {
+        panic!("the same identity is an update")
+    };
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert!(
+        matches!(&a.credential, Credential::Oauth { refresh: Some(r), .. } if r.expose() == "sk-ant-ort01-FAKE-new-refresh")
+    );
+
+    // $CLAUDE_CONFIG_DIR keeps the profile next to the credentials, and a
+    // profile without an email still names the account by its uuid.
+    let config_dir = tempfile::tempdir().unwrap();
+    let creds = config_dir.path().join(".credentials.json");
+    std::fs::copy(fixture("claude-code-credentials.json"), &creds).unwrap();
+    std::fs::write(
+        config_dir.path().join(".claude.json"),
+        r#"{"oauthAccount":{"accountUuid":"0b1c-uuid"}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        import::claude_code_identity(&creds).as_deref(),
+        Some("0b1c-uuid")
+    );
 }

@@ -102,6 +102,48 @@ fn dedupe_by_identity_replaces_the_credential_and_keeps_label_and_priority() {
     }
 }
 
+/// A login that names no identity (Claude Code, opencode's Anthropic login)
+/// added twice used to become two accounts holding one single-use refresh
+/// token: whichever refreshed first spent it, and the other was logged out.
+/// The same refresh token (or, without one, access token) now means the
+/// same account.
+#[test]
+fn the_same_refresh_token_is_the_same_account() {
+    let clock = Arc::new(ManualClock::new(T0));
+    for (name, store, _dir) in backends(&clock) {
+        let AddResult::Added(first) = store.add(oauth("anthropic", None, "at-1", "rt-1")).unwrap()
+        else {
+            panic!("{name}: first add is Added")
+        };
+        // The tool refreshed its access token but kept the refresh token.
+        let again = store.add(oauth("anthropic", None, "at-2", "rt-1")).unwrap();
+        let AddResult::Updated(again) = again else {
+            panic!("{name}: the same refresh token is an update")
+        };
+        assert_eq!(again.id, first.id, "{name}");
+        assert_eq!(access_of(&again.credential), "at-2", "{name}");
+        // Without a refresh token, the same access token is the same login.
+        let mut no_refresh = oauth("anthropic", None, "at-2", "unused");
+        if let Credential::Oauth { refresh, .. } = &mut no_refresh.credential {
+            *refresh = None;
+        }
+        assert!(
+            matches!(store.add(no_refresh).unwrap(), AddResult::Updated(ref a) if a.id == first.id),
+            "{name}"
+        );
+        // Other tokens, or another provider, are another account.
+        assert!(matches!(
+            store.add(oauth("anthropic", None, "at-3", "rt-3")).unwrap(),
+            AddResult::Added(_)
+        ));
+        assert!(matches!(
+            store.add(oauth("google", None, "at-2", "rt-1")).unwrap(),
+            AddResult::Added(_)
+        ));
+        assert_eq!(store.list().unwrap().len(), 3, "{name}");
+    }
+}
+
 #[test]
 fn defaulted_labels_never_clash_and_explicit_ones_are_checked() {
     let clock = Arc::new(ManualClock::new(T0));
