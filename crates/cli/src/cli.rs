@@ -198,9 +198,13 @@ Default source files:
 
 An imported OAuth login shares its refresh token with the tool it came from.
 Refresh tokens are single-use: when one side refreshes, the other's copy stops
-working. With --move, marathon takes the credential over and removes it from
-the source file (after it is safely stored here); log the other tool in again
-with a different account if you still need it.
+working. With --move, marathon takes those logins over and removes them from
+the source file (after they are safely stored here); log the other tool in
+again with a different account if you still need it. API keys can be shared
+and stay in the source unless --move-all.
+
+Importing the same login again (same identity, key or refresh token) updates
+the account instead of adding a second one.
 
 Examples:
   marathon auth import claude-code
@@ -321,9 +325,13 @@ pub(crate) struct ImportArgs {
     /// Read this file instead of the tool's default location
     #[arg(long, value_name = "FILE")]
     pub(crate) path: Option<PathBuf>,
-    /// Take the credentials over: remove them from the source file once stored
+    /// Take the OAuth logins over: remove them from the source file once
+    /// stored (their refresh tokens are single-use; API keys stay)
     #[arg(long = "move")]
     pub(crate) move_: bool,
+    /// Like --move, and remove the imported API keys from the source too
+    #[arg(long)]
+    pub(crate) move_all: bool,
 }
 
 /// Tools marathon can import from.

@@ -2,7 +2,7 @@
 //! that say what to do next.
 
 use std::fmt;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use marathon_store::StoreError;
 use marathon_store::import::ImportError;
@@ -44,6 +44,74 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+/// Output to stdout that, unlike `println!`, does not panic when the reader
+/// went away (`marathon auth list --json | head -1`): the write's error is
+/// returned, and `main` ends quietly on [`StdoutClosed`].
+///
+/// Why not reset SIGPIPE to its default, as C tools behave? `serve` and
+/// `demo` also write to pipes that may close under them — the event
+/// command's stdin, a log pipe — and a long-running proxy must not be killed
+/// by one of those (sockets are safe either way: std and mio send with
+/// MSG_NOSIGNAL). Returning the error, as ripgrep does, keeps the process in
+/// charge of what a closed pipe means.
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// [`outln!`] without the line break.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))?
+    };
+}
+
+/// `eprintln!` that ignores a closed stderr instead of panicking: for
+/// `serve`, whose stderr may be a pipe that closes while it runs
+/// (`marathon serve 2>&1 | grep ...`); a notice lost there is no reason to
+/// stop serving.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+pub(crate) use {errln, out, outln};
+
+/// Stdout was closed by its reader: not a failure of the command, so `main`
+/// exits 0 without a message (the convention of ripgrep and friends).
+#[derive(Debug)]
+pub(crate) struct StdoutClosed;
+
+impl fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes to stdout; a closed pipe becomes [`StdoutClosed`], any other
+/// error (a full disk) stays an error worth reporting.
+pub(crate) fn write_stdout(args: fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("could not write to stdout")),
+    }
+}
+
+/// Whether `err` only says that stdout was closed.
+pub(crate) fn is_stdout_closed(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.is::<StdoutClosed>())
+}
 
 /// Prints `error: ...`, its causes, and a `hint: ...` line to stderr; returns
 /// the exit code.

@@ -553,3 +553,296 @@ fn eight_processes_adding_25_accounts_each_through_the_cli() {
         serde_json::from_slice(&std::fs::read(home.accounts_file()).unwrap()).unwrap();
     assert_eq!(file["version"], 1);
 }
+
+/// `auth add` used to read at most 64 KiB from stdin and store what it got,
+/// silently cutting a mistaken pipe of a large file into a "key"; and a key
+/// with a non-ASCII paste artefact (a zero-width space) was stored as given,
+/// to fail at the provider later. Both are refused now, saying why without
+/// quoting the key, and nothing is stored.
+#[test]
+fn an_over_long_or_unprintable_key_is_refused_and_nothing_is_stored() {
+    let home = Home::new();
+    let long = format!("sk-LONGKEY{}", "x".repeat(70 * 1024));
+    let out = home.run_with_stdin(&["auth", "add", "openai", "--label", "x"], &long);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("longer than 16 KiB"), "{err}");
+    assert!(!err.contains("LONGKEY"), "{err}");
+
+    for (key, says) in [
+        ("sk-proj-\u{1b}[31mkey", "a control character"),
+        ("sk-proj-zero\u{200b}width", "not plain ASCII"),
+        ("sk-proj-\u{7f}del", "a control character"),
+    ] {
+        let out = home.run_with_stdin(&["auth", "add", "openai", "--label", "x"], key);
+        assert_eq!(out.status.code(), Some(2), "{key:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(says), "{key:?}: {err}");
+        assert!(!err.contains("sk-proj"), "the key is quoted: {err}");
+    }
+    assert!(
+        !home.accounts_file().exists() || list_json(&home).is_empty(),
+        "nothing stored"
+    );
+
+    // A long JWT-style token is still a key; the newline `echo` adds is not part of it.
+    let jwt = format!("eyJ{}.eyJ{}.sig", "a".repeat(6000), "b".repeat(6000));
+    home.add_key("openai", "jwt", &format!("{jwt}\n"));
+    let stored = std::fs::read_to_string(home.accounts_file()).unwrap();
+    assert!(stored.contains(&format!("\"{jwt}\"")));
+}
+
+/// Adding a key that is already stored updates that account (and says so)
+/// instead of adding a second account with the same key. (This held before
+/// the change too; it guards the dedupe the import fix reworked.)
+#[test]
+fn re_adding_the_same_key_keeps_one_account() {
+    let home = Home::new();
+    home.add_key("openai", "work", "sk-proj-same");
+    let again = home.ok(&["auth", "add", "openai"], "sk-proj-same\n");
+    assert!(again.starts_with("updated openai/work"), "{again}");
+    assert_eq!(list_json(&home).len(), 1);
+}
+
+/// A store copied with `cp` or written under a 022 umask by an older build
+/// was used as it was: any local user could read the keys. Every command now
+/// makes it private first and says so on stderr; the contents do not change.
+#[test]
+fn a_loose_store_is_made_private_with_a_warning() {
+    let home = Home::new();
+    home.add_key("anthropic", "work", "sk-ant-1");
+    let before = std::fs::read(home.accounts_file()).unwrap();
+    let set = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    set(&home.accounts_file(), 0o644).unwrap();
+    set(&home.data(), 0o755).unwrap();
+
+    let out = home.run(&["auth", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let file = home.accounts_file().display().to_string();
+    assert!(
+        err.contains(&format!(
+            "warning: {file} was open to other users (mode 0644); it is now 0600"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("mode 0755); it is now 0700"), "{err}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home.accounts_file()), 0o600);
+    assert_eq!(mode(&home.data()), 0o700);
+    assert_eq!(std::fs::read(home.accounts_file()).unwrap(), before);
+    // Once private, nothing more is said.
+    assert_eq!(stderr(&home.run(&["auth", "list"])), "");
+}
+
+/// Under a umask of 000 a new store is still private: every file is created
+/// 0600 (the temporary file before its first byte) and the directory 0700.
+/// (This held before the change; it guards the creation path.)
+#[test]
+fn a_new_store_is_private_under_any_umask() {
+    let home = Home::new();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" auth add anthropic --label work")
+        .arg(env!("CARGO_BIN_EXE_marathon"))
+        .env("MARATHON_HOME", home.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"sk-ant-1").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home.data()), 0o700);
+    assert_eq!(mode(&home.accounts_file()), 0o600);
+    assert_eq!(mode(&home.data().join("accounts.lock")), 0o600);
+}
+
+/// `marathon auth list --json | head -1`: the reader is gone before marathon
+/// writes. `println!` panicked ("failed printing to stdout: Broken pipe",
+/// exit 101); now every command ends quietly with 0, like ripgrep. The pipe's
+/// read end is closed before the process starts, so the write always fails.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let home = Home::new();
+    home.add_key("anthropic", "work", "sk-ant-1");
+    home.add_key("openai", "work", "sk-proj-1");
+    let commands: &[&[&str]] = &[
+        &["auth", "list", "--json"],
+        &["auth", "list"],
+        &["status", "--offline"],
+        &["status", "--offline", "--json"],
+        &["auth", "rename", "openai", "work", "main"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_marathon"))
+            .args(*args)
+            .env("MARATHON_HOME", home.path())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert_eq!(err, "", "{args:?}: nothing on stderr");
+    }
+}
+
+fn claude_credentials(access: &str, refresh: &str, expires_at: u64) -> String {
+    format!(
+        r#"{{"claudeAiOauth":{{"accessToken":"{access}","refreshToken":"{refresh}","expiresAt":{expires_at},"scopes":["user:inference"],"subscriptionType":"max"}}}}"#
+    )
+}
+
+/// The OAuth tokens stored for a provider: `(label, access, refresh)`.
+fn stored_tokens(home: &Home, provider: &str) -> Vec<(String, String, String)> {
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.accounts_file()).unwrap()).unwrap();
+    file["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["provider"] == provider)
+        .map(|a| {
+            let c = &a["credential"];
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            (s(&a["label"]), s(&c["access"]), s(&c["refresh"]))
+        })
+        .collect()
+}
+
+/// Re-importing Claude Code's login used to add a second account holding the
+/// same single-use refresh token (the file names no identity): the two raced
+/// on the next refresh and one was logged out. Now the same refresh token,
+/// or the identity from Claude Code's profile (~/.claude.json), finds the
+/// account, which is updated; a stored login newer than the file's is kept.
+#[test]
+fn reimporting_claude_code_updates_the_one_account() {
+    let home = Home::new();
+    let user = home.path().join("user-home");
+    std::fs::create_dir_all(user.join(".claude")).unwrap();
+    let creds = user.join(".claude").join(".credentials.json");
+    let import = || home.ok(&["auth", "import", "claude-code"], "");
+
+    std::fs::write(
+        &creds,
+        claude_credentials("at-1", "rt-1", 1_750_000_000_000),
+    )
+    .unwrap();
+    assert_eq!(
+        import(),
+        "added anthropic/anthropic-1 (oauth, from claude-code)\n"
+    );
+    assert_eq!(
+        import(),
+        "updated anthropic/anthropic-1 (oauth, from claude-code)\n"
+    );
+    assert_eq!(stored_tokens(&home, "anthropic").len(), 1);
+
+    // Claude Code got a new access token (same refresh token); its profile
+    // now says who it is, which the account learns.
+    std::fs::write(
+        &creds,
+        claude_credentials("at-2", "rt-1", 1_750_003_600_000),
+    )
+    .unwrap();
+    std::fs::write(
+        user.join(".claude.json"),
+        r#"{"oauthAccount":{"accountUuid":"u-1","emailAddress":"ana@example.com"}}"#,
+    )
+    .unwrap();
+    assert!(import().starts_with("updated anthropic/anthropic-1"));
+    assert_eq!(
+        stored_tokens(&home, "anthropic"),
+        [("anthropic-1".into(), "at-2".into(), "rt-1".into())]
+    );
+
+    // Claude Code refreshed: both tokens are new; the identity finds the account.
+    std::fs::write(
+        &creds,
+        claude_credentials("at-3", "rt-3", 1_750_007_200_000),
+    )
+    .unwrap();
+    assert!(import().starts_with("updated anthropic/anthropic-1"));
+    assert_eq!(
+        stored_tokens(&home, "anthropic"),
+        [("anthropic-1".into(), "at-3".into(), "rt-3".into())]
+    );
+
+    // A file older than what marathon holds (marathon refreshed since) is
+    // not allowed to swap live tokens for spent ones.
+    std::fs::write(
+        &creds,
+        claude_credentials("at-0", "rt-0", 1_749_000_000_000),
+    )
+    .unwrap();
+    let out = import();
+    assert!(
+        out.starts_with("kept anthropic/anthropic-1: the stored login is newer"),
+        "{out}"
+    );
+    assert_eq!(
+        stored_tokens(&home, "anthropic"),
+        [("anthropic-1".into(), "at-3".into(), "rt-3".into())]
+    );
+}
+
+/// `import opencode --move` used to remove every imported entry, API keys
+/// included, though only OAuth refresh tokens are single-use: opencode lost
+/// keys it could have kept. Now --move takes the logins and says which keys
+/// it left; --move-all takes those too. Re-importing the keys is an update.
+#[test]
+fn import_opencode_move_takes_only_the_single_use_logins() {
+    let home = Home::new();
+    let auth = home.path().join("opencode-auth.json");
+    std::fs::write(
+        &auth,
+        r#"{
+  "anthropic": {"type": "oauth", "refresh": "sk-ant-ort01-r", "access": "sk-ant-oat01-a", "expires": 1750000000000},
+  "openai": {"type": "api", "key": "sk-proj-opencode"},
+  "google": {"type": "api", "key": "AIza-opencode"}
+}"#,
+    )
+    .unwrap();
+    let path = auth.to_str().unwrap();
+    let out = home.ok(
+        &["auth", "import", "opencode", "--path", path, "--move"],
+        "",
+    );
+    assert!(out.contains("moved: removed 1 credential(s)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "left in {path}: openai, google (not single-use, so safe to share; --move-all moves them too)"
+        )),
+        "{out}"
+    );
+    let source: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&auth).unwrap()).unwrap();
+    assert!(source.get("anthropic").is_none(), "{source}");
+    assert_eq!(source["openai"]["key"], "sk-proj-opencode");
+    assert_eq!(source["google"]["key"], "AIza-opencode");
+    let json = list_json(&home);
+    assert_eq!(json.len(), 3);
+    let anthropic = json.iter().find(|a| a["provider"] == "anthropic").unwrap();
+    assert_eq!(
+        anthropic["source"],
+        serde_json::Value::Null,
+        "marathon owns it"
+    );
+
+    // --move-all: the keys go too, and are the accounts already stored.
+    let out = home.ok(
+        &["auth", "import", "opencode", "--path", path, "--move-all"],
+        "",
+    );
+    assert!(out.contains("updated openai/openai-1"), "{out}");
+    assert!(out.contains("moved: removed 2 credential(s)"), "{out}");
+    assert!(!out.contains("left in"), "{out}");
+    let source: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&auth).unwrap()).unwrap();
+    assert_eq!(source, serde_json::json!({}));
+    assert_eq!(list_json(&home).len(), 3);
+}

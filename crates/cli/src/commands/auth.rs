@@ -2,7 +2,6 @@
 
 use std::io::{IsTerminal, Read};
 
-use marathon_core::AccountKind;
 use marathon_store::import::{self, ImportFormat, ImportedAccount};
 use marathon_store::{AddResult, Credential, NewAccount, Secret, Store, StoredAccount};
 
@@ -10,7 +9,7 @@ use super::{Context, find_account};
 use crate::cli::{
     AccountRef, AddArgs, AuthCommand, ImportArgs, ImportSource, ListArgs, PriorityArgs, RenameArgs,
 };
-use crate::output::{Failure, Style, Table, cell};
+use crate::output::{Failure, Style, Table, cell, out, outln};
 
 pub(crate) fn run(ctx: &Context, command: AuthCommand) -> anyhow::Result<()> {
     match command {
@@ -33,60 +32,91 @@ fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<()> {
     let mut new = NewAccount::api_key(&provider, args.label.clone(), key);
     new.priority = args.priority;
     match store.add(new)? {
-        AddResult::Added(a) => println!(
+        AddResult::Added(a) => outln!(
             "added {}/{} (api key, priority {})",
-            a.provider, a.label, a.priority
+            a.provider,
+            a.label,
+            a.priority
         ),
-        AddResult::Updated(a) => println!(
-            "updated {}/{}: this key was already stored under that label; the label and priority were kept",
-            a.provider, a.label
+        AddResult::Updated(a) => outln!(
+            "updated {}/{}: this key was already stored there; its label and priority were kept",
+            a.provider,
+            a.label
         ),
     }
     Ok(())
 }
+
+/// The longest key `auth add` takes. Real API keys are under 200 bytes and
+/// JWT-style tokens a few KiB; anything longer is a file piped by mistake.
+const MAX_KEY_BYTES: usize = 16 * 1024;
 
 /// Reads an API key from stdin (when piped) or a no-echo prompt. The key is
 /// never echoed, never taken from argv, and never quoted in an error.
 fn read_key(provider: &str) -> anyhow::Result<Secret> {
     let stdin = std::io::stdin();
     let raw = if stdin.is_terminal() {
-        rpassword::prompt_password(format!("API key for {provider} (input hidden): ")).map_err(
-            |e| {
+        rpassword::prompt_password(format!("API key for {provider} (input hidden): "))
+            .map_err(|e| {
                 Failure::runtime(
                     format!("could not read the key from the terminal: {e}"),
                     PIPE_HINT,
                 )
-            },
-        )?
+            })?
+            .into_bytes()
     } else {
-        let mut raw = String::new();
-        // A key is short; the cap stops a mistaken pipe of a large file.
+        let mut raw = Vec::new();
+        // One byte past the limit tells "too long" from "exactly at the limit"
+        // without reading (or silently cutting) a whole mistaken file.
         stdin
             .lock()
-            .take(64 * 1024)
-            .read_to_string(&mut raw)
+            .take(MAX_KEY_BYTES as u64 + 1)
+            .read_to_end(&mut raw)
             .map_err(|e| {
                 Failure::usage(format!("could not read the key from stdin: {e}"), PIPE_HINT)
             })?;
         raw
     };
-    let key = Secret::new(raw.trim());
+    let key = check_key(&raw).map_err(|why| Failure::usage(why, PIPE_HINT))?;
     drop(raw);
+    Ok(Secret::new(key))
+}
+
+/// The key in `raw` with surrounding whitespace (the newline `echo` adds)
+/// removed, or why it cannot be a key. The reasons never quote the key.
+fn check_key(raw: &[u8]) -> Result<String, String> {
+    if raw.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "the API key is longer than {} KiB, so it was not stored (was a file piped in?); \
+             API keys and tokens are a few hundred bytes to a few KiB",
+            MAX_KEY_BYTES / 1024
+        ));
+    }
+    let key = raw.trim_ascii();
     if key.is_empty() {
-        return Err(Failure::usage("no API key was given", PIPE_HINT).into());
+        return Err("no API key was given".to_owned());
     }
-    if key
-        .expose()
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(Failure::usage(
-            "the API key contains spaces, line breaks or control characters (was more than the key piped in?)",
-            PIPE_HINT,
-        )
-        .into());
+    if key.iter().any(u8::is_ascii_whitespace) {
+        return Err(
+            "the API key contains spaces or line breaks (was more than the key piped in?)"
+                .to_owned(),
+        );
     }
-    Ok(key)
+    // Keys are printable ASCII; anything else is a paste accident (an escape
+    // sequence, a zero-width space, a curly quote) the provider would refuse.
+    if let Some(at) = key.iter().position(|b| !b.is_ascii_graphic()) {
+        let what = if key[at].is_ascii_control() {
+            "a control character (such as a terminal escape)"
+        } else {
+            "a character that is not plain ASCII (such as a zero-width space or a curly quote)"
+        };
+        return Err(format!(
+            "the API key contains {what} at byte {}; keys are printable ASCII",
+            at + 1
+        ));
+    }
+    // All bytes are printable ASCII, so this is valid UTF-8.
+    Ok(String::from_utf8_lossy(key).into_owned())
 }
 
 const PIPE_HINT: &str = "pipe the key on stdin, e.g. `printf %s \"$KEY\" | marathon auth add <provider> --label <name>`, \
@@ -102,11 +132,11 @@ fn list(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
     sort_accounts(&mut accounts);
     if args.json {
         let rows: Vec<serde_json::Value> = accounts.iter().map(account_json).collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     if accounts.is_empty() {
-        println!("{}", NO_ACCOUNTS);
+        outln!("{}", NO_ACCOUNTS);
         return Ok(());
     }
     let style = Style::stdout();
@@ -125,7 +155,7 @@ fn list(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
             },
         ]);
     }
-    print!("{}", table.render(style));
+    out!("{}", table.render(style));
     Ok(())
 }
 
@@ -180,9 +210,9 @@ fn remove(ctx: &Context, args: &AccountRef) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let a = find_account(&store, &args.provider, &args.label)?;
     store.remove(&a.id)?;
-    println!("removed {}/{}", a.provider, a.label);
+    outln!("removed {}/{}", a.provider, a.label);
     if let Some(source) = &a.source {
-        println!(
+        outln!(
             "note: the credential was imported ({source}); the source tool still has its own copy"
         );
     }
@@ -194,7 +224,7 @@ fn rename(ctx: &Context, args: &RenameArgs) -> anyhow::Result<()> {
     let a = find_account(&store, &args.provider, &args.old)?;
     let new = args.new.clone();
     let renamed = store.update(&a.id, &mut |acc| acc.label = new.clone())?;
-    println!("renamed {}/{} to {}", a.provider, a.label, renamed.label);
+    outln!("renamed {}/{} to {}", a.provider, a.label, renamed.label);
     Ok(())
 }
 
@@ -208,7 +238,7 @@ fn set_enabled(ctx: &Context, args: &AccountRef, enabled: bool) -> anyhow::Resul
     } else {
         ""
     };
-    println!("{what} {}/{}{already}", a.provider, a.label);
+    outln!("{what} {}/{}{already}", a.provider, a.label);
     Ok(())
 }
 
@@ -217,9 +247,12 @@ fn priority(ctx: &Context, args: &PriorityArgs) -> anyhow::Result<()> {
     let a = find_account(&store, &args.provider, &args.label)?;
     let p = args.priority;
     store.update(&a.id, &mut |acc| acc.priority = p)?;
-    println!(
+    outln!(
         "{}/{}: priority {} (was {})",
-        a.provider, a.label, p, a.priority
+        a.provider,
+        a.label,
+        p,
+        a.priority
     );
     Ok(())
 }
@@ -253,30 +286,16 @@ fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
 
     let mut stored: Vec<ImportedAccount> = Vec::new();
-    let mut shared_oauth = 0;
     for item in found.accounts {
         let provider = &item.account.provider;
         if config.provider(provider).is_none() {
-            println!(
+            outln!(
                 "skipped {}: provider {provider:?} is not configured",
                 entry_label(&item)
             );
             continue;
         }
-        let result = store.add(item.account.clone())?;
-        let (verb, a) = match &result {
-            AddResult::Added(a) => ("added", a),
-            AddResult::Updated(a) => ("updated", a),
-        };
-        println!(
-            "{verb} {}/{} ({}, from {format})",
-            a.provider,
-            a.label,
-            kind_name(a)
-        );
-        if a.kind == AccountKind::Oauth {
-            shared_oauth += 1;
-        }
+        store_imported(&store, &item, format, &path)?;
         stored.push(item);
     }
     for skipped in &found.skipped {
@@ -285,45 +304,123 @@ fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<()> {
         } else {
             skipped.entry.clone()
         };
-        println!("skipped {entry}: {}", skipped.reason);
+        outln!("skipped {entry}: {}", skipped.reason);
     }
     if stored.is_empty() {
-        println!("nothing imported from {}", path.display());
+        outln!("nothing imported from {}", path.display());
         return Ok(());
     }
+    let shared = stored
+        .iter()
+        .filter(|s| s.account.credential.is_single_use())
+        .count();
+    if args.move_ || args.move_all {
+        return move_from_source(&store, format, &path, stored, args.move_all);
+    }
+    if shared > 0 {
+        let style = Style::for_stderr();
+        eprintln!(
+            "{} {shared} imported OAuth login(s) share a single-use refresh token with {format}: \
+             when either side refreshes, the other's copy stops working.\n\
+             Run `marathon auth import {format} --move` to let marathon own them \
+             (they are then removed from {}).",
+            style.yellow("warning:"),
+            path.display()
+        );
+    }
+    Ok(())
+}
 
-    if !args.move_ {
-        if shared_oauth > 0 {
-            let style = Style::for_stderr();
-            eprintln!(
-                "{} {shared_oauth} imported OAuth login(s) share a single-use refresh token with {format}: \
-                 when either side refreshes, the other's copy stops working.\n\
-                 Run `marathon auth import {format} --move` to let marathon own them \
-                 (they are then removed from {}).",
-                style.yellow("warning:"),
-                path.display()
-            );
-        }
+/// Stores one imported account, or updates the one already holding it (the
+/// same identity, key or refresh token), and says which. A stored login
+/// newer than the file's (marathon refreshed it since the last import) is
+/// kept: the file's tokens are then already spent.
+fn store_imported(
+    store: &dyn Store,
+    item: &ImportedAccount,
+    format: ImportFormat,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let existing = store
+        .list()?
+        .into_iter()
+        .find(|a| item.account.is_same_account(a));
+    if let Some(a) = existing.filter(|a| holds_newer_login(a, &item.account)) {
+        outln!(
+            "kept {}/{}: the stored login is newer than the one in {} (marathon refreshed it since)",
+            a.provider,
+            a.label,
+            path.display()
+        );
         return Ok(());
     }
-    match import::remove_from_source(format, &path, &stored)? {
-        import::Removed::Rewritten => println!(
-            "moved: removed {} credential(s) from {}",
-            stored.len(),
-            path.display()
-        ),
-        import::Removed::Deleted => println!(
-            "moved: deleted {} (it held only the moved credential)",
-            path.display()
-        ),
+    let (verb, a) = match store.add(item.account.clone())? {
+        AddResult::Added(a) => ("added", a),
+        AddResult::Updated(a) => ("updated", a),
+    };
+    outln!(
+        "{verb} {}/{} ({}, from {format})",
+        a.provider,
+        a.label,
+        kind_name(&a)
+    );
+    Ok(())
+}
+
+/// Whether `stored` is a working OAuth login that expires after `new`'s, with
+/// other tokens: replacing it would swap live tokens for spent ones.
+fn holds_newer_login(stored: &StoredAccount, new: &NewAccount) -> bool {
+    let expiry = |c: &Credential| match c {
+        Credential::Oauth { expires_at, .. } => *expires_at,
+        Credential::ApiKey { .. } => None,
+    };
+    stored.state == marathon_store::AccountState::Active
+        && !stored.credential.same_login(&new.credential)
+        && matches!(
+            (expiry(&stored.credential), expiry(&new.credential)),
+            (Some(s), Some(n)) if s > n
+        )
+}
+
+/// `--move`: takes the single-use credentials (OAuth logins with a refresh
+/// token) out of the source file, so marathon alone refreshes them. API keys
+/// can be shared safely and stay in the source unless `--move-all`.
+fn move_from_source(
+    store: &dyn Store,
+    format: ImportFormat,
+    path: &std::path::Path,
+    stored: Vec<ImportedAccount>,
+    move_all: bool,
+) -> anyhow::Result<()> {
+    let (moving, left): (Vec<ImportedAccount>, Vec<ImportedAccount>) = stored
+        .into_iter()
+        .partition(|s| move_all || s.account.credential.is_single_use());
+    if !moving.is_empty() {
+        match import::remove_from_source(format, path, &moving)? {
+            import::Removed::Rewritten => outln!(
+                "moved: removed {} credential(s) from {}",
+                moving.len(),
+                path.display()
+            ),
+            import::Removed::Deleted => outln!(
+                "moved: deleted {} (it held only the moved credential)",
+                path.display()
+            ),
+        }
     }
-    // marathon alone owns these now: no other tool shares the token family.
+    if !left.is_empty() {
+        let entries: Vec<String> = left.iter().map(entry_label).collect();
+        outln!(
+            "left in {}: {} (not single-use, so safe to share; --move-all moves them too)",
+            path.display(),
+            entries.join(", ")
+        );
+    }
+    // marathon alone owns the moved ones now: no other tool shares the token family.
     let tag = format.source_tag();
     for a in store.list()? {
         if a.source.as_deref() == Some(tag.as_str())
-            && stored
-                .iter()
-                .any(|s| s.account.provider == a.provider && same_origin(&s.account, &a))
+            && moving.iter().any(|s| s.account.is_same_account(&a))
         {
             store.update(&a.id, &mut |acc| acc.source = None)?;
         }
@@ -336,18 +433,5 @@ fn entry_label(item: &ImportedAccount) -> String {
         item.account.provider.clone()
     } else {
         item.entry.clone()
-    }
-}
-
-/// Whether a stored account is the one this import produced: same identity,
-/// else same credential.
-fn same_origin(new: &NewAccount, stored: &StoredAccount) -> bool {
-    if new.identity.is_some() && new.identity == stored.identity {
-        return true;
-    }
-    match (&new.credential, &stored.credential) {
-        (Credential::ApiKey { key: a }, Credential::ApiKey { key: b }) => a.same_as(b),
-        (Credential::Oauth { access: a, .. }, Credential::Oauth { access: b, .. }) => a.same_as(b),
-        _ => false,
     }
 }

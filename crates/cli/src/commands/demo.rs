@@ -17,7 +17,7 @@ use marathon_sim::{Account, QuotaStyle, Scenario};
 use marathon_store::{FileStore, NewAccount, Store};
 
 use crate::cli::DemoArgs;
-use crate::output::Style;
+use crate::output::{Style, outln};
 
 const PROVIDER: &str = "anthropic";
 
@@ -75,19 +75,19 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let proxy = marathon_proxy::start(settings, StartOptions::new(store)).await?;
     let base = format!("{}/{PROVIDER}", proxy.url());
 
-    println!(
+    outln!(
         "{}",
         style.bold("marathon demo — three accounts, one of which runs out of quota")
     );
-    println!(
+    outln!(
         "  simulated provider  {}   (alice: {} requests per {}; bob, carol: unlimited)",
         sim.url(),
         args.quota,
         humantime::format_duration(args.window)
     );
-    println!("  marathon proxy      {base}   (strategy: priority — alice first)");
-    println!("  temporary home      {}", home.path().display());
-    println!();
+    outln!("  marathon proxy      {base}   (strategy: priority — alice first)");
+    outln!("  temporary home      {}", home.path().display());
+    outln!();
 
     let mut events = proxy.subscribe_events();
     let ev_style = style;
@@ -104,7 +104,11 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
                 "exhausted" => ev_style.red("  ✗ exhausted"),
                 _ => format!("  • {kind:<9}"),
             };
-            println!("{badge} {summary}");
+            // Not outln!: this task answers "recovered?", and a closed
+            // stdout only ends the printing.
+            if crate::output::write_stdout(format_args!("{badge} {summary}\n")).is_err() {
+                break;
+            }
             if kind == "recovered" {
                 recovered = true;
                 break;
@@ -144,7 +148,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
                 } else {
                     String::new()
                 };
-                println!(
+                outln!(
                     "{} request {i:>2} → {status} via {account:<6}{detail}",
                     style.dim(&format!("{elapsed:>5.1}s"))
                 );
@@ -157,7 +161,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             }
             Err(e) => {
                 failed += 1;
-                println!("{elapsed:>5.1}s request {i:>2} → error: {e}");
+                outln!("{elapsed:>5.1}s request {i:>2} → error: {e}");
             }
         }
         if printer.is_finished() {
@@ -174,10 +178,10 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         false
     };
 
-    println!();
+    outln!();
     let counts = sim.counts();
     let served_text: Vec<String> = served.iter().map(|(a, n)| format!("{a} {n}")).collect();
-    println!(
+    outln!(
         "{} {ok} requests answered, {failed} failed; served by: {}",
         style.bold("summary:"),
         served_text.join(", ")
@@ -185,11 +189,11 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let mut upstream: Vec<_> = counts.into_iter().collect();
     upstream.sort();
     let upstream_text: Vec<String> = upstream.iter().map(|(a, n)| format!("{a} {n}")).collect();
-    println!(
+    outln!(
         "  requests the provider saw per account: {}",
         upstream_text.join(", ")
     );
-    println!(
+    outln!(
         "  {}",
         if recovered {
             "alice ran out, traffic moved to bob without a failed request, and alice came back when her window reset."
@@ -197,13 +201,13 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             "alice did not recover within the demo's requests; try --requests 80 or a shorter --window."
         }
     );
-    println!(
+    outln!(
         "  next: `marathon auth add <provider> --label <name>` for your own accounts, then `marathon serve`."
     );
     proxy.shutdown(Duration::from_secs(2)).await;
     sim.shutdown().await;
     if std::io::stdout().is_terminal() {
-        println!();
+        outln!();
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use marathon_store::{AddResult, Store, StoreError};
 
 use super::Context;
 use crate::cli::LoginArgs;
-use crate::output::{Failure, Style};
+use crate::output::{Failure, Style, outln};
 
 /// How long the browser login may take before marathon gives up.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -281,9 +281,11 @@ fn save(
     };
     match added {
         AddResult::Added(a) => {
-            println!(
+            outln!(
                 "added {}/{} (oauth{who}, priority {})",
-                a.provider, a.label, a.priority
+                a.provider,
+                a.label,
+                a.priority
             );
         }
         AddResult::Updated(a) => {
@@ -295,9 +297,10 @@ fn save(
             if let Some(p) = args.priority.filter(|p| *p != a.priority) {
                 a = store.update(&a.id, &mut |acc| acc.priority = p)?;
             }
-            println!(
+            outln!(
                 "updated {}/{}: logged in again{who}; its new tokens replace the old ones",
-                a.provider, a.label
+                a.provider,
+                a.label
             );
         }
     }
@@ -309,7 +312,7 @@ fn save(
             style.yellow("note:")
         );
     }
-    println!(
+    outln!(
         "next: run `marathon serve` (a running proxy picks the account up within seconds) and \
          point your tool at http://{}/{name}",
         config.server.listen

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use marathon_config::{Config, Paths};
 use marathon_store::{FileStore, Store, StoredAccount};
 
-use crate::output::Failure;
+use crate::output::{Failure, Style};
 
 /// What every command needs: the resolved file locations.
 pub(crate) struct Context {
@@ -28,14 +28,23 @@ impl Context {
         }
     }
 
-    /// The account store in the data directory (created if missing).
+    /// The account store in the data directory (created if missing). Store
+    /// files another user could read are made private, with a warning.
     pub(crate) fn store(&self) -> anyhow::Result<FileStore> {
-        FileStore::open(&self.paths.data_dir).with_context(|| {
+        let store = FileStore::open(&self.paths.data_dir).with_context(|| {
             format!(
                 "cannot open the account store in {}",
                 self.paths.data_dir.display()
             )
-        })
+        })?;
+        // `serve` logs the store's own warnings; other commands have no log.
+        if !tracing::dispatcher::has_been_set() {
+            let style = Style::for_stderr();
+            for fix in store.permission_fixes() {
+                eprintln!("{} {fix}", style.yellow("warning:"));
+            }
+        }
+        Ok(store)
     }
 
     /// The configuration (built-in presets when no file exists).

@@ -10,7 +10,7 @@ use marathon_store::Store;
 
 use super::Context;
 use crate::cli::{LogFormat, ServeArgs};
-use crate::output::Failure;
+use crate::output::{Failure, errln};
 
 pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
@@ -47,13 +47,13 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
         opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(refresher)));
         let handle = marathon_proxy::start(settings.clone(), opts).await?;
         let base = handle.url();
-        eprintln!("marathon {} listening on {base}", env!("CARGO_PKG_VERSION"));
+        errln!("marathon {} listening on {base}", env!("CARGO_PKG_VERSION"));
         for p in &settings.providers {
             let n = accounts.iter().filter(|a| a.provider == p.name).count();
             if n == 0 {
                 continue;
             }
-            eprintln!(
+            errln!(
                 "  {:<10} {n} account{}  {base}/{}  → {}  ({})",
                 p.name,
                 if n == 1 { " " } else { "s" },
@@ -63,11 +63,11 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
             );
         }
         if accounts.is_empty() {
-            eprintln!("  no accounts yet: add one with `marathon auth add <provider> --label <name>` (the proxy picks it up within seconds)");
+            errln!("  no accounts yet: add one with `marathon auth add <provider> --label <name>` (the proxy picks it up within seconds)");
         }
-        eprintln!("  dashboard  {base}/_marathon/    status: marathon status");
+        errln!("  dashboard  {base}/_marathon/    status: marathon status");
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        eprintln!("stopping: letting requests in flight finish (up to 10s)");
+        errln!("stopping: letting requests in flight finish (up to 10s)");
         handle.shutdown(Duration::from_secs(10)).await;
         anyhow::Ok(())
     })

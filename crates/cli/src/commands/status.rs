@@ -6,7 +6,7 @@ use marathon_store::{HotAccount, Store};
 use super::Context;
 use super::auth::{NO_ACCOUNTS, account_json, kind_name, sort_accounts, state_cell};
 use crate::cli::StatusArgs;
-use crate::output::{Style, Table, cell};
+use crate::output::{Style, Table, cell, out, outln};
 
 pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
     if !args.offline
@@ -30,15 +30,15 @@ pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "accounts in {} (offline view; a running proxy holds the live state)",
         store.path().display()
     );
     if accounts.is_empty() {
-        println!("{NO_ACCOUNTS}");
+        outln!("{NO_ACCOUNTS}");
         return Ok(());
     }
     let style = Style::stdout();
@@ -80,7 +80,7 @@ pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
             cell(note),
         ]);
     }
-    print!("{}", table.render(style));
+    out!("{}", table.render(style));
     Ok(())
 }
 
@@ -119,12 +119,12 @@ fn live_status(ctx: &Context) -> Option<serde_json::Value> {
 
 fn print_live(live: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(live)?);
+        outln!("{}", serde_json::to_string_pretty(live)?);
         return Ok(());
     }
     let style = Style::stdout();
     let now = UnixMillis(live["now"].as_u64().unwrap_or_default());
-    println!("live view from the running proxy");
+    outln!("live view from the running proxy");
     let mut table = Table::new(&[
         "PROVIDER",
         "LABEL",
@@ -183,10 +183,10 @@ fn print_live(live: &serde_json::Value, json: bool) -> anyhow::Result<()> {
         }
     }
     if !any {
-        println!("{NO_ACCOUNTS}");
+        outln!("{NO_ACCOUNTS}");
         return Ok(());
     }
-    print!("{}", table.render(style));
+    out!("{}", table.render(style));
     Ok(())
 }
 
