@@ -42,5 +42,5 @@ pub use secret::Secret;
 pub use budget::RetryBudget;
 pub use decision::{AttemptContext, AttemptTrace, Decision, RetryPolicy, decide};
 pub use events::{Event, EventKind};
-pub use pool::{AccountStatus, Exhausted, Health, Pick, PickRequest, Pool, PoolConfig};
+pub use pool::{AccountStatus, Exhausted, Health, Pick, PickRequest, Pool, PoolConfig, SessionKey};
 pub use strategy::Strategy;

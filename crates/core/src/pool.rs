@@ -138,11 +138,18 @@ impl Health {
     }
 }
 
+/// A client's session, as a fixed-size key for session affinity: the caller
+/// hashes the session id it was sent (with a keyed hasher), so an id of any
+/// length costs the pool eight bytes. Two ids with the same key share an
+/// account, which is harmless.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionKey(pub u64);
+
 /// What a request asks of [`Pool::pick`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PickRequest<'a> {
-    /// The client's session id (from a header), for session affinity.
-    pub session: Option<&'a str>,
+    /// The client's session (from a header), for session affinity.
+    pub session: Option<SessionKey>,
     /// Accounts this request already tried; never picked again.
     pub exclude: &'a [AccountId],
 }
@@ -1445,14 +1452,16 @@ impl Hasher for PrehashedHasher {
     }
 }
 
-/// Session id → account, bounded, with CLOCK (second-chance) eviction: each
+/// Session key → account, bounded, with CLOCK (second-chance) eviction: each
 /// hit sets a reference bit; eviction skips and clears referenced entries, so
-/// active sessions survive and the cost per insert is amortised O(1).
+/// active sessions survive and the cost per insert is amortised O(1). Keys
+/// are fixed-size hashes, so the map's memory is bounded by its capacity
+/// alone, whatever the clients send.
 #[derive(Debug)]
 struct Sessions {
     cap: usize,
-    map: HashMap<Box<str>, SessionEntry>,
-    ring: VecDeque<Box<str>>,
+    map: HashMap<SessionKey, SessionEntry, foldhash::fast::FixedState>,
+    ring: VecDeque<SessionKey>,
 }
 
 #[derive(Debug)]
@@ -1466,13 +1475,13 @@ impl Sessions {
     fn new(cap: usize) -> Self {
         Sessions {
             cap: cap.max(1),
-            map: HashMap::new(),
+            map: HashMap::default(),
             ring: VecDeque::new(),
         }
     }
 
-    fn get(&mut self, session: &str, generations: &[u32]) -> Option<usize> {
-        let e = self.map.get_mut(session)?;
+    fn get(&mut self, session: SessionKey, generations: &[u32]) -> Option<usize> {
+        let e = self.map.get_mut(&session)?;
         if generations.get(e.idx) != Some(&e.generation) {
             return None;
         }
@@ -1480,8 +1489,8 @@ impl Sessions {
         Some(e.idx)
     }
 
-    fn insert(&mut self, session: &str, idx: usize, generation: u32) {
-        if let Some(e) = self.map.get_mut(session) {
+    fn insert(&mut self, session: SessionKey, idx: usize, generation: u32) {
+        if let Some(e) = self.map.get_mut(&session) {
             *e = SessionEntry {
                 idx,
                 generation,
@@ -1503,10 +1512,9 @@ impl Sessions {
                 }
             }
         }
-        let key: Box<str> = session.into();
-        self.ring.push_back(key.clone());
+        self.ring.push_back(session);
         self.map.insert(
-            key,
+            session,
             SessionEntry {
                 idx,
                 generation,
@@ -1529,16 +1537,24 @@ mod tests {
     fn session_map_is_bounded_and_keeps_referenced_entries() {
         let gens = vec![0u32; 4];
         let mut s = Sessions::new(3);
-        s.insert("a", 0, 0);
-        s.insert("b", 1, 0);
-        s.insert("c", 2, 0);
-        assert_eq!(s.get("a", &gens), Some(0));
-        s.insert("d", 3, 0);
+        s.insert(SessionKey(10), 0, 0);
+        s.insert(SessionKey(11), 1, 0);
+        s.insert(SessionKey(12), 2, 0);
+        assert_eq!(s.get(SessionKey(10), &gens), Some(0));
+        s.insert(SessionKey(13), 3, 0);
         assert_eq!(s.len(), 3);
-        assert_eq!(s.get("a", &gens), Some(0), "referenced entry survived");
-        assert_eq!(s.get("b", &gens), None, "unreferenced oldest entry evicted");
+        assert_eq!(
+            s.get(SessionKey(10), &gens),
+            Some(0),
+            "referenced entry survived"
+        );
+        assert_eq!(
+            s.get(SessionKey(11), &gens),
+            None,
+            "unreferenced oldest entry evicted"
+        );
         for i in 0..100 {
-            s.insert(&format!("x{i}"), 1, 0);
+            s.insert(SessionKey(100 + i), 1, 0);
         }
         assert_eq!(s.len(), 3);
     }
@@ -1546,7 +1562,7 @@ mod tests {
     #[test]
     fn session_entry_for_a_reused_slot_misses() {
         let mut s = Sessions::new(10);
-        s.insert("a", 0, 0);
-        assert_eq!(s.get("a", &[1]), None);
+        s.insert(SessionKey(10), 0, 0);
+        assert_eq!(s.get(SessionKey(10), &[1]), None);
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use marathon_core::events::EventKind;
-use marathon_core::pool::{Health, Pick, PickRequest, Pool, PoolConfig};
+use marathon_core::pool::{Health, Pick, PickRequest, Pool, PoolConfig, SessionKey};
 use marathon_core::strategy::Strategy;
 use marathon_core::{
     AccountId, AccountKind, AccountMeta, Class, Classification, HintSource, ResetHint, UnixMillis,
@@ -563,11 +563,11 @@ fn proactive_switch_is_off_by_default() {
 fn a_session_stays_on_its_account_while_it_is_ready() {
     let mut p = pool(Strategy::RoundRobin, &["a", "b", "c"]);
     let s1 = PickRequest {
-        session: Some("session-1"),
+        session: Some(SessionKey(1)),
         exclude: &[],
     };
     let s2 = PickRequest {
-        session: Some("session-2"),
+        session: Some(SessionKey(2)),
         exclude: &[],
     };
     let first = pick_with(&mut p, at(0), &s1).0;
@@ -601,7 +601,7 @@ fn session_affinity_does_not_move_the_sticky_account() {
     // A session's first request failed over from a to b: both the session
     // and the sticky account move (the request failed over).
     let s = PickRequest {
-        session: Some("s"),
+        session: Some(SessionKey(3)),
         exclude: &[id("a")],
     };
     assert_eq!(pick_with(&mut p, at(0), &s).0, "b");
@@ -625,7 +625,7 @@ fn session_affinity_does_not_move_the_sticky_account() {
             &mut p,
             at(3),
             &PickRequest {
-                session: Some("s"),
+                session: Some(SessionKey(3)),
                 exclude: &[]
             }
         )

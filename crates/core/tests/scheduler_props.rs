@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use marathon_core::budget::RetryBudget;
 use marathon_core::decision::{AttemptContext, Decision, RetryPolicy, decide};
-use marathon_core::pool::{Health, Pick, PickRequest, Pool, PoolConfig};
+use marathon_core::pool::{Health, Pick, PickRequest, Pool, PoolConfig, SessionKey};
 use marathon_core::strategy::Strategy;
 use marathon_core::{
     AccountId, AccountKind, AccountMeta, Class, Classification, HintSource, ResetHint, UnixMillis,
@@ -202,7 +202,7 @@ proptest! {
         }
         let mut now = T0;
         let mut out: Vec<Outstanding> = Vec::new();
-        let sessions = ["s-a", "s-b", "s-c", "s-d"];
+        let sessions = [SessionKey(0xa), SessionKey(0xb), SessionKey(0xc), SessionKey(0xd)];
         // Accounts whose probe is out: until the account leaves the probing
         // state or everything on it has finished, no second probe.
         let mut probing: Vec<usize> = Vec::new();

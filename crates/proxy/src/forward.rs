@@ -28,6 +28,7 @@ use marathon_core::{
 
 use crate::body::{ProxyBody, StreamWatch};
 use crate::errors::{exhausted_response, proxy_error};
+use crate::guard;
 use crate::headers::{Lookup, prepare_request_headers, strip_hop_by_hop};
 use crate::state::{AccountCred, AppState, ProviderRuntime, TokenError};
 use crate::upstream::Reuse;
@@ -180,6 +181,11 @@ pub(crate) async fn forward(
     route_len: usize,
 ) -> Response<ProxyBody> {
     let settings = &rt.settings;
+    // The path after `/<provider>`.
+    let path = req.uri().path().get(route_len..).unwrap_or_default();
+    if let Some(refused) = guard::refuse(settings.flavor, req.method(), path) {
+        return refused;
+    }
     rt.metrics.requests.fetch_add(1, Relaxed);
     let (mut parts, body) = req.into_parts();
     let mut client_body =
@@ -208,19 +214,18 @@ pub(crate) async fn forward(
             state.settings.max_body
         );
     }
-    let session: Option<String> = settings
+    let session = settings
         .session_header
         .as_ref()
         .and_then(|h| parts.headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(|v| guard::session_key(&state.session_keys, v.as_bytes()));
     // The client's headers are only needed as the base of every attempt's.
     let mut base_headers = std::mem::take(&mut parts.headers);
-    prepare_request_headers(&mut base_headers);
+    prepare_request_headers(&mut base_headers, &state.client_headers);
     base_headers.insert(header::HOST, rt.endpoint.host().clone());
-    // The path after `/<provider>`.
     let path = parts.uri.path().get(route_len..).unwrap_or_default();
-    let Some(uri) = rt.paths.uri(&settings.upstream, path, parts.uri.query()) else {
+    let query = guard::query_without_credentials(parts.uri.query());
+    let Some(uri) = rt.paths.uri(&settings.upstream, path, query.as_deref()) else {
         return proxy_error(
             settings.flavor,
             StatusCode::BAD_REQUEST,
@@ -254,7 +259,7 @@ pub(crate) async fn forward(
                 pool.pick(
                     now,
                     &PickRequest {
-                        session: session.as_deref(),
+                        session,
                         exclude: &excluded,
                     },
                 )

@@ -72,24 +72,54 @@ fn remove_present(h: &mut HeaderMap, names: &[HeaderName], bits: u64) {
 }
 
 /// What never goes upstream from a client's request besides hop-by-hop
-/// headers: the headers that carry its credentials (always replaced by the
-/// account's), its `host` (the proxy sets the upstream's), and
-/// `accept-encoding`, so that error bodies arrive readable for classification.
-const NOT_FORWARDED: [HeaderName; 6] = [
+/// headers: every header a client credential travels in, in any style
+/// marathon knows (its own access key, each provider's API keys and tokens,
+/// Azure-style `api-key`, cookies), its `host` (the proxy sets the
+/// upstream's), and `accept-encoding`, so that error bodies arrive readable
+/// for classification. The configured providers' auth styles add theirs
+/// ([`ClientHeaders::new`]).
+const NOT_FORWARDED: [HeaderName; 8] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
     HeaderName::from_static("x-goog-api-key"),
     HeaderName::from_static("x-marathon-key"),
+    header::COOKIE,
     header::HOST,
     header::ACCEPT_ENCODING,
 ];
 
+/// The client headers removed from every request, whatever its route:
+/// [`NOT_FORWARDED`] plus every header any configured provider strips or
+/// carries a credential in — a client talking to one route may hold another
+/// provider's key in that provider's header, and it must not travel either.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientHeaders(Vec<HeaderName>);
+
+impl ClientHeaders {
+    /// The set for these providers' credential styles.
+    pub(crate) fn new<'a>(styles: impl IntoIterator<Item = &'a CredentialStyle>) -> Self {
+        let mut names = NOT_FORWARDED.to_vec();
+        for style in styles {
+            for n in style.client_credential_headers() {
+                if !names.contains(n) && !HOP_BY_HOP.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+        }
+        ClientHeaders(names)
+    }
+}
+
 /// Prepares a client's request headers for upstream, before the account's
-/// credential is added: hop-by-hop headers and [`NOT_FORWARDED`] out.
-pub(crate) fn prepare_request_headers(h: &mut HeaderMap) {
+/// credential is added: hop-by-hop headers and `remove`'s out. No allocation:
+/// one pass of name comparisons per 64 names, then removals of what is there.
+pub(crate) fn prepare_request_headers(h: &mut HeaderMap, remove: &ClientHeaders) {
     strip_hop_by_hop(h);
-    let present = presence(h, &NOT_FORWARDED);
-    remove_present(h, &NOT_FORWARDED, present);
+    for names in remove.0.chunks(64) {
+        let present = presence(h, names);
+        remove_present(h, names, present);
+    }
 }
 
 /// How a provider's upstream requests carry an account's credential —
@@ -145,18 +175,29 @@ impl CredentialStyle {
                 })
                 .collect()
         };
-        let mut strip: Vec<HeaderName> = style
+        let strip: Vec<HeaderName> = style
             .strip
             .iter()
             .map(|n| name(n))
             .collect::<Result<_, _>>()?;
-        // `prepare_request_headers` removed those already.
-        strip.retain(|n| !NOT_FORWARDED.contains(n));
         Ok(CredentialStyle {
             strip,
             api_key: rules(&style.api_key)?,
             oauth: rules(&style.oauth)?,
         })
+    }
+
+    /// The client headers this style removes or puts a credential in: its
+    /// strip list and the names of its credential-carrying headers.
+    fn client_credential_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        let carries_credential = |r: &&Rule| matches!(r.value, Source::Credential(_));
+        self.strip.iter().chain(
+            self.api_key
+                .iter()
+                .chain(&self.oauth)
+                .filter(carries_credential)
+                .map(|r| &r.name),
+        )
     }
 
     /// Removes the client's credentials and sets the account's.
@@ -169,6 +210,7 @@ impl CredentialStyle {
         extras: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), InvalidCredential> {
         let rendered = self.render(kind, secret, extras)?;
+        prepare_request_headers(h, &ClientHeaders::new([self]));
         self.apply_rendered(h, &rendered);
         Ok(())
     }
@@ -213,11 +255,9 @@ impl CredentialStyle {
         Ok(RenderedCredential(headers))
     }
 
-    /// Removes the client's credentials and sets the rendered ones.
+    /// Sets the rendered credential headers, on headers whose client
+    /// credentials [`prepare_request_headers`] removed.
     pub(crate) fn apply_rendered(&self, h: &mut HeaderMap, rendered: &RenderedCredential) {
-        for n in &self.strip {
-            h.remove(n);
-        }
         for (name, value, merge) in &rendered.0 {
             if *merge {
                 merge_list(h, name, value.clone());
@@ -346,7 +386,6 @@ mod tests {
             ("authorization", "Bearer client"),
             ("anthropic-version", "2023-06-01"),
         ]);
-        prepare_request_headers(&mut h);
         let secret = Secret::new("sk-ant-account");
         style(marathon_config::ProviderKind::Anthropic)
             .apply(&mut h, AccountKind::ApiKey, &secret, &extras(&[]))
@@ -356,13 +395,90 @@ mod tests {
         assert_eq!(h.get("anthropic-version").unwrap(), "2023-06-01");
     }
 
+    /// Guards against a client's credentials travelling upstream next to the
+    /// account's: cookies, Azure-style `api-key`, another provider's key
+    /// header, the proxy's access key, on every route.
+    #[test]
+    fn every_known_client_credential_header_is_removed_on_every_route() {
+        use marathon_config::ProviderKind as K;
+        let kinds = [K::Anthropic, K::Openai, K::Codex, K::Google, K::Copilot];
+        let styles: Vec<CredentialStyle> = kinds.iter().map(|k| style(*k)).collect();
+        let remove = ClientHeaders::new(&styles);
+        let client = [
+            ("authorization", "Bearer client"),
+            ("x-api-key", "client"),
+            ("api-key", "client"),
+            ("x-goog-api-key", "client"),
+            ("x-marathon-key", "access"),
+            ("proxy-authorization", "Basic client"),
+            ("cookie", "session=client"),
+            ("chatgpt-account-id", "client-workspace"),
+            ("host", "proxy"),
+            ("accept-encoding", "br"),
+            ("anthropic-version", "2023-06-01"),
+            ("content-type", "application/json"),
+        ];
+        let mut h = map(&client);
+        prepare_request_headers(&mut h, &remove);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["anthropic-version", "content-type"]);
+        for (kind, st) in kinds.iter().zip(&styles) {
+            let mut h = map(&client);
+            prepare_request_headers(&mut h, &remove);
+            st.apply(
+                &mut h,
+                AccountKind::ApiKey,
+                &Secret::new("acct"),
+                &extras(&[]),
+            )
+            .unwrap();
+            for v in h.values() {
+                let v = v.to_str().unwrap();
+                assert!(
+                    !v.contains("client") && !v.contains("access"),
+                    "{kind:?}: {v}"
+                );
+            }
+        }
+    }
+
+    /// A custom provider's strip list and credential header names apply to
+    /// every route, not only its own.
+    #[test]
+    fn a_configured_providers_credential_headers_are_removed_everywhere() {
+        let mut custom =
+            marathon_config::presets::default_auth(marathon_config::ProviderKind::Openai);
+        custom.strip.push("x-custom-session".into());
+        custom.api_key = vec![marathon_config::HeaderRule {
+            name: "x-custom-key".into(),
+            value: marathon_config::HeaderSource::Credential {
+                prefix: String::new(),
+            },
+            merge: false,
+        }];
+        let custom = CredentialStyle::from_config(&custom).unwrap();
+        let anthropic = style(marathon_config::ProviderKind::Anthropic);
+        let remove = ClientHeaders::new([&anthropic, &custom]);
+        let mut h = map(&[
+            ("x-custom-session", "s"),
+            ("x-custom-key", "k"),
+            ("anthropic-beta", "b"),
+        ]);
+        prepare_request_headers(&mut h, &remove);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            left,
+            ["anthropic-beta"],
+            "a merged, non-credential header stays"
+        );
+    }
+
     #[test]
     fn anthropic_oauth_uses_bearer_and_merges_the_oauth_beta() {
         let mut h = map(&[
             ("x-api-key", "client"),
             ("anthropic-beta", "prompt-caching-2024-07-31"),
         ]);
-        prepare_request_headers(&mut h);
         let secret = Secret::new("sk-ant-oat01-x");
         let st = style(marathon_config::ProviderKind::Anthropic);
         st.apply(&mut h, AccountKind::Oauth, &secret, &extras(&[]))

@@ -22,6 +22,7 @@ mod body;
 mod errors;
 mod events;
 mod forward;
+mod guard;
 mod headers;
 mod metrics;
 mod ops;

@@ -28,17 +28,13 @@ pub(crate) fn route(state: &Arc<AppState>, path: &str) -> Response<ProxyBody> {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
+            add_common_headers(r.headers_mut());
             r
         }
         "events" => events(state),
-        "" | "dashboard" => {
-            let mut r = Response::new(ProxyBody::full(DASHBOARD));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            r
-        }
+        "" | "dashboard" => dashboard_file(DASHBOARD_HTML, "text/html; charset=utf-8"),
+        "dashboard.js" => dashboard_file(DASHBOARD_JS, "text/javascript; charset=utf-8"),
+        "dashboard.css" => dashboard_file(DASHBOARD_CSS, "text/css; charset=utf-8"),
         _ => json(
             StatusCode::NOT_FOUND,
             &json!({"error": "unknown endpoint; try /_marathon/status"}),
@@ -47,12 +43,13 @@ pub(crate) fn route(state: &Arc<AppState>, path: &str) -> Response<ProxyBody> {
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(v.to_string()));
+    let mut r = Response::new(ProxyBody::full(html_safe_json(v)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    add_common_headers(r.headers_mut());
     r
 }
 
@@ -113,30 +110,122 @@ fn events(state: &Arc<AppState>) -> Response<ProxyBody> {
     );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    add_common_headers(r.headers_mut());
     r
 }
 
-const DASHBOARD: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>marathon</title>
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222}
-table{border-collapse:collapse;margin-bottom:1.5rem}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}
-.ready{color:#080}.cooling{color:#b60}.needs_login,.disabled{color:#b00}.probing{color:#06b}
-#log{font-family:monospace;white-space:pre-wrap;background:#f6f6f6;padding:.5rem;max-height:20rem;overflow:auto}
-</style></head><body>
-<h1>marathon</h1><div id="providers"></div><h2>Events</h2><div id="log"></div>
-<script>
-function bar(u){const p=Math.round(u*100);return `${p}%`}
-async function refresh(){
-  const s=await (await fetch('status')).json();
-  document.getElementById('providers').innerHTML=s.providers.map(p=>`<h2>${p.name} <small>(${p.strategy}, ${p.upstream})</small></h2>
-  <table><tr><th>account</th><th>state</th><th>retry in</th><th>ok</th><th>failed</th><th>last error</th><th>quota</th></tr>
-  ${p.accounts.map(a=>`<tr><td>${a.label}</td><td class="${a.health.state||a.health}">${a.health.state||a.health}</td>
-  <td>${a.cooldown_remaining?Math.ceil(a.cooldown_remaining.secs)+'s':''}</td><td>${a.successes}</td><td>${a.failures}</td>
-  <td>${a.last_reason||''}</td><td>${(a.usage||[]).map(w=>w.name+' '+bar(w.utilization)).join(', ')}</td></tr>`).join('')}</table>`).join('');
+/// The dashboard: a page, its script and its style, all static (the data
+/// comes from `status` and `events`, fetched by the script with the access
+/// key), so they are served without one.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
+
+/// Only the proxy's own script and style, no inline script, no framing, no
+/// form posts, no plugins: if data ever reached the page as markup, it could
+/// still not run.
+const DASHBOARD_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+form-action 'none'; frame-ancestors 'none'";
+
+/// Whether `path` (after `/_marathon/`) is served without the access key:
+/// health, and the dashboard's static files, which hold no data.
+pub(crate) fn is_public(path: &str) -> bool {
+    matches!(
+        path,
+        "health" | "" | "dashboard" | "dashboard.js" | "dashboard.css"
+    )
 }
-refresh();setInterval(refresh,2000);
-const es=new EventSource('events');
-es.addEventListener('marathon',e=>{const d=JSON.parse(e.data);const l=document.getElementById('log');l.textContent=new Date().toLocaleTimeString()+' '+d.summary+'\n'+l.textContent;refresh()});
-</script></body></html>
-"#;
+
+fn dashboard_file(body: &'static str, content_type: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DASHBOARD_CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    add_common_headers(h);
+    r
+}
+
+/// On every `/_marathon/` answer: no MIME sniffing (JSON is never read as
+/// HTML) and no referrer leaving the page.
+fn add_common_headers(h: &mut http::HeaderMap) {
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+}
+
+/// JSON with `<`, `>` and `&` as `\u` escapes, as Go's encoder does: the
+/// same value, but no string in it can ever read as markup.
+fn html_safe_json(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    if !text.contains(['<', '>', '&']) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escapes_markup_characters_and_keeps_the_value() {
+        let v = json!({"label": "<img src=x onerror=alert(1)> & co"});
+        let text = html_safe_json(&v);
+        assert!(!text.contains(['<', '>', '&']), "{text}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), v);
+    }
+
+    /// Guards against account data reaching the page as markup: the script
+    /// builds every element and never assigns HTML.
+    #[test]
+    fn the_dashboard_never_parses_data_as_html() {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "createContextualFragment",
+            "DOMParser",
+            "eval(",
+            "new Function",
+        ] {
+            assert!(!DASHBOARD_JS.contains(sink), "dashboard.js uses {sink}");
+            assert!(!DASHBOARD_HTML.contains(sink), "index.html uses {sink}");
+        }
+        // Only the served script runs (the CSP would block any other).
+        assert_eq!(DASHBOARD_HTML.matches("<script").count(), 1);
+        assert!(
+            DASHBOARD_HTML.contains(r#"<script src="/_marathon/dashboard.js" defer></script>"#)
+        );
+        assert!(!DASHBOARD_HTML.contains("<style") && !DASHBOARD_HTML.contains("style="));
+        let inline_handler = DASHBOARD_HTML.match_indices(" on").any(|(i, _)| {
+            let rest = &DASHBOARD_HTML[i + 3..];
+            let name_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+            name_len > 0 && rest[name_len..].starts_with('=')
+        });
+        assert!(!inline_handler, "no inline event handlers");
+        // The key goes in a header, never in a URL.
+        assert!(DASHBOARD_JS.contains("'x-marathon-key'"));
+        assert!(!DASHBOARD_JS.contains("?key") && !DASHBOARD_JS.contains("&key"));
+    }
+}

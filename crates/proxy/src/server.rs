@@ -142,7 +142,11 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     let client = crate::upstream::UpstreamClient::new();
     let bus = EventBus::new();
     bus.start_sinks(&settings.sinks, client.clone());
+    let client_headers =
+        crate::headers::ClientHeaders::new(settings.providers.iter().map(|p| &p.credentials));
     let state = Arc::new(AppState {
+        client_headers,
+        session_keys: Default::default(),
         settings,
         providers,
         client,
@@ -194,6 +198,7 @@ async fn accept_loop(
                 // answers are small or come in small chunks, and the queue's
                 // bookkeeping cost more than the copy (measured).
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(crate::guard::MAX_REQUEST_HEAD)
                     .writev(false)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), svc);
@@ -215,8 +220,10 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyB
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    if first == "_marathon" && tail.trim_start_matches('/') == "health" {
-        return ops::route(&state, "health");
+    // Health and the dashboard's static files hold no data: no key needed
+    // (the dashboard's script asks for it and sends it with each fetch).
+    if first == "_marathon" && ops::is_public(tail.trim_start_matches('/')) {
+        return ops::route(&state, tail.trim_start_matches('/'));
     }
     if !state.settings.access_keys.is_empty() {
         let ok = presented_keys(req.headers()).any(|k| {

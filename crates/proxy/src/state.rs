@@ -17,7 +17,7 @@ use marathon_core::{AccountId, AccountKind, ApiFlavor, Class, Clock, Secret, Uni
 use marathon_store::{AccountState, Credential, Store, StoredAccount};
 
 use crate::events::{EventBus, EventSinks};
-use crate::headers::{CredentialStyle, RenderedCredential};
+use crate::headers::{ClientHeaders, CredentialStyle, RenderedCredential};
 use crate::metrics::ProviderMetrics;
 use crate::upstream::{Endpoint, PathCache, UpstreamBase, UpstreamClient};
 
@@ -174,6 +174,10 @@ pub(crate) struct AppState {
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn Store>,
     pub tokens: Option<Arc<dyn TokenSource>>,
+    /// The client headers no request forwards (every provider's credential headers).
+    pub client_headers: ClientHeaders,
+    /// The per-process key session ids are hashed with.
+    pub session_keys: foldhash::quality::RandomState,
 }
 
 impl AppState {
