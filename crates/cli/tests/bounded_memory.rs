@@ -27,9 +27,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The proxy process, stopped however the test ends.
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `marathon serve` on `port`, in front of `upstream`, with `x-session-id`
 /// as the session header; returns once it listens.
-fn serve(home: &std::path::Path, port: u16, upstream: u16) -> Child {
+fn serve(home: &std::path::Path, port: u16, upstream: u16) -> Proxy {
     std::fs::write(
         home.join("config.toml"),
         format!(
@@ -67,7 +77,7 @@ fn serve(home: &std::path::Path, port: u16, upstream: u16) -> Child {
     }
     // Keep draining the log so the proxy never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    child
+    Proxy(child)
 }
 
 /// One response on a kept-alive connection: its status, body read to the end.
@@ -165,7 +175,8 @@ fn distinct_large_session_ids_keep_the_proxy_under_64_mb() {
             },
         ))
         .unwrap();
-    let mut proxy = serve(home.path(), port, sim_port);
+    let proxy = serve(home.path(), port, sim_port);
+    let pid = proxy.0.id();
 
     let per_connection = SESSIONS / CONNECTIONS;
     let senders: Vec<_> = (0..CONNECTIONS)
@@ -177,8 +188,8 @@ fn distinct_large_session_ids_keep_the_proxy_under_64_mb() {
         s.join().unwrap();
     }
     assert_eq!(sim.count("work"), SESSIONS as u64, "every request served");
-    let peak = proc_kb(proxy.id(), "VmHWM:");
-    let now = proc_kb(proxy.id(), "VmRSS:");
+    let peak = proc_kb(pid, "VmHWM:");
+    let now = proc_kb(pid, "VmRSS:");
     eprintln!(
         "marathon serve after {SESSIONS} session ids of {SESSION_ID_BYTES} bytes: peak RSS {peak} kB, now {now} kB"
     );
@@ -206,7 +217,6 @@ fn distinct_large_session_ids_keep_the_proxy_under_64_mb() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
     assert_eq!(sim.count("work"), SESSIONS as u64, "nothing more upstream");
 
-    proxy.kill().unwrap();
-    proxy.wait().unwrap();
+    drop(proxy);
     drop(sim);
 }

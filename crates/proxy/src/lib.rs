@@ -9,7 +9,10 @@
 //! - [`server`]: accepting connections, routing, access keys, background sync;
 //! - `forward`: the per-request rotation loop (pick → send → classify → decide);
 //! - `body`: the one body type both ways, streaming chunk by chunk;
-//! - `headers`: hop-by-hop stripping and credential replacement;
+//! - `headers`: hop-by-hop stripping and credential replacement (no client
+//!   credential header of any configured provider travels);
+//! - `guard`: what a client may ask: methods, paths under the upstream
+//!   prefix, credential query parameters, session ids as fixed-size keys;
 //! - `upstream`: the pooled hyper-util client (kept off reqwest on purpose: the
 //!   hot path must not re-parse URLs per request);
 //! - `ops`: `/_marathon/{health,status,events,metrics}` and the dashboard;
