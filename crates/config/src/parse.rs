@@ -9,7 +9,9 @@ use std::ops::Range;
 use std::path::Path;
 
 use marathon_core::Secret;
-use marathon_core::strategy::Strategy;
+// Default settings every provider starts from are the engine's own, so the
+// config and the engine cannot disagree.
+use marathon_core::defaults;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -20,20 +22,6 @@ use crate::model::{
 };
 use crate::presets;
 use crate::values;
-
-/// Default settings every provider starts from (DESIGN §2).
-pub(crate) mod defaults {
-    use std::time::Duration;
-
-    /// Cooldown after a rate limit without a reset hint.
-    pub(crate) const RATE_LIMIT_COOLDOWN: Duration = Duration::from_secs(60);
-    /// Cooldown after an auth failure a refresh did not fix.
-    pub(crate) const AUTH_FAILURE_COOLDOWN: Duration = Duration::from_secs(300);
-    /// "Retry the same account once, then rotate."
-    pub(crate) const NETWORK_RETRY_ATTEMPTS: u32 = 1;
-    /// Refresh this long before expiry.
-    pub(crate) const REFRESH_LEAD: Duration = Duration::from_secs(300);
-}
 
 /// A TOML scalar, before we know which setting it is for.
 #[derive(Clone, Debug)]
@@ -512,7 +500,7 @@ fn provider(
             "a strategy name such as \"sticky\"",
             values::strategy,
         )?,
-        None => Strategy::default(),
+        None => defaults::STRATEGY,
     };
     let max_attempts = match pick(|r| &r.max_attempts, "max_attempts") {
         Some((v, key)) => match v.get_ref() {
@@ -531,7 +519,7 @@ fn provider(
                 ));
             }
         },
-        None => None,
+        None => defaults::MAX_ATTEMPTS,
     };
     let duration = |field: fn(&RawProvider) -> &Field, key: &str, default| match pick(field, key) {
         Some((v, path)) => with_str(
@@ -577,7 +565,7 @@ fn provider(
             "a duration such as \"30s\", or \"off\"",
             values::optional_duration,
         )?,
-        None => None,
+        None => defaults::MAX_WAIT,
     };
     let proactive_threshold = match pick(|r| &r.proactive_threshold, "proactive_threshold") {
         Some((v, key)) => match v.get_ref() {
@@ -594,7 +582,7 @@ fn provider(
                 ));
             }
         },
-        None => None,
+        None => defaults::PROACTIVE_THRESHOLD,
     };
     let session_header = match pick(|r| &r.session_header, "session_header") {
         Some((v, key)) => with_str(cx, &v, &key, "a header name", |s| {

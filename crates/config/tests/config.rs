@@ -194,6 +194,82 @@ fn the_example_config_parses_with_the_values_it_documents() {
     assert_eq!(c.providers.len(), 8);
 }
 
+/// The text of one `[table]` of a TOML file, header included, up to the next
+/// header.
+fn section(src: &str, header: &str) -> String {
+    let start = src
+        .find(&format!("\n{header}\n"))
+        .unwrap_or_else(|| panic!("no {header} in example.toml"));
+    let body = &src[start + 1..];
+    let end = body[1..].find("\n[").map_or(body.len(), |i| i + 1);
+    body[..end].to_owned()
+}
+
+/// Guards the bug where example.toml (and the config) said the rate-limit
+/// cooldown was 60 s while the engine's `PoolConfig::default()` said 30 s:
+/// what the example documents as a default, what an empty file gives, and
+/// what the engine's own defaults are must be one value.
+#[test]
+fn the_examples_documented_defaults_are_the_codes_defaults() {
+    use marathon_core::{PoolConfig, RetryPolicy, defaults};
+
+    let example = include_str!("../example.toml");
+    let documented = parse(&format!(
+        "{}\n{}",
+        section(example, "[server]"),
+        section(example, "[defaults]")
+    ));
+    let builtin = parse("");
+
+    let (d, b) = (&documented.server, &builtin.server);
+    assert_eq!(d.listen, b.listen);
+    assert_eq!(d.access_keys.len(), b.access_keys.len());
+    assert_eq!(d.max_body, b.max_body);
+    assert_eq!(d.peek_first_event, b.peek_first_event);
+    assert_eq!(d.upstream_timeout, b.upstream_timeout);
+
+    let (pool, retry) = (PoolConfig::default(), RetryPolicy::default());
+    for (name, b) in &builtin.providers {
+        let d = &documented.providers[name];
+        let settings = |p: &marathon_config::ProviderConfig| {
+            format!(
+                "strategy={:?} max_attempts={:?} rate_limit_cooldown={:?} \
+                 auth_failure_cooldown={:?} network_retry_attempts={} max_wait={:?} \
+                 refresh_lead={:?} proactive_threshold={:?} session_header={:?}",
+                p.strategy,
+                p.max_attempts,
+                p.rate_limit_cooldown,
+                p.auth_failure_cooldown,
+                p.network_retry_attempts,
+                p.max_wait,
+                p.refresh_lead,
+                p.proactive_threshold,
+                p.session_header,
+            )
+        };
+        assert_eq!(
+            settings(d),
+            settings(b),
+            "{name}: example.toml [defaults] vs code"
+        );
+        // The config's defaults are the engine's.
+        assert_eq!(b.strategy, pool.strategy, "{name}");
+        assert_eq!(b.rate_limit_cooldown, pool.rate_limit_cooldown, "{name}");
+        assert_eq!(
+            b.auth_failure_cooldown, pool.auth_failure_cooldown,
+            "{name}"
+        );
+        assert_eq!(b.proactive_threshold, pool.proactive_threshold, "{name}");
+        assert_eq!(b.max_attempts, retry.max_attempts, "{name}");
+        assert_eq!(
+            b.network_retry_attempts, retry.transport_retries_same,
+            "{name}"
+        );
+        assert_eq!(b.refresh_lead, defaults::REFRESH_LEAD, "{name}");
+        assert_eq!(b.max_wait, defaults::MAX_WAIT, "{name}");
+    }
+}
+
 #[test]
 fn every_setting_is_read() {
     let c = parse(

@@ -198,6 +198,7 @@ mod tests {
     #[test]
     fn rate_limit_without_hint_backs_off_from_the_configured_base() {
         let cfg = PoolConfig {
+            rate_limit_cooldown: Duration::from_secs(30),
             jitter: 0.0,
             ..PoolConfig::default()
         };

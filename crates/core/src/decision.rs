@@ -41,7 +41,7 @@ use crate::account::AccountKind;
 use crate::budget::RetryBudget;
 use crate::clock::UnixMillis;
 use crate::cooldown::{splitmix64, unit_sample};
-use crate::events::HumanDuration;
+use crate::fmt::HumanDuration;
 use crate::outcome::{Class, Classification};
 
 /// Limits on retrying one request.
@@ -73,9 +73,9 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: None,
+            max_attempts: crate::defaults::MAX_ATTEMPTS,
             deadline: Duration::from_secs(600),
-            transport_retries_same: 1,
+            transport_retries_same: crate::defaults::NETWORK_RETRY_ATTEMPTS,
             provider_retries: 2,
             provider_backoff: Duration::from_millis(500),
             provider_backoff_max: Duration::from_secs(5),
@@ -305,12 +305,12 @@ pub struct AttemptEntry {
     pub status: Option<u16>,
     /// The outcome's class.
     pub class: Class,
-    /// A short note: the reset hint and wait (`unified, 1h`), or the transport failure.
+    /// A short note: the reset hint and wait (`unified, 1h00m`), or the transport failure.
     pub note: Option<String>,
 }
 
 /// The attempts of one request, for the `x-marathon-attempts` response
-/// header and the access log: `personal=429(unified, 1h) work=200`.
+/// header and the access log: `personal=429(unified, 1h00m) work=200`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttemptTrace {
     /// The attempts, in order.
@@ -751,11 +751,11 @@ mod tests {
         });
         trace.record("personal", &c429, NOW);
         trace.record("work", &cls(Class::Success, Some(200), "ok"), NOW);
-        assert_eq!(trace.to_string(), "personal=429(unified, 1h) work=200");
+        assert_eq!(trace.to_string(), "personal=429(unified, 1h00m) work=200");
         trace.record("team (eu)", &cls(Class::Transport, None, "connect"), NOW);
         assert_eq!(
             trace.to_string(),
-            "personal=429(unified, 1h) work=200 team__eu_=transport(connect)"
+            "personal=429(unified, 1h00m) work=200 team__eu_=transport(connect)"
         );
         assert_eq!(trace.len(), 3);
     }

@@ -9,11 +9,11 @@
 //! `{"type":"failover","at":1764334800000,"provider":"anthropic","from":"personal","to":"work","reason":"rate_limit_error"}`.
 
 use std::fmt;
-use std::time::Duration;
 
 use serde::ser::SerializeMap;
 
 use crate::clock::UnixMillis;
+use crate::fmt::HumanDuration;
 use crate::outcome::{Class, HintSource};
 
 /// One thing that happened to a provider's accounts.
@@ -196,36 +196,10 @@ impl fmt::Display for Event {
     }
 }
 
-/// A compact human duration: `500ms`, `17s`, `6m`, `1h2m`, `2d3h`.
-///
-/// Used by event summaries and the attempt trace header, where a reader wants
-/// "how long", not an exact count of milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms < 1000 {
-            return write!(f, "{ms}ms");
-        }
-        // Round to the nearest second: hint jitter makes exact milliseconds noise.
-        let s = (ms + 500) / 1000;
-        let (d, h, m, sec) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
-        match (d, h, m, sec) {
-            (0, 0, 0, sec) => write!(f, "{sec}s"),
-            (0, 0, m, 0) => write!(f, "{m}m"),
-            (0, 0, m, sec) => write!(f, "{m}m{sec}s"),
-            (0, h, 0, _) => write!(f, "{h}h"),
-            (0, h, m, _) => write!(f, "{h}h{m}m"),
-            (d, 0, _, _) => write!(f, "{d}d"),
-            (d, h, _, _) => write!(f, "{d}d{h}h"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn at() -> UnixMillis {
@@ -357,27 +331,5 @@ mod tests {
             ex.to_string(),
             "openai: all accounts unavailable; soonest in 17s"
         );
-    }
-
-    #[test]
-    fn human_durations() {
-        let cases = [
-            (0, "0ms"),
-            (500, "500ms"),
-            (17_000, "17s"),
-            (360_000, "6m"),
-            (2_094_000, "34m54s"),
-            (3_600_000, "1h"),
-            (3_723_500, "1h2m"),
-            (86_400_000 * 7, "7d"),
-            (86_400_000 + 3 * 3_600_000, "1d3h"),
-        ];
-        for (ms, want) in cases {
-            assert_eq!(
-                HumanDuration(Duration::from_millis(ms)).to_string(),
-                want,
-                "{ms}ms"
-            );
-        }
     }
 }

@@ -15,7 +15,10 @@
 //! - [`cooldown`]: how long an account rests (hint-driven, else backoff with jitter);
 //! - [`decision`]: the retry decision as a pure function, bounded by [`budget`];
 //! - [`events`]: what happened, for logs, SSE, webhooks — labels, never secrets;
-//! - [`secret`]: the redacting newtype for keys and tokens.
+//! - [`fmt`]: the one way a duration is written for people;
+//! - [`secret`]: the redacting newtype for keys and tokens;
+//! - [`defaults`]: the default of every per-provider setting, read by the
+//!   engine, the config and the OAuth refresher alike.
 
 pub mod account;
 pub mod budget;
@@ -23,7 +26,9 @@ pub mod classify;
 pub mod clock;
 pub mod cooldown;
 pub mod decision;
+pub mod defaults;
 pub mod events;
+pub mod fmt;
 pub mod hints;
 pub mod outcome;
 pub mod pool;

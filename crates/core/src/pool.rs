@@ -68,13 +68,15 @@ pub const SESSION_CAPACITY: usize = 10_000;
 pub struct PoolConfig {
     /// How the next account is chosen among ready ones.
     pub strategy: Strategy,
-    /// Backoff base when a 429 carries no reset hint (default 30 s).
+    /// Backoff base when a 429 carries no reset hint
+    /// ([`defaults::RATE_LIMIT_COOLDOWN`](crate::defaults::RATE_LIMIT_COOLDOWN), 60 s).
     pub rate_limit_cooldown: Duration,
     /// Backoff cap (default 1 h).
     pub max_cooldown: Duration,
     /// Rest after billing, `insufficient_quota`, 402 and the like (default 6 h).
     pub unusable_cooldown: Duration,
-    /// Rest after a 403, or a 401 that was not fixed by a refresh (default 5 min).
+    /// Rest after a 403, or a 401 that was not fixed by a refresh
+    /// ([`defaults::AUTH_FAILURE_COOLDOWN`](crate::defaults::AUTH_FAILURE_COOLDOWN), 5 min).
     pub auth_failure_cooldown: Duration,
     /// Short rest after repeated transport failures (default 2 s).
     pub transport_penalty: Duration,
@@ -93,14 +95,14 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            strategy: Strategy::Sticky,
-            rate_limit_cooldown: Duration::from_secs(30),
+            strategy: crate::defaults::STRATEGY,
+            rate_limit_cooldown: crate::defaults::RATE_LIMIT_COOLDOWN,
             max_cooldown: Duration::from_secs(3600),
             unusable_cooldown: Duration::from_secs(6 * 3600),
-            auth_failure_cooldown: Duration::from_secs(300),
+            auth_failure_cooldown: crate::defaults::AUTH_FAILURE_COOLDOWN,
             transport_penalty: Duration::from_secs(2),
             dedupe_window: Duration::from_secs(2),
-            proactive_threshold: None,
+            proactive_threshold: crate::defaults::PROACTIVE_THRESHOLD,
             jitter: 0.1,
         }
     }

@@ -376,6 +376,7 @@ fn a_recovered_account_is_probed_by_one_request_at_a_time() {
 fn a_failed_probe_recools_with_a_longer_backoff() {
     let cfg = PoolConfig {
         strategy: Strategy::Priority,
+        rate_limit_cooldown: Duration::from_secs(30),
         jitter: 0.0,
         ..PoolConfig::default()
     };
@@ -442,6 +443,7 @@ fn a_released_probe_frees_the_probe_slot_without_penalty() {
 #[test]
 fn parallel_429s_within_the_dedupe_window_count_once() {
     let cfg = PoolConfig {
+        rate_limit_cooldown: Duration::from_secs(30),
         jitter: 0.0,
         ..PoolConfig::default()
     };

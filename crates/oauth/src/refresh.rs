@@ -45,7 +45,7 @@ pub struct RefresherConfig {
 impl Default for RefresherConfig {
     fn default() -> Self {
         RefresherConfig {
-            refresh_lead: Duration::from_secs(300),
+            refresh_lead: marathon_core::defaults::REFRESH_LEAD,
             lock_wait: Duration::from_secs(30),
             max_attempts: 3,
             backoff: Duration::from_millis(250),

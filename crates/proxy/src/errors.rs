@@ -4,6 +4,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use marathon_core::decision::AttemptTrace;
+use marathon_core::fmt::HumanDuration;
 use marathon_core::pool::{AccountStatus, Exhausted, Health};
 use marathon_core::{ApiFlavor, UnixMillis};
 use serde_json::json;
@@ -72,7 +73,7 @@ pub(crate) fn exhausted_response(
 ) -> Response<ProxyBody> {
     let states: Vec<String> = ex.accounts.iter().map(|a| describe(a, now)).collect();
     let next = match ex.soonest {
-        Some(t) => format!("; the first one is usable again in {}", human(now.until(t))),
+        Some(t) => format!("; the first one is usable again in {}", HumanDuration(now.until(t))),
         None => "; none will recover on its own: run `marathon auth list` and log in again or add an account".into(),
     };
     let message = format!(
@@ -122,7 +123,7 @@ fn describe(a: &AccountStatus, now: UnixMillis) -> String {
         (Health::Cooling { .. }, Some(d)) => format!(
             "{} cooling for {}{}",
             a.label,
-            human(d),
+            HumanDuration(d),
             a.last_reason
                 .as_deref()
                 .map(|r| format!(" after {r}"))
@@ -134,29 +135,9 @@ fn describe(a: &AccountStatus, now: UnixMillis) -> String {
     }
 }
 
-/// `1h2m`, `5m`, `42s`.
-pub(crate) fn human(d: std::time::Duration) -> String {
-    let s = d.as_secs_f64().ceil() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn human_durations() {
-        assert_eq!(human(std::time::Duration::from_millis(1500)), "2s");
-        assert_eq!(human(std::time::Duration::from_secs(125)), "2m05s");
-        assert_eq!(
-            human(std::time::Duration::from_secs(3 * 3600 + 120)),
-            "3h02m"
-        );
-    }
 
     #[test]
     fn error_bodies_follow_each_providers_format() {

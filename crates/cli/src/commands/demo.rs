@@ -83,7 +83,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         "  simulated provider  {}   (alice: {} requests per {}; bob, carol: unlimited)",
         sim.url(),
         args.quota,
-        humantime::format_duration(args.window)
+        marathon_core::fmt::HumanDuration(args.window)
     );
     outln!("  marathon proxy      {base}   (strategy: priority — alice first)");
     outln!("  temporary home      {}", home.path().display());

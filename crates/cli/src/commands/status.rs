@@ -1,5 +1,6 @@
 //! `marathon status`: every account and its state, from the store (offline).
 
+use marathon_core::fmt::HumanDuration;
 use marathon_core::{Clock, SystemClock, UnixMillis};
 use marathon_store::{HotAccount, Store};
 
@@ -200,16 +201,9 @@ fn is_cooling(h: &HotAccount, now: UnixMillis) -> bool {
     h.cooling_until.is_some_and(|t| t > now)
 }
 
-/// `4h 10m`, `3m 5s`, `12s`: two units at most, for a table.
+/// How long from `now` until `until`, as everywhere else in marathon.
 fn short_duration(now: UnixMillis, until: UnixMillis) -> String {
-    let s = now.until(until).as_secs();
-    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{sec}s"),
-        (0, 0, _) => format!("{m}m {sec}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
-    }
+    HumanDuration(now.until(until)).to_string()
 }
 
 #[cfg(test)]
@@ -220,14 +214,14 @@ mod tests {
     fn short_durations() {
         let t = UnixMillis(1_000_000);
         assert_eq!(short_duration(t, UnixMillis(1_012_000)), "12s");
-        assert_eq!(short_duration(t, UnixMillis(1_000_000 + 185_000)), "3m 5s");
+        assert_eq!(short_duration(t, UnixMillis(1_000_000 + 185_000)), "3m05s");
         assert_eq!(
             short_duration(t, UnixMillis(1_000_000 + 4 * 3_600_000 + 600_000)),
-            "4h 10m"
+            "4h10m"
         );
         assert_eq!(
             short_duration(t, UnixMillis(1_000_000 + 2 * 86_400_000 + 3_600_000)),
-            "2d 1h"
+            "2d01h"
         );
     }
 }

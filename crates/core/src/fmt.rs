@@ -1,0 +1,102 @@
+//! How marathon writes a duration for people: one format everywhere (event
+//! summaries, the attempt trace, "all accounts unavailable" messages, the
+//! status table, the CLI), so one cooldown reads the same wherever it shows.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A duration for people: `250ms`, `45s`, `2m05s`, `1h02m`, `3d04h`.
+///
+/// At most two units, the smaller zero-padded so columns line up. Rounded
+/// **up** at the precision shown: a wait is never reported shorter than it
+/// is (0.4 s left is `400ms`, 1.2 s is `2s`, 1 h 2 min 10 s is `1h03m`), which
+/// is what someone deciding when to retry needs. Zero is `0s`.
+///
+/// ```
+/// use std::time::Duration;
+/// use marathon_core::fmt::HumanDuration;
+///
+/// assert_eq!(HumanDuration(Duration::from_millis(250)).to_string(), "250ms");
+/// assert_eq!(HumanDuration(Duration::from_secs(45)).to_string(), "45s");
+/// assert_eq!(HumanDuration(Duration::from_secs(3720)).to_string(), "1h02m");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+const MINUTE: u128 = 60;
+const HOUR: u128 = 60 * MINUTE;
+const DAY: u128 = 24 * HOUR;
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.0.as_nanos();
+        if nanos == 0 {
+            return f.write_str("0s");
+        }
+        let ms = nanos.div_ceil(1_000_000);
+        if ms < 1000 {
+            return write!(f, "{ms}ms");
+        }
+        // Each step rounds up to its own unit, so carrying into the next unit
+        // (59.5 s → `1m00s`) happens before that unit is chosen.
+        let secs = ms.div_ceil(1000);
+        if secs < MINUTE {
+            return write!(f, "{secs}s");
+        }
+        if secs < HOUR {
+            return write!(f, "{}m{:02}s", secs / MINUTE, secs % MINUTE);
+        }
+        let mins = secs.div_ceil(MINUTE);
+        if mins * MINUTE < DAY {
+            return write!(f, "{}h{:02}m", mins / 60, mins % 60);
+        }
+        let hours = mins.div_ceil(60);
+        write!(f, "{}d{:02}h", hours / 24, hours % 24)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_range_and_its_boundaries() {
+        let cases = [
+            (0, "0s"),
+            (1, "1ms"),
+            (500, "500ms"),
+            (999, "999ms"),
+            (1000, "1s"),
+            // Rounded up: 1.5 s left is not "retry in 1s".
+            (1_500, "2s"),
+            (17_000, "17s"),
+            (59_000, "59s"),
+            (59_001, "1m00s"),
+            (60_000, "1m00s"),
+            (125_000, "2m05s"),
+            (360_000, "6m00s"),
+            (2_094_000, "34m54s"),
+            (3_599_000, "59m59s"),
+            (3_599_001, "1h00m"),
+            (3_600_000, "1h00m"),
+            (3_720_000, "1h02m"),
+            (3_723_500, "1h03m"),
+            (86_340_000, "23h59m"),
+            (86_340_001, "1d00h"),
+            (86_400_000 * 7, "7d00h"),
+            (86_400_000 + 3 * 3_600_000, "1d03h"),
+        ];
+        for (ms, want) in cases {
+            assert_eq!(
+                HumanDuration(Duration::from_millis(ms)).to_string(),
+                want,
+                "{ms}ms"
+            );
+        }
+    }
+
+    #[test]
+    fn sub_millisecond_waits_are_not_shown_as_zero() {
+        assert_eq!(HumanDuration(Duration::from_nanos(1)).to_string(), "1ms");
+    }
+}
