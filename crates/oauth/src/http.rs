@@ -219,7 +219,7 @@ pub enum HttpError {
         reason: String,
     },
     /// No response in time.
-    #[error("request to {url} timed out after {}s", timeout.as_secs())]
+    #[error("request to {url} timed out after {}", marathon_core::fmt::HumanDuration(*timeout))]
     Timeout {
         /// The URL without its query.
         url: String,

@@ -8,9 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
+use marathon_core::fmt::HumanDuration;
 use marathon_core::{AccountKind, Clock, Secret, SystemClock};
 use marathon_store::{Credential, Map, NewAccount};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::http::{HttpClient, HttpError, HttpRequest, HyperHttpClient, strip_query};
@@ -103,7 +104,7 @@ pub enum LoginError {
     #[error("could not find an authorization code in the pasted text: {0}")]
     BadPaste(&'static str),
     /// Nobody completed the login in time.
-    #[error("the login was not completed within {}s; start it again", .0.as_secs())]
+    #[error("the login was not completed within {}; start it again", HumanDuration(*.0))]
     TimedOut(Duration),
     /// The device code expired before the user approved it.
     #[error("the device code expired before it was approved; start the login again")]
@@ -599,89 +600,125 @@ impl LoopbackLogin {
 const PAGE_OK: &str = "<!doctype html><meta charset=utf-8><title>marathon</title><p>Login complete. You can close this tab and return to the terminal.";
 const PAGE_FAIL: &str = "<!doctype html><meta charset=utf-8><title>marathon</title><p>Login failed. Return to the terminal for details.";
 
-/// Serves the callback path until one request carries a result. Other paths
-/// (favicon, probes) get a 404 and are ignored.
+/// What one request to the callback server decided.
+struct Verdict {
+    status: StatusCode,
+    page: &'static str,
+    /// `Some` when the request ends the login (a code, a refusal, another
+    /// login's state); `None` for requests that are ignored (favicon, probes).
+    result: Option<Result<String, LoginError>>,
+}
+
+/// Serves the callback until one request carries a result, one task per
+/// connection, so a connection that sends nothing (Chrome opens a speculative
+/// second one) cannot hold up the browser's real request. The connection
+/// tasks end when this returns (the set is dropped); the one that carried the
+/// result reports it only after its page was written, so the browser always
+/// sees "Login complete" before the login moves on.
 async fn accept_callback(
     listener: &TcpListener,
     path: &str,
     state: &str,
 ) -> Result<String, LoginError> {
+    let expected = Arc::new((path.to_owned(), state.to_owned()));
+    let (results, mut result) = tokio::sync::mpsc::channel(1);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let Some(target) = read_request_target(&mut sock).await else {
-            let _ = respond(&mut sock, 400, PAGE_FAIL).await;
-            continue;
-        };
-        let (req_path, query) = target.split_once('?').unwrap_or((&target, ""));
-        if req_path != path {
-            let _ = respond(&mut sock, 404, "not found").await;
-            continue;
+        tokio::select! {
+            accepted = listener.accept() => {
+                // A failed accept (the peer gave up first) only loses that peer.
+                let Ok((sock, _)) = accepted else { continue };
+                connections.spawn(serve_callback_connection(sock, expected.clone(), results.clone()));
+            }
+            Some(found) = result.recv() => return found,
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
-        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+    }
+}
+
+/// One connection: hyper reads its request (or waits, at no one else's
+/// cost), answers once, and closes.
+async fn serve_callback_connection(
+    sock: tokio::net::TcpStream,
+    expected: Arc<(String, String)>,
+    results: tokio::sync::mpsc::Sender<Result<String, LoginError>>,
+) {
+    let found = Arc::new(std::sync::Mutex::new(None));
+    let service = {
+        let found = found.clone();
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let (path, state) = &*expected;
+            let verdict = judge_callback(req.method(), req.uri(), path, state);
+            if let Some(result) = verdict.result {
+                *found.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+            }
+            let page = hyper::Response::builder()
+                .status(verdict.status)
+                .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .header(http::header::CACHE_CONTROL, "no-store")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    verdict.page.as_bytes(),
+                )));
+            std::future::ready(page)
+        })
+    };
+    let served = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!("login callback connection: {e}");
+    }
+    let result = found.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(result) = result {
+        let _ = results.send(result).await;
+    }
+}
+
+/// What a request to the callback server means for the login.
+fn judge_callback(method: &http::Method, uri: &http::Uri, path: &str, state: &str) -> Verdict {
+    let ignore = |status, page| Verdict {
+        status,
+        page,
+        result: None,
+    };
+    let fail = |result| Verdict {
+        status: StatusCode::BAD_REQUEST,
+        page: PAGE_FAIL,
+        result: Some(Err(result)),
+    };
+    if method != http::Method::GET {
+        return ignore(StatusCode::BAD_REQUEST, PAGE_FAIL);
+    }
+    if uri.path() != path {
+        return ignore(StatusCode::NOT_FOUND, "not found");
+    }
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
-        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        if let Some(error) = get("error") {
-            let _ = respond(&mut sock, 400, PAGE_FAIL).await;
-            return Err(LoginError::Denied {
-                error,
-                description: get("error_description").map(|d| d.chars().take(200).collect()),
-            });
-        }
-        if get("state").as_deref() != Some(state) {
-            let _ = respond(&mut sock, 400, PAGE_FAIL).await;
-            return Err(LoginError::StateMismatch);
-        }
-        let Some(code) = get("code").filter(|c| !c.is_empty()) else {
-            let _ = respond(&mut sock, 400, PAGE_FAIL).await;
-            return Err(LoginError::Protocol {
-                url: path.to_string(),
-                detail: "the callback has no code".into(),
-            });
-        };
-        let _ = respond(&mut sock, 200, PAGE_OK).await;
-        return Ok(code);
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if let Some(error) = get("error") {
+        return fail(LoginError::Denied {
+            error,
+            description: get("error_description").map(|d| d.chars().take(200).collect()),
+        });
     }
-}
-
-async fn read_request_target(sock: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() > 16 * 1024 {
-            return None;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    if get("state").as_deref() != Some(state) {
+        return fail(LoginError::StateMismatch);
     }
-    let head = std::str::from_utf8(&buf).ok()?;
-    let line = head.lines().next()?;
-    let mut parts = line.split(' ');
-    let method = parts.next()?;
-    let target = parts.next()?;
-    (method == "GET").then(|| target.to_string())
-}
-
-async fn respond(sock: &mut tokio::net::TcpStream, status: u16, body: &str) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        _ => "Bad Request",
-    };
-    let msg = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(msg.as_bytes()).await?;
-    sock.shutdown().await
+    match get("code").filter(|c| !c.is_empty()) {
+        Some(code) => Verdict {
+            status: StatusCode::OK,
+            page: PAGE_OK,
+            result: Some(Ok(code)),
+        },
+        None => fail(LoginError::Protocol {
+            url: path.to_string(),
+            detail: "the callback has no code".into(),
+        }),
+    }
 }
 
 /// A paste login in progress.

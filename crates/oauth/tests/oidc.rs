@@ -119,6 +119,61 @@ async fn loopback_pkce_login_gives_active_tokens_and_distinct_identities() {
     assert_eq!(first.account().label, "alice@example.com");
 }
 
+/// Guards the bug where the callback server served one connection at a time:
+/// a browser's speculative pre-connection (Chrome opens a second connection
+/// that sends nothing) was read first, and the real redirect waited behind it
+/// until that read timed out, then the idle connection was answered "400".
+/// Now every connection has its own task: the login completes through the
+/// real one while the idle one is never answered, only closed at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pre_connection_does_not_block_the_loopback_callback() {
+    use tokio::io::AsyncReadExt as _;
+
+    let server = OidcServer::start(60);
+    let preset = server.preset().await;
+    let login = OAuthClient::system()
+        .start_loopback(&preset, &hint("carol"))
+        .await
+        .unwrap();
+    let port: u16 = login
+        .redirect_uri()
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a loopback redirect URI with a port");
+    // The speculative connection: opened first, never sends a byte.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+
+    let url = login.authorize_url().to_string();
+    let issuer = server.issuer.clone();
+    let browser = tokio::spawn(async move {
+        match Browser::new(&issuer).run(&url).await {
+            BrowserEnd::Redirect(cb) => HyperHttpClient::new().send_get(&cb).await,
+            other => panic!("authorization did not redirect back: {other:?}"),
+        }
+    });
+    let result = login.wait(Duration::from_secs(30)).await.unwrap();
+    let (status, body) = browser.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("Login complete"), "{body}");
+    assert_eq!(result.identity.as_deref(), Some("carol@example.com"));
+
+    // The login is over, so the idle connection is closed: without a word.
+    let mut answered = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut answered))
+        .await
+        .expect("the idle connection is closed once the login ends")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&answered),
+        "",
+        "the idle pre-connection was served before the real callback"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pasted_redirect_url_completes_login_and_foreign_state_is_refused() {
     let server = OidcServer::start(60);
