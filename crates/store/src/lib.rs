@@ -341,9 +341,9 @@ pub enum StoreError {
     Invalid(String),
     /// A lock could not be taken in time.
     #[error(
-        "timed out after {}s waiting for the lock {}; another marathon process is holding it. \
+        "timed out after {} waiting for the lock {}; another marathon process is holding it. \
          Retry, or stop the other process",
-        waited.as_secs_f32(), path.display()
+        marathon_core::fmt::HumanDuration(*waited), path.display()
     )]
     LockTimeout {
         /// The lock file (or a description of the in-memory lock).

@@ -121,9 +121,9 @@ async fn login(
             if may_open && open_browser(&open) {
                 eprintln!("(opened in your browser)");
             }
-            let minutes = login.expires_in.as_secs().div_ceil(60);
+            let expires_in = marathon_core::fmt::HumanDuration(login.expires_in);
             with_spinner(
-                &format!("waiting for you to approve (the code expires in {minutes} min)"),
+                &format!("waiting for you to approve (the code expires in {expires_in})"),
                 login.wait(),
             )
             .await
