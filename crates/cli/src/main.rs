@@ -3,7 +3,6 @@
 
 mod cli;
 mod commands;
-mod http;
 mod output;
 mod tokens;
 

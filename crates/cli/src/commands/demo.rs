@@ -16,6 +16,10 @@ use marathon_proxy::{ProxySettings, StartOptions, UpstreamBase};
 use marathon_sim::{Account, QuotaStyle, Scenario};
 use marathon_store::{FileStore, NewAccount, Store};
 
+use bytes::Bytes;
+use http_body_util::Full;
+
+use super::proxy_client::ProxyClient;
 use crate::cli::DemoArgs;
 use crate::output::{Style, outln};
 
@@ -118,30 +122,28 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     });
 
     let addr = proxy.local_addr();
+    let client = ProxyClient::new(Duration::from_secs(10));
     let started = Instant::now();
     let (mut ok, mut failed) = (0u32, 0u32);
     let mut served: std::collections::BTreeMap<String, u32> = Default::default();
     for i in 1..=args.requests {
-        let reply = tokio::task::spawn_blocking(move || {
-            crate::http::request(
-                addr,
-                "POST",
-                "/anthropic/v1/messages",
-                &[("content-type", "application/json"), ("anthropic-version", "2023-06-01"), ("x-api-key", "anything")],
+        let request = http::Request::post(format!("http://{addr}/anthropic/v1/messages"))
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .header("x-api-key", "anything")
+            .body(Full::new(Bytes::from_static(
                 br#"{"model":"claude-sim","max_tokens":16,"messages":[{"role":"user","content":"Are we there yet?"}]}"#,
-                Duration::from_secs(10),
-            )
-        })
-        .await?;
+            )))?;
+        let reply = client.send(request).await;
         let elapsed = started.elapsed().as_secs_f64();
         match reply {
             Ok(r) => {
                 let account = r.header("x-marathon-account").unwrap_or("-").to_string();
                 let attempts = r.header("x-marathon-attempts").unwrap_or("").to_string();
-                let status = if r.status == 200 {
+                let status = if r.status == http::StatusCode::OK {
                     style.green("200")
                 } else {
-                    style.red(&r.status.to_string())
+                    style.red(r.status.as_str())
                 };
                 let detail = if attempts.contains(' ') {
                     format!("   attempts: {attempts}")
@@ -152,7 +154,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
                     "{} request {i:>2} → {status} via {account:<6}{detail}",
                     style.dim(&format!("{elapsed:>5.1}s"))
                 );
-                if r.status == 200 {
+                if r.status == http::StatusCode::OK {
                     ok += 1;
                     *served.entry(account).or_default() += 1;
                 } else {

@@ -4,6 +4,7 @@
 pub(crate) mod auth;
 pub(crate) mod demo;
 pub(crate) mod login;
+pub(crate) mod proxy_client;
 pub(crate) mod serve;
 pub(crate) mod status;
 

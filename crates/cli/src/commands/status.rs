@@ -4,8 +4,11 @@ use marathon_core::fmt::HumanDuration;
 use marathon_core::{Clock, SystemClock, UnixMillis};
 use marathon_store::{HotAccount, Store};
 
+use http_body_util::Full;
+
 use super::Context;
 use super::auth::{NO_ACCOUNTS, account_json, kind_name, sort_accounts, state_cell};
+use super::proxy_client::ProxyClient;
 use crate::cli::StatusArgs;
 use crate::output::{Style, Table, cell, out, outln};
 
@@ -93,25 +96,19 @@ fn live_status(ctx: &Context) -> Option<serde_json::Value> {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let key = config
-        .server
-        .access_keys
-        .first()
-        .map(|k| k.expose().to_string());
-    let headers: Vec<(&str, &str)> = key
-        .as_deref()
-        .map(|k| vec![("x-marathon-key", k)])
-        .unwrap_or_default();
-    let reply = crate::http::request(
-        addr,
-        "GET",
-        "/_marathon/status",
-        &headers,
-        b"",
-        std::time::Duration::from_millis(500),
-    )
-    .ok()?;
-    if reply.status != 200 {
+    let mut request = http::Request::get(format!("http://{addr}/_marathon/status"));
+    if let Some(key) = config.server.access_keys.first() {
+        request = request.header("x-marathon-key", key.expose());
+    }
+    let request = request.body(Full::default()).ok()?;
+    // `status` is a one-shot command: a runtime of its own for one request.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let client = ProxyClient::new(std::time::Duration::from_millis(500));
+    let reply = runtime.block_on(client.send(request)).ok()?;
+    if reply.status != http::StatusCode::OK {
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
