@@ -7,10 +7,11 @@ use std::time::Duration;
 
 /// A duration for people: `250ms`, `45s`, `2m05s`, `1h02m`, `3d04h`.
 ///
-/// At most two units, the smaller zero-padded so columns line up. Rounded
-/// **up** at the precision shown: a wait is never reported shorter than it
-/// is (0.4 s left is `400ms`, 1.2 s is `2s`, 1 h 2 min 10 s is `1h03m`), which
-/// is what someone deciding when to retry needs. Zero is `0s`.
+/// At most two units, the smaller zero-padded so columns line up. Below a
+/// second it is milliseconds, rounded up; above, the seconds are rounded up
+/// and the units that do not fit are cut: a wait still running never reads
+/// `0s` (0.4 s left is `400ms`, 1.2 s is `2s`), and a one-hour reset a second
+/// of jitter away still reads `1h00m`. Zero is `0s`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -37,8 +38,6 @@ impl fmt::Display for HumanDuration {
         if ms < 1000 {
             return write!(f, "{ms}ms");
         }
-        // Each step rounds up to its own unit, so carrying into the next unit
-        // (59.5 s → `1m00s`) happens before that unit is chosen.
         let secs = ms.div_ceil(1000);
         if secs < MINUTE {
             return write!(f, "{secs}s");
@@ -46,12 +45,10 @@ impl fmt::Display for HumanDuration {
         if secs < HOUR {
             return write!(f, "{}m{:02}s", secs / MINUTE, secs % MINUTE);
         }
-        let mins = secs.div_ceil(MINUTE);
-        if mins * MINUTE < DAY {
-            return write!(f, "{}h{:02}m", mins / 60, mins % 60);
+        if secs < DAY {
+            return write!(f, "{}h{:02}m", secs / HOUR, secs % HOUR / MINUTE);
         }
-        let hours = mins.div_ceil(60);
-        write!(f, "{}d{:02}h", hours / 24, hours % 24)
+        write!(f, "{}d{:02}h", secs / DAY, secs % DAY / HOUR)
     }
 }
 
@@ -80,9 +77,12 @@ mod tests {
             (3_599_001, "1h00m"),
             (3_600_000, "1h00m"),
             (3_720_000, "1h02m"),
-            (3_723_500, "1h03m"),
+            // A one-hour reset plus a second of jitter.
+            (3_601_000, "1h00m"),
+            (3_723_500, "1h02m"),
             (86_340_000, "23h59m"),
-            (86_340_001, "1d00h"),
+            (86_399_999, "1d00h"),
+            (86_399_000, "23h59m"),
             (86_400_000 * 7, "7d00h"),
             (86_400_000 + 3 * 3_600_000, "1d03h"),
         ];
