@@ -9,13 +9,20 @@ use crate::model::{Config, ProviderConfig};
 use crate::values;
 
 /// Server and event settings, by variable name.
-pub const GLOBAL_VARS: [&str; 8] = [
+pub const GLOBAL_VARS: [&str; 15] = [
     "MARATHON_LISTEN",
     "MARATHON_ACCESS_KEYS",
     "MARATHON_ACCESS_KEY",
     "MARATHON_MAX_BODY",
     "MARATHON_PEEK_FIRST_EVENT",
     "MARATHON_UPSTREAM_TIMEOUT",
+    "MARATHON_ALLOWED_HOSTS",
+    "MARATHON_ALLOWED_ORIGINS",
+    "MARATHON_HEADER_READ_TIMEOUT",
+    "MARATHON_IDLE_TIMEOUT",
+    "MARATHON_MAX_CONNECTIONS",
+    "MARATHON_ERROR_BODY_TIMEOUT",
+    "MARATHON_SHUTDOWN_GRACE",
     "MARATHON_WEBHOOK",
     "MARATHON_EVENT_COMMAND",
 ];
@@ -73,6 +80,35 @@ pub(crate) fn apply(
             "MARATHON_MAX_BODY" => config.server.max_body = values::bytes(value).map_err(err)?,
             "MARATHON_UPSTREAM_TIMEOUT" => {
                 config.server.upstream_timeout = values::optional_duration(value).map_err(err)?
+            }
+            "MARATHON_ALLOWED_HOSTS" => {
+                config.server.allowed_hosts = values::list(value)
+                    .into_iter()
+                    .map(values::host_name)
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?
+            }
+            "MARATHON_ALLOWED_ORIGINS" => {
+                config.server.allowed_origins = values::list(value)
+                    .into_iter()
+                    .map(values::origin)
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?
+            }
+            "MARATHON_HEADER_READ_TIMEOUT" => {
+                config.server.header_read_timeout = values::positive_duration(value).map_err(err)?
+            }
+            "MARATHON_IDLE_TIMEOUT" => {
+                config.server.idle_timeout = values::positive_duration(value).map_err(err)?
+            }
+            "MARATHON_ERROR_BODY_TIMEOUT" => {
+                config.server.error_body_timeout = values::positive_duration(value).map_err(err)?
+            }
+            "MARATHON_SHUTDOWN_GRACE" => {
+                config.server.shutdown_grace = values::duration(value).map_err(err)?
+            }
+            "MARATHON_MAX_CONNECTIONS" => {
+                config.server.max_connections = values::max_connections_str(value).map_err(err)?
             }
             "MARATHON_PEEK_FIRST_EVENT" => {
                 config.server.peek_first_event = values::boolean(value).map_err(err)?

@@ -50,6 +50,25 @@ pub struct ServerConfig {
     /// Off by default: an LLM answer can take minutes, the client's own
     /// timeout cancels the attempt, and TCP keepalive catches dead peers.
     pub upstream_timeout: Option<std::time::Duration>,
+    /// Host names (besides loopback names and IP addresses) that requests may
+    /// carry in `Host`: the names clients reach the proxy by. Anything else is
+    /// refused, which stops DNS-rebinding pages. Lower-case, without a port.
+    pub allowed_hosts: Vec<String>,
+    /// Web origins (`https://app.example`) whose pages may call the proxy
+    /// from a browser (CORS). Empty by default: requests carrying another
+    /// page's `Origin` are refused. Lower-case, without a trailing slash.
+    pub allowed_origins: Vec<String>,
+    /// A client must send a request's whole head within this long of starting it.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Most client connections open at once; `None` = sized from the
+    /// process's descriptor limit.
+    pub max_connections: Option<u32>,
+    /// How long the whole first part of an upstream error body may take to arrive.
+    pub error_body_timeout: Duration,
+    /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl ServerConfig {
@@ -57,6 +76,14 @@ impl ServerConfig {
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8787";
     /// The default replay buffer cap (32 MiB).
     pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
+    /// The default header read timeout.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default keep-alive idle timeout.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// The default error-body deadline.
+    pub const DEFAULT_ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default shutdown grace period.
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
     /// Refuses a listen address reachable from other machines unless access
     /// keys are set: an open proxy would hand out the accounts' credentials.
@@ -81,6 +108,13 @@ impl Default for ServerConfig {
             max_body: Self::DEFAULT_MAX_BODY,
             peek_first_event: true,
             upstream_timeout: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            max_connections: None,
+            error_body_timeout: Self::DEFAULT_ERROR_BODY_TIMEOUT,
+            shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }

@@ -96,6 +96,13 @@ struct RawServer {
     max_body: Field,
     peek_first_event: Field,
     upstream_timeout: Field,
+    allowed_hosts: Option<Vec<Spanned<String>>>,
+    allowed_origins: Option<Vec<Spanned<String>>>,
+    header_read_timeout: Field,
+    idle_timeout: Field,
+    max_connections: Field,
+    error_body_timeout: Field,
+    shutdown_grace: Field,
 }
 
 #[derive(Deserialize, Default)]
@@ -348,7 +355,7 @@ fn with_str<T>(
     }
 }
 
-fn server(cx: &Cx<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError> {
+fn server(cx: &Cx<'_>, mut raw: RawServer) -> Result<ServerConfig, ConfigError> {
     let mut s = ServerConfig::default();
     if let Some(v) = &raw.listen {
         s.listen = with_str(
@@ -359,7 +366,7 @@ fn server(cx: &Cx<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError> {
             values::listen,
         )?;
     }
-    if let Some(keys) = raw.access_keys {
+    if let Some(keys) = raw.access_keys.take() {
         for k in &keys {
             if k.get_ref().expose().trim().is_empty() {
                 return Err(cx.err(
@@ -407,11 +414,97 @@ fn server(cx: &Cx<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError> {
             values::optional_duration,
         )?;
     }
+    connection_limits(cx, &raw, &mut s)?;
+    if let Some(list) = &raw.allowed_hosts {
+        s.allowed_hosts = checked_list(cx, list, "server.allowed_hosts", values::host_name)?;
+    }
+    if let Some(list) = &raw.allowed_origins {
+        s.allowed_origins = checked_list(cx, list, "server.allowed_origins", values::origin)?;
+    }
     if let Err(m) = s.check_exposure() {
         let span = raw.listen.as_ref().map_or(0..0, |v| v.span());
         return Err(cx.err(span, "server.listen", m));
     }
     Ok(s)
+}
+
+/// Timeouts and the connection cap of `[server]`.
+fn connection_limits(
+    cx: &Cx<'_>,
+    raw: &RawServer,
+    s: &mut ServerConfig,
+) -> Result<(), ConfigError> {
+    let timeout = |v: &Field, key: &str, slot: &mut std::time::Duration| {
+        if let Some(v) = v {
+            *slot = with_str(
+                cx,
+                v,
+                key,
+                "a duration such as \"10s\"",
+                values::positive_duration,
+            )?;
+        }
+        Ok::<_, ConfigError>(())
+    };
+    timeout(
+        &raw.header_read_timeout,
+        "server.header_read_timeout",
+        &mut s.header_read_timeout,
+    )?;
+    timeout(
+        &raw.idle_timeout,
+        "server.idle_timeout",
+        &mut s.idle_timeout,
+    )?;
+    timeout(
+        &raw.error_body_timeout,
+        "server.error_body_timeout",
+        &mut s.error_body_timeout,
+    )?;
+    if let Some(v) = &raw.shutdown_grace {
+        // Zero is fine here: stop at once, after saving state.
+        s.shutdown_grace = with_str(
+            cx,
+            v,
+            "server.shutdown_grace",
+            "a duration such as \"30s\"",
+            values::duration,
+        )?;
+    }
+    if let Some(v) = &raw.max_connections {
+        let key = "server.max_connections";
+        s.max_connections = match v.get_ref() {
+            Scalar::Int(n) => {
+                values::max_connections_int(*n).map_err(|m| cx.err(v.span(), key, m))?
+            }
+            Scalar::Str(t) => {
+                values::max_connections_str(t).map_err(|m| cx.err(v.span(), key, m))?
+            }
+            other => {
+                return Err(cx.err(
+                    v.span(),
+                    key,
+                    format!(
+                        "expected a number of connections or \"auto\", found {}",
+                        other.type_name()
+                    ),
+                ));
+            }
+        };
+    }
+    Ok(())
+}
+
+/// A list of strings, each checked by `check`.
+fn checked_list(
+    cx: &Cx<'_>,
+    list: &[Spanned<String>],
+    key: &str,
+    check: fn(&str) -> Result<String, String>,
+) -> Result<Vec<String>, ConfigError> {
+    list.iter()
+        .map(|v| check(v.get_ref()).map_err(|m| cx.err(v.span(), key, m)))
+        .collect()
 }
 
 fn boolean(cx: &Cx<'_>, v: &Spanned<Scalar>, key: &str) -> Result<bool, ConfigError> {

@@ -25,6 +25,104 @@ pub(crate) fn optional_duration(s: &str) -> Result<Option<Duration>, String> {
     Ok((!d.is_zero()).then_some(d))
 }
 
+/// A duration above zero (a timeout of zero would refuse everything).
+pub(crate) fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{s:?} is zero; give a duration above zero, e.g. \"10s\""
+        ));
+    }
+    Ok(d)
+}
+
+/// `auto` (sized from the descriptor limit) or a number of connections, at least 1.
+pub(crate) fn max_connections_str(s: &str) -> Result<Option<u32>, String> {
+    let s = s.trim();
+    if s == "auto" {
+        return Ok(None);
+    }
+    let n: i64 = s.parse().map_err(|_| {
+        format!("invalid max_connections {s:?} (expected a number of at least 1, or \"auto\")")
+    })?;
+    max_connections_int(n)
+}
+
+pub(crate) fn max_connections_int(n: i64) -> Result<Option<u32>, String> {
+    match u32::try_from(n) {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(format!(
+            "max_connections must be at least 1 (got {n}); \"auto\" sizes it from the descriptor limit"
+        )),
+    }
+}
+
+/// A host name a client may send in `Host` (`proxy.internal`), or an IP
+/// address; lower-cased, without a port.
+pub(crate) fn host_name(s: &str) -> Result<String, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let bracketed = t.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+    let ok = match bracketed {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !t.is_empty()
+                && t.len() <= 253
+                && !t.starts_with(['.', '-'])
+                && !t.ends_with('.')
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }
+    };
+    if ok {
+        Ok(t)
+    } else {
+        Err(format!(
+            "invalid host name {s:?} (expected a name such as \"proxy.internal\", without scheme or port)"
+        ))
+    }
+}
+
+/// A web origin: `http://` or `https://`, a host, an optional port, no path;
+/// lower-cased as browsers send it.
+pub(crate) fn origin(s: &str) -> Result<String, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let err = || {
+        format!(
+            "invalid origin {s:?} (expected scheme://host[:port] with no path, e.g. \"https://app.example\" or \"http://localhost:3000\")"
+        )
+    };
+    let rest = t
+        .strip_prefix("https://")
+        .or_else(|| t.strip_prefix("http://"))
+        .ok_or_else(err)?;
+    let (host, port) = match rest.find(']') {
+        Some(i) if rest.starts_with('[') => (&rest[..=i], rest[i + 1..].strip_prefix(':')),
+        _ => match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        },
+    };
+    let trailing = rest.len() - host.len() - port.map_or(0, |p| p.len() + 1);
+    if trailing != 0 {
+        return Err(err());
+    }
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(err());
+    }
+    host_name(host).map_err(|_| err())?;
+    Ok(t)
+}
+
+/// A comma-separated list (for `MARATHON_*` variables); blanks are dropped.
+pub(crate) fn list(s: &str) -> Vec<&str> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
 pub(crate) fn strategy(s: &str) -> Result<Strategy, String> {
     Strategy::from_str(s.trim()).map_err(|_| {
         let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
@@ -285,6 +383,33 @@ mod tests {
         assert!(provider_name("my-llm2").is_ok());
         assert!(provider_name("My_LLM").is_err());
         assert!(provider_name("").is_err());
+    }
+
+    #[test]
+    fn hosts_and_origins() {
+        assert_eq!(host_name("Proxy.Internal").unwrap(), "proxy.internal");
+        assert_eq!(host_name("[::1]").unwrap(), "[::1]");
+        assert!(host_name("proxy.internal:8787").is_err(), "no port");
+        assert!(host_name("http://proxy").is_err());
+        assert!(host_name("").is_err());
+        assert_eq!(
+            origin("HTTPS://App.Example").unwrap(),
+            "https://app.example"
+        );
+        assert_eq!(
+            origin("http://localhost:3000").unwrap(),
+            "http://localhost:3000"
+        );
+        assert_eq!(origin("http://[::1]:3000").unwrap(), "http://[::1]:3000");
+        assert!(origin("https://app.example/").is_err(), "no path");
+        assert!(origin("app.example").is_err(), "a scheme");
+        assert!(origin("null").is_err());
+        assert!(origin("http://x:port").is_err());
+        assert_eq!(max_connections_str("auto").unwrap(), None);
+        assert_eq!(max_connections_str("500").unwrap(), Some(500));
+        assert!(max_connections_str("0").is_err());
+        assert!(positive_duration("0s").is_err());
+        assert_eq!(list(" a, ,b "), ["a", "b"]);
     }
 
     #[test]

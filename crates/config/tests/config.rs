@@ -1054,3 +1054,107 @@ fn paths_follow_home_flag_then_marathon_home_then_xdg() {
         PathBuf::from("/home/u/.config/marathon/config.toml")
     );
 }
+
+// ---- browser origins and connection limits (issue 9) ----
+
+#[test]
+fn security_and_limit_settings_have_safe_defaults() {
+    let c = parse("");
+    assert!(c.server.allowed_hosts.is_empty());
+    assert!(c.server.allowed_origins.is_empty());
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.max_connections, None, "auto");
+    assert_eq!(c.server.error_body_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+    // The example documents exactly these defaults.
+    let e = parse(include_str!("../example.toml"));
+    assert_eq!(e.server.header_read_timeout, c.server.header_read_timeout);
+    assert_eq!(e.server.idle_timeout, c.server.idle_timeout);
+    assert_eq!(e.server.max_connections, c.server.max_connections);
+    assert_eq!(e.server.error_body_timeout, c.server.error_body_timeout);
+    assert_eq!(e.server.shutdown_grace, c.server.shutdown_grace);
+    assert!(e.server.allowed_hosts.is_empty() && e.server.allowed_origins.is_empty());
+}
+
+#[test]
+fn security_and_limit_settings_are_read() {
+    let c = parse(
+        r#"
+[server]
+allowed_hosts = ["Proxy.Internal", "[::1]"]
+allowed_origins = ["https://Chat.Example", "http://localhost:3000"]
+header_read_timeout = "5s"
+idle_timeout = "2m"
+max_connections = 5000
+error_body_timeout = "3s"
+shutdown_grace = "0s"
+"#,
+    );
+    assert_eq!(c.server.allowed_hosts, ["proxy.internal", "[::1]"]);
+    assert_eq!(
+        c.server.allowed_origins,
+        ["https://chat.example", "http://localhost:3000"]
+    );
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(120));
+    assert_eq!(c.server.max_connections, Some(5000));
+    assert_eq!(c.server.error_body_timeout, Duration::from_secs(3));
+    assert_eq!(c.server.shutdown_grace, Duration::ZERO);
+    assert_eq!(
+        parse("[server]\nmax_connections = \"auto\"")
+            .server
+            .max_connections,
+        None
+    );
+}
+
+#[test]
+fn security_and_limit_mistakes_name_the_key() {
+    assert_eq!(
+        error("[server]\nallowed_hosts = [\"proxy.internal:8787\"]"),
+        "config.toml:2:18: server.allowed_hosts: invalid host name \"proxy.internal:8787\" \
+         (expected a name such as \"proxy.internal\", without scheme or port)"
+    );
+    assert!(
+        error("[server]\nallowed_origins = [\"https://chat.example/\"]")
+            .starts_with("config.toml:2:20: server.allowed_origins: invalid origin"),
+    );
+    assert!(
+        error("[server]\nidle_timeout = \"0s\"")
+            .starts_with("config.toml:2:16: server.idle_timeout: \"0s\" is zero"),
+    );
+    assert!(error("[server]\nmax_connections = 0").starts_with(
+        "config.toml:2:19: server.max_connections: max_connections must be at least 1"
+    ),);
+}
+
+#[test]
+fn security_and_limit_settings_from_the_environment() {
+    let c = env(
+        "",
+        &[
+            ("MARATHON_ALLOWED_HOSTS", "proxy.internal, gw.example"),
+            ("MARATHON_ALLOWED_ORIGINS", "http://localhost:3000"),
+            ("MARATHON_HEADER_READ_TIMEOUT", "2s"),
+            ("MARATHON_IDLE_TIMEOUT", "30s"),
+            ("MARATHON_MAX_CONNECTIONS", "100"),
+            ("MARATHON_ERROR_BODY_TIMEOUT", "1s"),
+            ("MARATHON_SHUTDOWN_GRACE", "5s"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.server.allowed_hosts, ["proxy.internal", "gw.example"]);
+    assert_eq!(c.server.allowed_origins, ["http://localhost:3000"]);
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.max_connections, Some(100));
+    assert_eq!(c.server.error_body_timeout, Duration::from_secs(1));
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+    let e = env("", &[("MARATHON_ALLOWED_ORIGINS", "evil")]).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("environment variable MARATHON_ALLOWED_ORIGINS: invalid origin"),
+        "{e}"
+    );
+}
