@@ -426,7 +426,8 @@ pub(crate) async fn forward(
                 if !resp.status().is_success() || (peek && sse) {
                     // Boxed: its timers would otherwise sit in every request's
                     // future, which is moved around by value.
-                    Ok(Box::pin(read_head(resp, reuse, sse, peek)).await)
+                    let peek_error_for = state.settings.error_body_timeout;
+                    Ok(Box::pin(read_head(resp, reuse, sse, peek, peek_error_for)).await)
                 } else {
                     Ok((plain_head(resp, reuse, sse), None))
                 }
@@ -762,21 +763,29 @@ fn plain_head(resp: Response<Incoming>, reuse: Reuse, sse: bool) -> Upstream {
 /// Reads what classification needs of a response: an error body's first
 /// bytes, or a 200 stream's first event. Returns the in-stream error data if
 /// the first event is an error.
+///
+/// An error body gets `error_body_timeout` in all, not per chunk: an
+/// upstream that drips a byte every few seconds would otherwise hold the
+/// request for ever. Past the deadline the answer goes on with what arrived
+/// and the rest is dropped (closing that upstream connection).
 async fn read_head(
     resp: Response<Incoming>,
     reuse: Reuse,
     sse: bool,
     peek_sse: bool,
+    error_body_timeout: Duration,
 ) -> (Upstream, Option<Vec<u8>>) {
-    let (head, mut body) = resp.into_parts();
+    let (mut head, mut body) = resp.into_parts();
     let mut prefix = VecDeque::new();
     let mut scanner = sse.then(ErrorScanner::new);
     let mut error_data = None;
     let mut ended = false;
+    let mut abandoned = false;
     if !head.status.is_success() {
         let mut read = 0;
+        let deadline = tokio::time::Instant::now() + error_body_timeout;
         while read < ERROR_BODY_PEEK && !body.is_end_stream() {
-            match tokio::time::timeout(PEEK_TIMEOUT, body.frame()).await {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         read += data.len();
@@ -787,7 +796,15 @@ async fn read_head(
                     ended = true;
                     break;
                 }
-                _ => break,
+                Err(_) => {
+                    tracing::warn!(
+                        status = head.status.as_u16(),
+                        "the upstream's error body did not arrive within {error_body_timeout:?}; going on with the {read} bytes that did"
+                    );
+                    abandoned = true;
+                    break;
+                }
+                Ok(Some(Err(_))) => break,
             }
         }
     } else if let (true, Some(sc)) = (peek_sse, scanner.as_mut()) {
@@ -807,7 +824,13 @@ async fn read_head(
             }
         }
     }
-    let (rest, reuse) = unread_rest(body, reuse, ended);
+    let (rest, reuse) = if abandoned {
+        // The client gets what arrived; its length is no longer the upstream's.
+        head.headers.remove(header::CONTENT_LENGTH);
+        (None, None)
+    } else {
+        unread_rest(body, reuse, ended)
+    };
     (
         Upstream {
             head,

@@ -7,6 +7,9 @@
 //!
 //! Roles:
 //! - [`server`]: accepting connections, routing, access keys, background sync;
+//! - `browser`: the Host and Origin checks that keep web pages out;
+//! - `connections`: connection cap, head and idle timeouts, parking idle
+//!   connections without their buffers, graceful shutdown;
 //! - `forward`: the per-request rotation loop (pick → send → classify → decide);
 //! - `body`: the one body type both ways, streaming chunk by chunk;
 //! - `headers`: hop-by-hop stripping and credential replacement (no client
@@ -22,6 +25,8 @@
 //! Only this crate knows hyper; the decisions are `marathon-core`'s.
 
 mod body;
+mod browser;
+mod connections;
 mod errors;
 mod events;
 mod forward;
@@ -31,10 +36,10 @@ mod metrics;
 mod ops;
 pub mod server;
 mod settings;
-mod shutdown;
 mod state;
 mod upstream;
 
+pub use connections::{ConnectionLimits, auto_max_connections, raise_nofile_limit};
 pub use events::EventSinks;
 pub use headers::{BadAuthStyle, CredentialStyle};
 pub use server::{EventSubscription, ProxyHandle, StartOptions, start};

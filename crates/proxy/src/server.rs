@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use marathon_core::budget::RetryBudget;
 use marathon_core::pool::Pool;
 use marathon_core::{Clock, SystemClock};
@@ -17,6 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::ProxyBody;
+use crate::browser::Verdict;
+use crate::connections::{Connections, Tracked};
 use crate::errors::proxy_error;
 use crate::events::EventBus;
 use crate::headers::presented_keys;
@@ -144,6 +145,8 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     bus.start_sinks(&settings.sinks, client.clone());
     let client_headers =
         crate::headers::ClientHeaders::new(settings.providers.iter().map(|p| &p.credentials));
+    let browser =
+        crate::browser::Guard::new(addr, &settings.allowed_hosts, &settings.allowed_origins);
     let state = Arc::new(AppState {
         client_headers,
         session_keys: Default::default(),
@@ -154,6 +157,7 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
         clock: opts.clock,
         store: opts.store,
         tokens: opts.tokens,
+        browser,
     });
 
     // Accounts and remembered cooldowns before the first request.
@@ -178,40 +182,116 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     })
 }
 
+/// The first pause after the process runs out of descriptors (or buffers),
+/// doubled on each failure up to [`ACCEPT_BACKOFF_MAX`]: retrying at once
+/// would spin a core and starve the connections that are being served.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = crate::shutdown::Shutdown::default();
+    let conns = Arc::new(Connections::new(state.settings.limits));
+    tracing::debug!("serving at most {} client connections", conns.cap());
+    let sweeper = tokio::spawn(conns.clone().sweep());
+    // One flat write buffer instead of a queue of iovecs: LLM answers are
+    // small or come in small chunks, and the queue's bookkeeping cost more
+    // than the copy (measured). No hyper timer: the head and idle timeouts
+    // are `connections`' (hyper's would arm a timer per request).
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .max_buf_size(crate::guard::MAX_REQUEST_HEAD)
+        .writev(false)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(state, req).await) }
-                });
-                // One flat write buffer instead of a queue of iovecs: LLM
-                // answers are small or come in small chunks, and the queue's
-                // bookkeeping cost more than the copy (measured).
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .max_buf_size(crate::guard::MAX_REQUEST_HEAD)
-                    .writev(false)
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::spawn(graceful.watch(conn));
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    let Some(admitted) = conns.admit(&stream) else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let (state, conn) = (state.clone(), admitted.conn().clone());
+                    let svc = service_fn(move |req| {
+                        conn.request_started();
+                        let (state, conn) = (state.clone(), conn.clone());
+                        async move { Ok::<_, Infallible>(handle(state, req).await.map(|b| Tracked::new(b, conn))) }
+                    });
+                    tokio::spawn(admitted.serve(stream, builder.clone(), svc));
+                }
+                Err(e) if out_of_resources(&e) => {
+                    if backoff == ACCEPT_BACKOFF_MIN {
+                        tracing::warn!("cannot accept connections: {e}; closing idle connections and retrying (raise the descriptor limit, ulimit -n, or lower server.max_connections)");
+                    }
+                    // Free descriptors for the connections still coming.
+                    conns.evict(1);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+                // One connection's trouble (reset before it was accepted...).
+                Err(_) => {}
+            },
             _ = shutdown.changed() => break,
         }
     }
     drop(listener);
-    graceful.close().await;
+    conns.close().await;
+    sweeper.abort();
 }
 
-async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBody> {
+/// Out of descriptors, socket buffers or memory: waiting helps, retrying at once does not.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+}
+
+async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    // Web pages first: before the body is read, the access key checked or an
+    // account picked.
+    let cors = match state.browser.check(req.method(), req.headers()) {
+        Verdict::Allow => return route(state, req).await,
+        Verdict::AllowOwnPage => None,
+        Verdict::AllowCors(origin) => Some(origin),
+        Verdict::Preflight(answer) => return answer,
+        Verdict::Refuse(status, why) => return refused(&state, req.uri().path(), status, &why),
+    };
+    // A page's request. Its Origin is between the browser and marathon: the
+    // provider would take it for a browser calling it directly (and Anthropic
+    // refuses those).
+    req.headers_mut().remove(header::ORIGIN);
+    let mut resp = route(state, req).await;
+    match cors {
+        Some(origin) => crate::browser::allow_cors(resp.headers_mut(), origin),
+        None => crate::browser::strip_cors(resp.headers_mut()),
+    }
+    resp
+}
+
+/// A request the browser checks turned away, in the provider's error format when the
+/// path names one.
+fn refused(state: &AppState, path: &str, status: StatusCode, why: &str) -> Response<ProxyBody> {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let flavor = state
+        .providers
+        .get(first)
+        .map_or(marathon_core::ApiFlavor::Openai, |p| p.settings.flavor);
+    let mut r = proxy_error(flavor, status, why);
+    // Whatever the client meant, this connection was for someone else.
+    r.headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    r
+}
+
+async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path();
     let Some(rest) = path.strip_prefix('/') else {
         return not_found();

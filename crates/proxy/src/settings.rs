@@ -87,6 +87,17 @@ impl ProxySettings {
                 webhook: config.events.webhook.clone(),
                 command: config.events.command.clone(),
             },
+            allowed_hosts: config.server.allowed_hosts.clone(),
+            allowed_origins: config.server.allowed_origins.clone(),
+            limits: crate::ConnectionLimits {
+                header_read_timeout: config.server.header_read_timeout,
+                idle_timeout: config.server.idle_timeout,
+                max_connections: config
+                    .server
+                    .max_connections
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            },
+            error_body_timeout: config.server.error_body_timeout,
         })
     }
 

@@ -66,6 +66,16 @@ pub struct ProxySettings {
     pub providers: Vec<ProviderSettings>,
     /// Event sinks besides the log and SSE.
     pub sinks: EventSinks,
+    /// Names (besides `localhost` and IP addresses) requests may carry in
+    /// `Host`; any other is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Web origins whose pages may call the proxy (CORS); any other page's
+    /// requests are refused.
+    pub allowed_origins: Vec<String>,
+    /// Client connection limits.
+    pub limits: crate::ConnectionLimits,
+    /// How long the first part of an upstream error body may take in total.
+    pub error_body_timeout: Duration,
 }
 
 /// Hands out OAuth access tokens, refreshing them as needed. The OAuth crate
@@ -178,6 +188,8 @@ pub(crate) struct AppState {
     pub client_headers: ClientHeaders,
     /// The per-process key session ids are hashed with.
     pub session_keys: foldhash::quality::RandomState,
+    /// Host and Origin checks (web pages).
+    pub browser: crate::browser::Guard,
 }
 
 impl AppState {

@@ -1227,7 +1227,7 @@ async fn shutdown_finishes_streams_in_flight_and_closes_idle_connections() {
     let addr = w.proxy.local_addr();
     // An idle keep-alive connection: one request answered, then silence.
     let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET /_marathon/health HTTP/1.1\r\nhost: x\r\n\r\n")
+    idle.write_all(b"GET /_marathon/health HTTP/1.1\r\nhost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut buf = vec![0u8; 4096];
