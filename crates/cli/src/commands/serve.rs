@@ -1,8 +1,7 @@
-//! `marathon serve`: the rotating proxy, until Ctrl-C.
+//! `marathon serve`: the rotating proxy, until SIGTERM or Ctrl-C.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use marathon_proxy::{ProxySettings, StartOptions};
@@ -25,6 +24,9 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("in {}", ctx.paths.config_file.display()))?;
     let store: Arc<dyn Store> = Arc::new(ctx.store()?);
     let accounts = store.list()?;
+    // Before the first socket: the connection cap is sized from the limit.
+    let nofile = marathon_proxy::raise_nofile_limit();
+    let grace = config.server.shutdown_grace;
 
     // One event-loop thread by default, like an nginx worker: measured here it
     // costs a quarter less CPU per request than tokio's work-stealing pool
@@ -66,11 +68,70 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
             errln!("  no accounts yet: add one with `marathon auth add <provider> --label <name>` (the proxy picks it up within seconds)");
         }
         errln!("  dashboard  {base}/_marathon/    status: marathon status");
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        errln!("stopping: letting requests in flight finish (up to 10s)");
-        handle.shutdown(Duration::from_secs(10)).await;
+        tracing::debug!("descriptor limit {nofile}");
+        let mut signals = Signals::new()?;
+        let first = signals.next().await;
+        errln!(
+            "{first}: stopping; letting requests in flight finish (up to {}), then saving state; send it again to exit at once",
+            marathon_core::fmt::HumanDuration(grace)
+        );
+        tokio::select! {
+            () = handle.shutdown(grace) => {}
+            second = signals.next() => {
+                errln!("{second} again: exiting without waiting for requests in flight");
+                std::process::exit(second.exit_code());
+            }
+        }
         anyhow::Ok(())
     })
+}
+
+/// SIGTERM (systemd, containers, `kill`) and SIGINT (Ctrl-C) alike.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[derive(Clone, Copy)]
+enum Stop {
+    Term,
+    Int,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stop::Term => "SIGTERM",
+            Stop::Int => "SIGINT",
+        })
+    }
+}
+
+impl Stop {
+    /// 128 + the signal's number, as a shell reports a process it killed.
+    fn exit_code(self) -> i32 {
+        match self {
+            Stop::Term => 143,
+            Stop::Int => 130,
+        }
+    }
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.term.recv() => Stop::Term,
+            _ = self.int.recv() => Stop::Int,
+        }
+    }
 }
 
 /// Log lines to stderr: `MARATHON_LOG` (or `RUST_LOG`) filters, default `info`.
