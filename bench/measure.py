@@ -11,6 +11,11 @@
       whose preferred account is rate-limited in short windows) and straight to
       the simulator; prints one JSON line per failover and a summary.
 
+  measure.py idle --name NAME --url URL --pid PID[,PID] --connections N [--settle S]
+      Opens N keep-alive connections to URL, sends one request on each and
+      reads its answer, leaves them all open and idle, waits S seconds, and
+      prints the RSS the target's processes gained per connection.
+
   measure.py report RAW.jsonl META.json
       Turns the raw records into the Markdown results table.
 """
@@ -174,6 +179,94 @@ def cmd_stream(args):
                 ),
                 flush=True,
             )
+
+
+def rss_kb(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def read_answer(sock):
+    """Reads one HTTP/1.1 answer (content-length or chunked); returns its status."""
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise SystemExit(f"connection closed before an answer: {bytes(buf[:200])!r}")
+        buf += data
+    head_end = buf.index(b"\r\n\r\n") + 4
+    head = bytes(buf[:head_end]).decode("latin-1").lower()
+    status = int(head.split(" ", 2)[1])
+    m = re.search(r"\r\ncontent-length: *(\d+)", head)
+    if m:
+        need = head_end + int(m.group(1))
+        while len(buf) < need:
+            buf += sock.recv(65536)
+    elif "transfer-encoding: chunked" in head:
+        while not buf.endswith(b"0\r\n\r\n"):
+            buf += sock.recv(65536)
+    return status
+
+
+def cmd_idle(args):
+    """Idle keep-alive connections: what each one costs the server in memory
+    once it has served its request and gone quiet."""
+    pids = [int(p) for p in args.pid.split(",")]
+    u = urllib.parse.urlsplit(args.url)
+    request = (
+        f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer sk-bench-client\r\nContent-Length: {len(PLAIN_BODY)}\r\n\r\n"
+    ).encode() + PLAIN_BODY
+    # Warm: pools, caches and allocator arenas as after normal use.
+    warm = socket.create_connection((u.hostname, u.port), timeout=30)
+    for _ in range(50):
+        warm.sendall(request)
+        read_answer(warm)
+    warm.close()
+    time.sleep(args.settle)
+    before = rss_kb(pids)
+    socks, t0 = [], time.monotonic()
+    for _ in range(args.connections):
+        s = socket.create_connection((u.hostname, u.port), timeout=30)
+        s.sendall(request)
+        status = read_answer(s)
+        if status != 200:
+            raise SystemExit(f"{args.name}: answer {status}")
+        socks.append(s)
+    opened = time.monotonic() - t0
+    time.sleep(args.settle)
+    after = rss_kb(pids)
+    open_now = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            open_now += s.recv(1) != b""
+        except BlockingIOError:
+            open_now += 1
+        except OSError:
+            pass
+    for s in socks:
+        s.close()
+    print(
+        json.dumps(
+            {
+                "kind": "idle",
+                "target": args.name,
+                "connections": args.connections,
+                "still_open": open_now,
+                "open_seconds": opened,
+                "rss_before_kb": before,
+                "rss_after_kb": after,
+                "kib_per_connection": (after - before) / args.connections,
+            }
+        ),
+        flush=True,
+    )
 
 
 ATTEMPT = re.compile(r"\S+=(\d{3}|[a-z-]+)")
@@ -519,6 +612,24 @@ def cmd_report(args):
             w(f"\nExample: `x-marathon-attempts: {fo[0]['trace']}`")
         w("")
 
+    # ---- idle connections
+    idle = {r["target"]: r for r in recs if r["kind"] == "idle"}
+    if idle:
+        w("## Idle keep-alive connections\n")
+        w(
+            "Each connection sends one request, reads the answer and stays open, idle; "
+            "RSS of the proxy's processes before and a few seconds after, per connection.\n"
+        )
+        w("| | connections | still open | RSS before | RSS after | **per idle connection** |\n|---|---:|---:|---:|---:|---:|")
+        for t in ("nginx", "marathon"):
+            r = idle.get(t)
+            if r:
+                w(
+                    f"| {t} | {r['connections']:,} | {r['still_open']:,} | {fmt(r['rss_before_kb'], ' KiB')} | "
+                    f"{fmt(r['rss_after_kb'], ' KiB')} | **{fmt(r['kib_per_connection'], ' KiB', 2)}** |"
+                )
+        w("")
+
     # ---- targets
     m, n = summary.get("marathon", {}), summary.get("nginx", {})
     checks = []
@@ -540,6 +651,8 @@ def cmd_report(args):
         m.get(64, {}).get("rss_max") or rss.get("marathon_hwm")
     ) else None
     check("RSS under load, MB (max of sampled VmRSS and VmHWM)", rss_load, 15, "le")
+    if "marathon" in idle:
+        check("RSS per idle keep-alive connection, KiB", idle["marathon"]["kib_per_connection"], 4, "le")
     w("## Targets\n")
     w("| target | measured | goal | |\n|---|---:|---:|---|")
     for name, value, goal, ok in checks:
@@ -574,12 +687,18 @@ def main():
     f.add_argument("--direct", required=True)
     f.add_argument("--direct-key", required=True)
     f.add_argument("--seconds", type=float, default=20)
+    i = sub.add_parser("idle")
+    i.add_argument("--name", required=True)
+    i.add_argument("--url", required=True)
+    i.add_argument("--pid", required=True, help="PID[,PID]: the processes whose RSS counts")
+    i.add_argument("--connections", type=int, default=10000)
+    i.add_argument("--settle", type=float, default=3.0)
     r = sub.add_parser("report")
     r.add_argument("raw")
     r.add_argument("meta")
     r.add_argument("--out")
     args = p.parse_args()
-    {"stream": cmd_stream, "failover": cmd_failover, "report": cmd_report}[args.cmd](args)
+    {"stream": cmd_stream, "failover": cmd_failover, "idle": cmd_idle, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":

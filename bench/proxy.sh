@@ -17,6 +17,7 @@ STREAM_EVENTS=${STREAM_EVENTS:-2000}    # SSE text deltas per streamed answer
 STREAM_REPEATS=${STREAM_REPEATS:-20}
 FAILOVER_SECONDS=${FAILOVER_SECONDS:-20}
 INFO_RUN=${INFO_RUN:-1}                 # one extra marathon run with request logging on
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000} # idle keep-alive connections for the memory measurement (0: skip)
 KEEP=${KEEP:-0}                         # keep the temporary directory (logs, configs)
 # NO_BUILD=1: use the release binaries already in target/ (e.g. while the tree does not build)
 # VARIANTS=1: also measure marathon with one tokio worker thread (TOKIO_WORKER_THREADS=1) and
@@ -71,6 +72,16 @@ if [ "${NO_BUILD:-0}" != 1 ] || [ ! -x "$TARGET_DIR/release/bench-passthrough" ]
 fi
 PASSTHROUGH=$TARGET_DIR/release/bench-passthrough
 
+# ---------------------------------------------------------------- descriptors
+# The idle-connection measurement holds IDLE_CONNECTIONS sockets in the client
+# and as many in each server (marathon sizes its connection cap from its
+# limit). Raise the hard limit if we may (root), then the soft one to it.
+want_fds=$((IDLE_CONNECTIONS * 3 + 4096))
+if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$want_fds" ]; then
+    ulimit -Hn "$want_fds" 2>/dev/null || say "cannot raise the descriptor limit to $want_fds (not root?): the idle measurement may hit it"
+fi
+ulimit -Sn "$(ulimit -Hn)"
+
 # ---------------------------------------------------------------- processes
 WORK=$(mktemp -d -t marathon-bench.XXXXXX)
 PIDS=()
@@ -97,9 +108,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free ports, all held at once so they differ.
-read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM P_M1 P_MMI < <(python3 -c '
+read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM P_M1 P_MMI P_IDLE < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(9)]
+ss = [socket.socket() for _ in range(10)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
@@ -114,7 +125,7 @@ wait_http() { # url: until it answers anything at all
 
 render() { # template out
     sed -e "s|@DIR@|$WORK|g" -e "s|@ORIGIN_PORT@|$P_ORIGIN|g" -e "s|@PROXY_PORT@|$P_NGINX|g" \
-        -e "s|@SIM_PORT@|$P_SIM|g" -e "s|@SIM_PROXY_PORT@|$P_SIMPROXY|g" "$1" >"$2"
+        -e "s|@SIM_PORT@|$P_SIM|g" -e "s|@SIM_PROXY_PORT@|$P_SIMPROXY|g" -e "s|@IDLE_PORT@|$P_IDLE|g" "$1" >"$2"
 }
 
 cpu_ticks() { # pids...: utime+stime of each process (all its threads), summed
@@ -170,6 +181,9 @@ NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID"))
 # marathon: one home; providers for the origin, the streams and the failover.
 export MARATHON_HOME=$WORK/home
 mkdir -p "$MARATHON_HOME"
+# The idle measurement holds IDLE_CONNECTIONS at once; "auto" sizes the cap
+# from the descriptor limit, which a container may not let us raise.
+export MARATHON_MAX_CONNECTIONS=$((IDLE_CONNECTIONS + 1024))
 cat >"$MARATHON_HOME/config.toml" <<EOF
 [server]
 listen = "127.0.0.1:$P_MARATHON"
@@ -340,6 +354,21 @@ say "failover: ${FAILOVER_SECONDS}s of requests, the preferred account rate-limi
 python3 "$BENCH/measure.py" failover --seconds "$FAILOVER_SECONDS" \
     --proxy "http://127.0.0.1:$P_MARATHON/fail/v1/chat/completions" \
     --direct "http://127.0.0.1:$P_SIM/v1/chat/completions" --direct-key sk-bench-steady >>"$RAW"
+
+if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
+    say "idle keep-alive connections: $IDLE_CONNECTIONS to nginx and to marathon, one request each, then quiet"
+    render "$BENCH/nginx-idle.conf.in" "$WORK/nginx-idle.conf"
+    "$NGINX" -p "$WORK" -e "$WORK/idle.err" -c "$WORK/nginx-idle.conf" &
+    IDLE_PID=$!
+    PIDS+=("$IDLE_PID")
+    wait_http "http://127.0.0.1:$P_IDLE/"
+    IDLE_PIDS=("$IDLE_PID" $(pgrep -P "$IDLE_PID"))
+    python3 "$BENCH/measure.py" idle --name nginx --connections "$IDLE_CONNECTIONS" \
+        --url "http://127.0.0.1:$P_IDLE/v1/chat/completions" --pid "$(IFS=,; echo "${IDLE_PIDS[*]}")" >>"$RAW"
+    python3 "$BENCH/measure.py" idle --name marathon --connections "$IDLE_CONNECTIONS" \
+        --url "$URL_MARATHON" --pid "$MARATHON_PID" >>"$RAW"
+    tail -2 "$RAW" >&2
+fi
 
 if [ "$INFO_RUN" = 1 ]; then
     say "marathon with MARATHON_LOG=info (request log lines to a file), one run each"
