@@ -203,7 +203,7 @@ fn distinct_large_session_ids_keep_the_proxy_under_64_mb() {
     let mut writer = stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         let huge = format!(
-            "POST /anthropic/v1/messages HTTP/1.1\r\nhost: x\r\nx-session-id: {}\r\ncontent-length: 0\r\n\r\n",
+            "POST /anthropic/v1/messages HTTP/1.1\r\nhost: localhost\r\nx-session-id: {}\r\ncontent-length: 0\r\n\r\n",
             "s".repeat(300 * 1024)
         );
         let _ = writer.write_all(huge.as_bytes());

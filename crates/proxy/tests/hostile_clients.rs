@@ -137,7 +137,7 @@ async fn raw(proxy: &ProxyHandle, request: String) -> (u16, String) {
 
 fn request(method: &str, target: &str, extra: &str) -> String {
     format!(
-        "{method} {target} HTTP/1.1\r\nhost: proxy\r\nx-marathon-key: {ACCESS}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n{extra}\r\n{{}}"
+        "{method} {target} HTTP/1.1\r\nhost: localhost\r\nx-marathon-key: {ACCESS}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n{extra}\r\n{{}}"
     )
 }
 
