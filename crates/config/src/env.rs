@@ -29,7 +29,7 @@ pub const GLOBAL_VARS: [&str; 15] = [
 
 /// Provider settings: `MARATHON_<PROVIDER>_<SUFFIX>`, where `<PROVIDER>` is the
 /// provider name upper-cased with `-` as `_` (`my-llm` → `MY_LLM`).
-pub const PROVIDER_SUFFIXES: [&str; 10] = [
+pub const PROVIDER_SUFFIXES: [&str; 11] = [
     "UPSTREAM",
     "STRATEGY",
     "MAX_ATTEMPTS",
@@ -39,6 +39,8 @@ pub const PROVIDER_SUFFIXES: [&str; 10] = [
     "MAX_WAIT",
     "REFRESH_LEAD",
     "PROACTIVE_THRESHOLD",
+    "SESSION_HEADERS",
+    // The older spelling: one header.
     "SESSION_HEADER",
 ];
 
@@ -181,12 +183,16 @@ fn set(p: &mut ProviderConfig, suffix: &str, value: &str) -> Result<(), String> 
         "MAX_WAIT" => p.max_wait = values::optional_duration(value)?,
         "REFRESH_LEAD" => p.refresh_lead = values::duration(value)?,
         "PROACTIVE_THRESHOLD" => p.proactive_threshold = values::threshold_str(value)?,
-        "SESSION_HEADER" => {
-            p.session_header = if value.is_empty() {
-                None
-            } else {
-                Some(values::header_name(value)?)
+        // Comma-separated; empty for no session affinity.
+        "SESSION_HEADERS" | "SESSION_HEADER" => {
+            let mut names: Vec<String> = Vec::new();
+            for h in value.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                let name = values::header_name(h)?;
+                if !names.contains(&name) {
+                    names.push(name);
+                }
             }
+            p.session_headers = names;
         }
         _ => unreachable!("PROVIDER_SUFFIXES and set() list the same settings"),
     }

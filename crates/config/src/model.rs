@@ -236,8 +236,11 @@ pub struct ProviderConfig {
     /// Move off an account before it hits its limit, once a usage window's
     /// utilisation reaches this fraction (0 < t ≤ 1); `None` = only on a limit.
     pub proactive_threshold: Option<f64>,
-    /// Requests carrying the same value in this header stay on one account.
-    pub session_header: Option<String>,
+    /// Requests carrying the same value in one of these headers (the first
+    /// present, in this order) stay on one account. Lower-case; empty means
+    /// no session affinity. By default the session headers of Claude Code,
+    /// Codex and opencode ([`ProviderConfig::DEFAULT_SESSION_HEADERS`]).
+    pub session_headers: Vec<String>,
     /// How the upstream request carries the account's credential.
     pub auth: AuthStyle,
     /// `[providers.<name>.oauth]`: how accounts of this provider log in and
@@ -246,6 +249,11 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// The headers clients send a session id in: Claude Code
+    /// (`x-claude-code-session-id`), Codex (`session-id`), opencode (`x-session-id`).
+    pub const DEFAULT_SESSION_HEADERS: [&'static str; 3] =
+        ["x-claude-code-session-id", "session-id", "x-session-id"];
+
     /// The built-in OAuth preset this provider's logins start from: the
     /// section's `preset`, else the one its kind implies (`anthropic`,
     /// `openai-chatgpt`, `github-copilot`, `google-gemini`), else none (a

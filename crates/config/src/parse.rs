@@ -125,6 +125,8 @@ struct RawProvider {
     max_wait: Field,
     refresh_lead: Field,
     proactive_threshold: Field,
+    session_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The older spelling: one header, `""` for none.
     session_header: Field,
     auth: Option<Spanned<RawAuth>>,
     oauth: Option<Spanned<RawOAuth>>,
@@ -677,16 +679,7 @@ fn provider(
         },
         None => defaults::PROACTIVE_THRESHOLD,
     };
-    let session_header = match pick(|r| &r.session_header, "session_header") {
-        Some((v, key)) => with_str(cx, &v, &key, "a header name", |s| {
-            if s.is_empty() {
-                Ok(None)
-            } else {
-                values::header_name(s).map(Some)
-            }
-        })?,
-        None => None,
-    };
+    let session_headers = session_headers(cx, &[(own, &own_path), (defaults, "defaults")])?;
 
     let mut auth = presets::default_auth(kind);
     if let Some(raw) = &own.auth {
@@ -709,10 +702,57 @@ fn provider(
         max_wait,
         refresh_lead,
         proactive_threshold,
-        session_header,
+        session_headers,
         auth,
         oauth,
     })
+}
+
+/// `session_headers` (a list) or its older spelling `session_header` (one
+/// name, `""` for none), from the first section that sets either; else the
+/// clients' own session headers.
+fn session_headers(
+    cx: &Cx<'_>,
+    sections: &[(&RawProvider, &str)],
+) -> Result<Vec<String>, ConfigError> {
+    for (raw, path) in sections {
+        match (&raw.session_headers, &raw.session_header) {
+            (Some(_), Some(one)) => {
+                return Err(cx.err(
+                    one.span(),
+                    &format!("{path}.session_header"),
+                    "set either session_headers (a list) or session_header, not both".to_owned(),
+                ));
+            }
+            (Some(list), None) => {
+                let key = format!("{path}.session_headers");
+                let mut names: Vec<String> = Vec::new();
+                for h in list.get_ref() {
+                    let name =
+                        values::header_name(h.get_ref()).map_err(|m| cx.err(h.span(), &key, m))?;
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                return Ok(names);
+            }
+            (None, Some(one)) => {
+                let key = format!("{path}.session_header");
+                return with_str(cx, one, &key, "a header name", |s| {
+                    if s.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        values::header_name(s).map(|n| vec![n])
+                    }
+                });
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(ProviderConfig::DEFAULT_SESSION_HEADERS
+        .iter()
+        .map(|h| (*h).to_owned())
+        .collect())
 }
 
 /// Authorization parameters marathon itself sets; configuring them would

@@ -73,7 +73,11 @@ fn an_empty_file_gives_the_builtin_presets_with_defaults() {
     assert_eq!(a.max_wait, None);
     assert_eq!(a.refresh_lead, Duration::from_secs(300));
     assert_eq!(a.proactive_threshold, None);
-    assert_eq!(a.session_header, None);
+    // Claude Code, Codex and opencode send their session ids without any setup.
+    assert_eq!(
+        a.session_headers,
+        ["x-claude-code-session-id", "session-id", "x-session-id"]
+    );
     assert_eq!(Config::default().providers.len(), 5);
 }
 
@@ -157,13 +161,24 @@ fn the_example_config_parses_with_the_values_it_documents() {
     let c = parse(src);
     assert_eq!(c.server.max_body, 32 << 20);
     let a = &c.providers["anthropic"];
-    assert_eq!(a.session_header.as_deref(), Some("x-session-id"));
+    assert_eq!(
+        a.session_headers,
+        [
+            "x-claude-code-session-id",
+            "session-id",
+            "x-session-id",
+            "x-my-session"
+        ]
+    );
     assert_eq!(a.strategy, Strategy::Sticky);
     let codex = &c.providers["codex"];
     assert_eq!(codex.strategy, Strategy::DrainSoonest);
     assert_eq!(codex.proactive_threshold, Some(0.95));
-    // [defaults] says session_header = "", codex does not override it.
-    assert_eq!(codex.session_header, None);
+    // [defaults] lists the clients' headers, codex does not override them.
+    assert_eq!(
+        codex.session_headers,
+        ["x-claude-code-session-id", "session-id", "x-session-id"]
+    );
     assert_eq!(
         c.providers["google"].max_wait,
         Some(Duration::from_secs(30))
@@ -295,7 +310,7 @@ network_retry_attempts = 0
 max_wait = "2m"
 refresh_lead = "10m"
 proactive_threshold = 0.8
-session_header = "X-Session-Id"
+session_headers = ["X-Session-Id", "x-other"]
 "#,
     );
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:9999");
@@ -319,7 +334,7 @@ session_header = "X-Session-Id"
     assert_eq!(p.max_wait, Some(Duration::from_secs(120)));
     assert_eq!(p.refresh_lead, Duration::from_secs(600));
     assert_eq!(p.proactive_threshold, Some(0.8));
-    assert_eq!(p.session_header.as_deref(), Some("x-session-id"));
+    assert_eq!(p.session_headers, ["x-session-id", "x-other"]);
     // Other providers keep their defaults.
     assert_eq!(c.providers["anthropic"].strategy, Strategy::Sticky);
 }
@@ -525,6 +540,48 @@ fn session_header_must_be_a_header_name() {
         error("[providers.codex]\nsession_header = \"x session\""),
         "config.toml:2:18: providers.codex.session_header: invalid header name \"x session\""
     );
+    assert_eq!(
+        error("[providers.codex]\nsession_headers = [\"session-id\", \"x y\"]"),
+        "config.toml:2:34: providers.codex.session_headers: invalid header name \"x y\""
+    );
+}
+
+/// The list replaces the clients' defaults; the older one-header spelling
+/// still reads, and `""` or `[]` turn affinity off. Guards a config written
+/// for the one-header key silently losing its header, and two spellings in
+/// one section silently preferring one.
+#[test]
+fn session_headers_list_and_the_older_single_spelling() {
+    let c = parse(
+        "[defaults]\nsession_header = \"X-Conv\"\n[providers.openai]\nsession_headers = []\n[providers.codex]\nsession_headers = [\"session-id\", \"Session-Id\", \"x-turn\"]\n",
+    );
+    assert_eq!(c.providers["anthropic"].session_headers, ["x-conv"]);
+    assert!(c.providers["openai"].session_headers.is_empty());
+    assert_eq!(
+        c.providers["codex"].session_headers,
+        ["session-id", "x-turn"]
+    );
+    let c = parse("[providers.google]\nsession_header = \"\"\n");
+    assert!(c.providers["google"].session_headers.is_empty());
+    assert_eq!(
+        error("[providers.codex]\nsession_headers = [\"a\"]\nsession_header = \"b\"\n"),
+        "config.toml:3:18: providers.codex.session_header: set either session_headers (a list) or session_header, not both"
+    );
+    let c = env(
+        "",
+        &[
+            ("MARATHON_CODEX_SESSION_HEADERS", "session-id, X-Turn"),
+            ("MARATHON_OPENAI_SESSION_HEADERS", ""),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        c.providers["codex"].session_headers,
+        ["session-id", "x-turn"]
+    );
+    assert!(c.providers["openai"].session_headers.is_empty());
+    let e = env("", &[("MARATHON_CODEX_SESSION_HEADERS", "a b")]).unwrap_err();
+    assert!(e.to_string().contains("invalid header name"), "{e}");
 }
 
 #[test]
@@ -897,7 +954,7 @@ fn env_overrides_the_file() {
     assert_eq!(a.max_wait, Some(Duration::from_secs(15)));
     assert_eq!(a.refresh_lead, Duration::from_secs(60));
     assert_eq!(a.proactive_threshold, Some(0.9));
-    assert_eq!(a.session_header.as_deref(), Some("x-conversation"));
+    assert_eq!(a.session_headers, ["x-conversation"]);
     assert_eq!(c.providers["openai"].strategy, Strategy::Sticky);
 }
 

@@ -215,9 +215,9 @@ pub(crate) async fn forward(
         );
     }
     let session = settings
-        .session_header
-        .as_ref()
-        .and_then(|h| parts.headers.get(h))
+        .session_headers
+        .iter()
+        .find_map(|h| parts.headers.get(h))
         .map(|v| guard::session_key(&state.session_keys, v.as_bytes()));
     // The client's headers are only needed as the base of every attempt's.
     let mut base_headers = std::mem::take(&mut parts.headers);

@@ -28,8 +28,8 @@ pub enum SettingsError {
         /// What is wrong.
         source: crate::BadAuthStyle,
     },
-    /// The session header is not a valid header name.
-    #[error("providers.{0}.session_header is not a valid header name")]
+    /// A session header is not a valid header name.
+    #[error("providers.{0}.session_headers: not a valid header name")]
     SessionHeader(String),
 }
 
@@ -48,13 +48,14 @@ impl ProxySettings {
                     provider: name.clone(),
                     source,
                 })?;
-            let session_header = match &p.session_header {
-                None => None,
-                Some(h) => Some(
+            let session_headers = p
+                .session_headers
+                .iter()
+                .map(|h| {
                     http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                        .map_err(|_| SettingsError::SessionHeader(name.clone()))?,
-                ),
-            };
+                        .map_err(|_| SettingsError::SessionHeader(name.clone()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             providers.push(ProviderSettings {
                 name: name.clone(),
                 flavor: p.kind.flavor(),
@@ -72,7 +73,7 @@ impl ProxySettings {
                     ..RetryPolicy::default()
                 },
                 max_wait: p.max_wait,
-                session_header,
+                session_headers,
                 credentials,
             });
         }
