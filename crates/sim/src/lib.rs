@@ -1,11 +1,14 @@
 //! marathon-sim: a simulated LLM provider for marathon's tests, demo and benchmarks.
 //!
-//! The simulator speaks three APIs on any path prefix — Anthropic Messages
-//! (`…/messages`), OpenAI Chat Completions (`…/chat/completions`) and OpenAI
-//! Responses (`…/responses`, also the Codex backend) — as JSON and as SSE
-//! streams, plus `GET …/models`. Requests are attributed to an account by the
-//! credential they present (`x-api-key`, `x-goog-api-key` or
-//! `Authorization: Bearer`), and each account behaves as its [`Scenario`]
+//! The simulator speaks four APIs on any path prefix — Anthropic Messages
+//! (`…/messages`), OpenAI Chat Completions (`…/chat/completions`), OpenAI
+//! Responses (`…/responses`, also the Codex backend, over HTTP and as the
+//! WebSocket Codex opens) and the Gemini API (`…/models/{model}:generateContent`,
+//! `:streamGenerateContent`, `:countTokens`) — as JSON and as streams, plus
+//! `GET …/models` and the credential-less warm-up `HEAD /` / `HEAD …/api/hello`
+//! (200, empty). Requests are attributed to an account by the
+//! credential they present (`x-api-key`, `x-goog-api-key`, `Authorization:
+//! Bearer` or a `key=` query parameter), and each account behaves as its [`Scenario`]
 //! says: healthy, over a quota window (429s with the headers and bodies of
 //! Anthropic, OpenAI, Codex, Google or Copilot, and real reset times), expired,
 //! failing with a fixed status, resetting connections, breaking streams
@@ -40,12 +43,14 @@
 //! Fast mode ([`Scenario::fast`]) answers healthy accounts from precomputed
 //! bodies without parsing requests or logging, for benchmarks.
 
+mod gemini;
 mod introspect;
 pub mod scenario;
 mod server;
 mod shapes;
 mod timefmt;
 mod world;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -8,8 +8,8 @@ use clap::Parser;
 use marathon_sim::{Options, Scenario};
 
 /// A simulated LLM provider (Anthropic Messages, OpenAI Chat Completions and
-/// Responses, JSON and SSE) whose accounts rate-limit, expire, fail and
-/// reset connections as a scenario file says.
+/// Responses over HTTP and WebSocket, the Gemini API; JSON and streams) whose
+/// accounts rate-limit, expire, fail and reset connections as a scenario file says.
 ///
 /// Clients authenticate with an account's key (`x-api-key` or
 /// `Authorization: Bearer`). Admin endpoints: PUT /_sim/scenario,

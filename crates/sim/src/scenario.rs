@@ -154,8 +154,13 @@ pub enum QuotaStyle {
     OpenAi,
     /// ChatGPT/Codex: `x-codex-primary-*` usage headers on every response, `usage_limit_reached`.
     Codex,
-    /// Google: `RESOURCE_EXHAUSTED` with `RetryInfo.retryDelay`.
+    /// Google Code Assist (Gemini CLI logins): `RESOURCE_EXHAUSTED` with a
+    /// `cloudcode-pa` `ErrorInfo` and `RetryInfo.retryDelay`.
     Google,
+    /// The Gemini API (API keys): `RESOURCE_EXHAUSTED` with a free-tier
+    /// `QuotaFailure` (per minute, or per day past an hour's window) and
+    /// `RetryInfo.retryDelay` in whole seconds; the default on Gemini routes.
+    GeminiApi,
     /// GitHub Copilot: only a human sentence ("... try again in 2 hours").
     Copilot,
 }
@@ -173,7 +178,7 @@ pub struct Quota {
     /// Window length.
     pub window: SimDuration,
     /// Header/body style; when absent, follows the route (Anthropic API on
-    /// `/messages`, OpenAI elsewhere).
+    /// `/messages`, the Gemini API on Gemini routes, OpenAI elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub style: Option<QuotaStyle>,
 }

@@ -23,10 +23,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use crate::SimError;
+use crate::gemini;
 use crate::introspect::{Introspector, Verdict};
 use crate::scenario::{Account, DEFAULT_MODEL, DEFAULT_REPLY, Scenario, validate_account};
 use crate::shapes::{self, Answer, Api, Canned, Flavour, Text};
 use crate::world::{Counts, Outcome, World, decide};
+use crate::ws;
 
 /// Request bodies past this size are refused (the simulator is not a sink).
 const MAX_BODY: usize = 64 << 20;
@@ -34,8 +36,8 @@ const MAX_BODY: usize = 64 << 20;
 /// Precomputed answers for fast mode.
 #[derive(Debug)]
 struct Fast {
-    json: [Bytes; 3],
-    stream: [Arc<[Bytes]>; 3],
+    json: [Bytes; 4],
+    stream: [Arc<[Bytes]>; 4],
 }
 
 fn api_index(api: Api) -> usize {
@@ -43,17 +45,18 @@ fn api_index(api: Api) -> usize {
         Api::Messages => 0,
         Api::Chat => 1,
         Api::Responses => 2,
+        Api::Gemini => 3,
     }
 }
 
 /// The scenario in force with everything derived from it.
 #[derive(Debug)]
 pub(crate) struct Current {
-    world: World,
+    pub(crate) world: World,
     fast: Option<Fast>,
     introspector: Option<Arc<Introspector>>,
-    model: String,
-    reply: String,
+    pub(crate) model: String,
+    pub(crate) reply: String,
 }
 
 /// State shared by all connections.
@@ -62,7 +65,7 @@ pub(crate) struct Shared {
     current: RwLock<Arc<Current>>,
     pub(crate) counts: Counts,
     ids: AtomicU64,
-    log: bool,
+    pub(crate) log: bool,
 }
 
 impl Shared {
@@ -78,7 +81,7 @@ impl Shared {
         })
     }
 
-    fn current(&self) -> Arc<Current> {
+    pub(crate) fn current(&self) -> Arc<Current> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -142,7 +145,7 @@ impl Shared {
         Ok(true)
     }
 
-    fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.ids.fetch_add(1, Ordering::Relaxed)
     }
 }
@@ -174,7 +177,7 @@ fn build_current(
             input_tokens: 16,
             created: shapes::now_epoch(),
         };
-        let apis = [Api::Messages, Api::Chat, Api::Responses];
+        let apis = [Api::Messages, Api::Chat, Api::Responses, Api::Gemini];
         Fast {
             json: apis.map(|api| Bytes::from(shapes::json_body(api, &answer))),
             stream: apis.map(|api| shapes::sse_events(api, &answer, false, None).into()),
@@ -255,9 +258,17 @@ impl Body for SimBody {
 
 /// Lets a handler drop its own connection with an RST.
 #[derive(Debug, Default)]
-struct Kill {
+pub(crate) struct Kill {
     notify: Notify,
     fired: AtomicBool,
+}
+
+impl Kill {
+    /// Makes the connection end with a TCP RST (the socket is dropped with
+    /// SO_LINGER 0 once its last user lets go of it).
+    pub(crate) fn arm(&self) {
+        self.fired.store(true, Ordering::Release);
+    }
 }
 
 /// The connection's socket; on drop after a kill it is closed with SO_LINGER 0
@@ -345,12 +356,18 @@ async fn serve_conn(stream: TcpStream, shared: Arc<Shared>, mut shutdown: watch:
         kill: kill.clone(),
     };
     let k = kill.clone();
+    let stop = shutdown.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let kill = k.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &kill, req).await) }
+        let stop = stop.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &kill, &stop, req).await) }
     });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+    // With upgrades, the connection future ends once a WebSocket takes the
+    // socket over; the socket's own task runs on.
+    let conn = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
     tokio::select! {
         _ = conn => {}
         _ = kill.notify.notified() => {}
@@ -360,14 +377,20 @@ async fn serve_conn(stream: TcpStream, shared: Arc<Shared>, mut shutdown: watch:
 
 enum Route {
     Api(Api),
+    Gemini(gemini::Call),
     Models,
     Admin,
+    /// `HEAD /` or `HEAD …/api/hello`: a client's credential-less warm-up.
+    Warmup,
+    /// `GET …/responses` asking for `Upgrade: websocket` (Codex's transport).
+    ResponsesSocket,
     Unknown,
 }
 
 /// Routes by suffix, so any prefix works: `/v1/messages`, `/anthropic/v1/messages`,
-/// `/backend-api/codex/responses`.
-fn route(method: &Method, path: &str) -> Route {
+/// `/backend-api/codex/responses`, `/v1beta/models/gemini-2.5-pro:generateContent`.
+fn route(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Route {
+    let path = uri.path();
     if path.starts_with("/_sim/") {
         return Route::Admin;
     }
@@ -376,24 +399,37 @@ fn route(method: &Method, path: &str) -> Route {
         Method::POST if p.ends_with("/messages") => Route::Api(Api::Messages),
         Method::POST if p.ends_with("/chat/completions") => Route::Api(Api::Chat),
         Method::POST if p.ends_with("/responses") => Route::Api(Api::Responses),
+        Method::POST => gemini::Call::parse(p, uri.query()).map_or(Route::Unknown, Route::Gemini),
+        Method::GET if p.ends_with("/responses") && ws::wants_upgrade(headers) => {
+            Route::ResponsesSocket
+        }
         Method::GET if p.ends_with("/models") => Route::Models,
+        Method::HEAD if p.is_empty() || p.ends_with("/api/hello") => Route::Warmup,
         _ => Route::Unknown,
     }
 }
 
-/// The credential a request presents: `x-api-key`, `x-goog-api-key`, or a bearer token.
-fn credential(h: &HeaderMap) -> Option<&str> {
+/// The credential a request presents: `x-api-key`, `x-goog-api-key`, a
+/// bearer token, or (Gemini API style) a `key=` query parameter.
+pub(crate) fn credential<'a>(h: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
     for name in ["x-api-key", "x-goog-api-key"] {
         if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
             return Some(v.trim());
         }
     }
-    let auth = h.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = auth.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    let bearer = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|auth| auth.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty());
+    bearer.or_else(|| {
+        query?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("key="))
+            .filter(|k| !k.is_empty())
+    })
 }
 
 fn respond(status: u16, content_type: &'static str, body: SimBody) -> Response<SimBody> {
@@ -430,94 +466,161 @@ fn canned(c: Canned) -> Response<SimBody> {
     r
 }
 
-fn request_id_header(flavour: Flavour) -> &'static str {
+/// The header a provider names its request id in (Google sends none).
+fn request_id_header(flavour: Flavour) -> Option<&'static str> {
     match flavour {
-        Flavour::Anthropic => "request-id",
-        Flavour::OpenAi => "x-request-id",
+        Flavour::Anthropic => Some("request-id"),
+        Flavour::OpenAi => Some("x-request-id"),
+        Flavour::Google => None,
+    }
+}
+
+fn add_request_id(r: &mut Response<SimBody>, flavour: Flavour, rid: String) {
+    if let Some(name) = request_id_header(flavour) {
+        add_headers(r, &[(name, rid)]);
     }
 }
 
 /// Who made a request.
-enum Who<'a> {
+pub(crate) enum Who<'a> {
     Listed(&'a crate::world::Live),
     /// Known only through introspection: behaves `ok`.
     Introspected(String),
 }
 
 impl Who<'_> {
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Who::Listed(l) => &l.account.name,
             Who::Introspected(n) => n,
         }
     }
+
+    /// The scenario's account, when listed.
+    pub(crate) fn account(&self) -> Option<&Account> {
+        match self {
+            Who::Listed(l) => Some(&l.account),
+            Who::Introspected(_) => None,
+        }
+    }
+
+    /// Counts one generation request and decides its fate.
+    pub(crate) fn decide(&self, shared: &Shared) -> Outcome {
+        match self {
+            Who::Listed(l) => {
+                l.count.fetch_add(1, Ordering::Relaxed);
+                let mut st = l.state.lock().unwrap_or_else(|p| p.into_inner());
+                decide(&l.account, &mut st, Instant::now(), SystemTime::now())
+            }
+            Who::Introspected(name) => {
+                shared.counts.counter(name).fetch_add(1, Ordering::Relaxed);
+                Outcome::Ok(None)
+            }
+        }
+    }
 }
 
-async fn handle(shared: &Shared, kill: &Kill, req: Request<Incoming>) -> Response<SimBody> {
-    let (parts, body) = req.into_parts();
-    let api = match route(&parts.method, parts.uri.path()) {
-        Route::Api(api) => api,
-        Route::Admin => return admin(shared, parts, body).await,
-        Route::Models => return models(shared, &parts).await,
+/// Why a request belongs to no account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stranger {
+    /// No credential, or one nobody holds: 401 (Google: 400).
+    Unknown,
+    /// The introspection endpoint could not say: 503.
+    Unverifiable,
+}
+
+impl Stranger {
+    /// The answer, in the route's format.
+    pub(crate) fn answer(self, flavour: Flavour, rid: &str) -> Canned {
+        match self {
+            Stranger::Unknown => shapes::unauthorized(flavour, false, rid),
+            Stranger::Unverifiable => shapes::failure(flavour, 503, None, rid),
+        }
+    }
+}
+
+/// The account a credential belongs to.
+pub(crate) async fn identify<'c>(
+    cur: &'c Current,
+    credential: Option<&str>,
+) -> Result<Who<'c>, Stranger> {
+    let c = credential.ok_or(Stranger::Unknown)?;
+    if let Some(l) = cur.world.by_key(c) {
+        return Ok(Who::Listed(l));
+    }
+    let Some(i) = &cur.introspector else {
+        return Err(Stranger::Unknown);
+    };
+    match i.check(c).await {
+        Verdict::Active(name) => Ok(match cur.world.by_name(&name) {
+            Some(l) => Who::Listed(l),
+            None => Who::Introspected(name),
+        }),
+        Verdict::Inactive => Err(Stranger::Unknown),
+        Verdict::Unavailable => Err(Stranger::Unverifiable),
+    }
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    kill: &Arc<Kill>,
+    shutdown: &watch::Receiver<bool>,
+    req: Request<Incoming>,
+) -> Response<SimBody> {
+    let (api, call) = match route(req.method(), req.uri(), req.headers()) {
+        Route::Api(api) => (api, None),
+        Route::Gemini(call) if call.method == gemini::Method::CountTokens => {
+            return count_tokens(shared, req).await;
+        }
+        Route::Gemini(call) => (Api::Gemini, Some(call)),
+        Route::ResponsesSocket => return ws::accept(shared, kill, shutdown, req).await,
+        Route::Admin => {
+            let (parts, body) = req.into_parts();
+            return admin(shared, parts, body).await;
+        }
+        Route::Models => return models(shared, &req.into_parts().0).await,
+        // Nothing to check and nothing to count: any answer will do, and a
+        // fast empty 200 is what a real edge sends.
+        Route::Warmup => {
+            let mut r = Response::new(SimBody::Full(None));
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            return r;
+        }
         Route::Unknown => {
             return json_response(
                 404,
-                r#"{"error":{"message":"Unknown route (marathon-sim serves /v1/messages, /v1/chat/completions, /v1/responses, /v1/models)","type":"invalid_request_error","param":null,"code":"unknown_url"}}"#.into(),
+                r#"{"error":{"message":"Unknown route (marathon-sim serves /v1/messages, /v1/chat/completions, /v1/responses, /v1/models, /v1beta/models/{model}:generateContent)","type":"invalid_request_error","param":null,"code":"unknown_url"}}"#.into(),
             );
         }
     };
+    let (parts, body) = req.into_parts();
     let flavour = api.flavour();
     let cur = shared.current();
     let fast = cur.fast.is_some();
     let id = shared.next_id();
     let rid = format!("req_sim_{id:016x}");
     let log = shared.log && !fast;
-
-    let who = match credential(&parts.headers) {
-        None => None,
-        Some(c) => match cur.world.by_key(c) {
-            Some(l) => Some(Who::Listed(l)),
-            None => match &cur.introspector {
-                None => None,
-                Some(i) => match i.check(c).await {
-                    Verdict::Active(name) => Some(match cur.world.by_name(&name) {
-                        Some(l) => Who::Listed(l),
-                        None => Who::Introspected(name),
-                    }),
-                    Verdict::Inactive => None,
-                    Verdict::Unavailable => {
-                        let mut c = shapes::failure(flavour, 503, None, &rid);
-                        c.headers.push((request_id_header(flavour), rid.clone()));
-                        return canned(c);
-                    }
-                },
-            },
-        },
-    };
-    let Some(who) = who else {
+    let line = |account: &str, what: &dyn std::fmt::Display| {
         if log {
             eprintln!(
-                "marathon-sim: {} {} account=? -> 401",
+                "marathon-sim: {} {} account={account} -> {what}",
                 parts.method,
                 parts.uri.path()
             );
         }
-        let mut r = canned(shapes::unauthorized(flavour, false, &rid));
-        add_headers(&mut r, &[(request_id_header(flavour), rid)]);
-        return r;
     };
 
-    let outcome = match &who {
-        Who::Listed(l) => {
-            l.count.fetch_add(1, Ordering::Relaxed);
-            let mut st = l.state.lock().unwrap_or_else(|p| p.into_inner());
-            decide(&l.account, &mut st, Instant::now(), SystemTime::now())
-        }
-        Who::Introspected(name) => {
-            shared.counts.counter(name).fetch_add(1, Ordering::Relaxed);
-            Outcome::Ok(None)
+    let who = match identify(&cur, credential(&parts.headers, parts.uri.query())).await {
+        Ok(who) => who,
+        Err(stranger) => {
+            let mut r = canned(stranger.answer(flavour, &rid));
+            line("?", &r.status().as_u16());
+            add_request_id(&mut r, flavour, rid);
+            return r;
         }
     };
+    let outcome = who.decide(shared);
 
     // Read the request before answering even a failure, so the connection
     // stays reusable as it would with a real provider.
@@ -532,21 +635,16 @@ async fn handle(shared: &Shared, kill: &Kill, req: Request<Incoming>) -> Respons
         }
     };
 
-    let account = match &who {
-        Who::Listed(l) => Some(&l.account),
-        Who::Introspected(_) => None,
+    let account = who.account();
+    let model = || match &call {
+        Some(c) => c.model.clone(),
+        None if fast => cur.model.clone(),
+        None => request_model(&bytes).unwrap_or_else(|| cur.model.clone()),
     };
     let mut resp = match outcome {
         Outcome::Reset => {
-            if log {
-                eprintln!(
-                    "marathon-sim: {} {} account={} -> reset",
-                    parts.method,
-                    parts.uri.path(),
-                    who.name()
-                );
-            }
-            kill.fired.store(true, Ordering::Release);
+            line(who.name(), &"reset");
+            kill.arm();
             kill.notify.notify_one();
             // The connection task drops the socket (with an RST) on the notify.
             return std::future::pending().await;
@@ -563,21 +661,14 @@ async fn handle(shared: &Shared, kill: &Kill, req: Request<Incoming>) -> Respons
             }
             canned(c)
         }
-        Outcome::Limited(v) => {
-            let model = if fast {
-                cur.model.clone()
-            } else {
-                request_model(&bytes).unwrap_or_else(|| cur.model.clone())
-            };
-            canned(shapes::limited(
-                shapes::style_for(&v, flavour),
-                &v,
-                &model,
-                &rid,
-            ))
-        }
+        Outcome::Limited(v) => canned(shapes::limited(
+            shapes::style_for(&v, flavour),
+            &v,
+            &model(),
+            &rid,
+        )),
         Outcome::Ok(view) => {
-            let mut r = match success(&cur, api, account, &bytes, id, &rid) {
+            let mut r = match success(&cur, api, call.as_ref(), account, &bytes, id, &rid) {
                 Ok(r) => r,
                 Err(c) => canned(c),
             };
@@ -590,16 +681,8 @@ async fn handle(shared: &Shared, kill: &Kill, req: Request<Incoming>) -> Respons
             r
         }
     };
-    add_headers(&mut resp, &[(request_id_header(flavour), rid)]);
-    if log {
-        eprintln!(
-            "marathon-sim: {} {} account={} -> {}",
-            parts.method,
-            parts.uri.path(),
-            who.name(),
-            resp.status().as_u16()
-        );
-    }
+    add_request_id(&mut resp, flavour, rid);
+    line(who.name(), &resp.status().as_u16());
     if let Some(a) = account
         && a.slow_ms > 0
         && matches!(resp.body(), SimBody::Full(_))
@@ -607,6 +690,26 @@ async fn handle(shared: &Shared, kill: &Kill, req: Request<Incoming>) -> Respons
         tokio::time::sleep(Duration::from_millis(a.slow_ms)).await;
     }
     resp
+}
+
+/// `:countTokens`: needs a known credential; not a generation, so neither
+/// counted nor held to the quota.
+async fn count_tokens(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
+    let (parts, body) = req.into_parts();
+    let cur = shared.current();
+    let rid = format!("req_sim_{:016x}", shared.next_id());
+    if let Err(stranger) = identify(&cur, credential(&parts.headers, parts.uri.query())).await {
+        return canned(stranger.answer(Flavour::Google, &rid));
+    }
+    let Ok(bytes) = Limited::new(body, MAX_BODY).collect().await else {
+        return canned(shapes::bad_request(
+            Flavour::Google,
+            "request body too large or cut off",
+            &rid,
+        ));
+    };
+    let tokens = (bytes.to_bytes().len() as u64 / 4).max(1);
+    json_response(200, gemini::count_tokens(tokens))
 }
 
 fn request_model(body: &[u8]) -> Option<String> {
@@ -638,16 +741,23 @@ fn sse_response(events: Arc<[Bytes]>, slow: Duration) -> Response<SimBody> {
 fn success(
     cur: &Current,
     api: Api,
+    call: Option<&gemini::Call>,
     account: Option<&Account>,
     body: &[u8],
     id: u64,
     rid: &str,
 ) -> Result<Response<SimBody>, Canned> {
     let plain = account.is_none_or(|a| !a.customises_streams());
+    // A Gemini call says in its path whether it streams; the others in the body.
+    let gemini_method = call.map(|c| c.method);
     if let Some(fast) = &cur.fast
         && plain
+        && gemini_method != Some(gemini::Method::StreamArray)
     {
-        let stream = contains(body, b"\"stream\":true") || contains(body, b"\"stream\": true");
+        let stream = match gemini_method {
+            Some(m) => m == gemini::Method::StreamSse,
+            None => contains(body, b"\"stream\":true") || contains(body, b"\"stream\": true"),
+        };
         let i = api_index(api);
         return Ok(if stream {
             sse_response(fast.stream[i].clone(), Duration::ZERO)
@@ -668,11 +778,17 @@ fn success(
             rid,
         ));
     }
-    let model = v
-        .get("model")
-        .and_then(|m| m.as_str())
-        .unwrap_or(&cur.model);
-    let stream = v.get("stream").and_then(|s| s.as_bool()) == Some(true);
+    let model = match call {
+        Some(c) => &c.model,
+        None => v
+            .get("model")
+            .and_then(|m| m.as_str())
+            .unwrap_or(&cur.model),
+    };
+    let stream = match gemini_method {
+        Some(m) => m != gemini::Method::Generate,
+        None => v.get("stream").and_then(|s| s.as_bool()) == Some(true),
+    };
     let include_usage = v
         .pointer("/stream_options/include_usage")
         .and_then(|s| s.as_bool())
@@ -682,6 +798,7 @@ fn success(
         Api::Messages => "msg_sim_",
         Api::Chat => "chatcmpl-sim",
         Api::Responses => "resp_sim_",
+        Api::Gemini => "sim",
     };
     let answer_id = format!("{prefix}{id:016x}");
     let answer = Answer {
@@ -693,8 +810,17 @@ fn success(
     };
     if stream {
         let error = account.and_then(|a| a.stream_error_after.map(|n| (n, a.stream_error)));
-        let events = shapes::sse_events(api, &answer, include_usage, error);
         let slow = Duration::from_millis(account.map_or(0, |a| a.slow_ms));
+        if gemini_method == Some(gemini::Method::StreamArray) {
+            let pieces = gemini::stream(&answer, false, error);
+            let mut r = sse_response(pieces.into(), slow);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=UTF-8"),
+            );
+            return Ok(r);
+        }
+        let events = shapes::sse_events(api, &answer, include_usage, error);
         Ok(sse_response(events.into(), slow))
     } else {
         Ok(json_response(200, shapes::json_body(api, &answer)))
@@ -702,24 +828,28 @@ fn success(
 }
 
 async fn models(shared: &Shared, parts: &http::request::Parts) -> Response<SimBody> {
+    let google = parts.headers.contains_key("x-goog-api-key")
+        || parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("key=")));
     let flavour = if parts.headers.contains_key("anthropic-version") {
         Flavour::Anthropic
+    } else if google {
+        Flavour::Google
     } else {
         Flavour::OpenAi
     };
     let cur = shared.current();
-    let known = match credential(&parts.headers) {
-        None => false,
-        Some(c) => match cur.world.by_key(c) {
-            Some(l) => !l.account.expired,
-            None => match &cur.introspector {
-                Some(i) => matches!(i.check(c).await, Verdict::Active(_)),
-                None => false,
-            },
-        },
+    let known = match identify(&cur, credential(&parts.headers, parts.uri.query())).await {
+        Ok(who) => who.account().is_none_or(|a| !a.expired),
+        Err(_) => false,
     };
     if !known {
         return canned(shapes::unauthorized(flavour, false, "req_sim_models"));
+    }
+    if flavour == Flavour::Google {
+        return json_response(200, gemini::models(&cur.model));
     }
     json_response(200, shapes::models(&cur.model))
 }
@@ -826,41 +956,68 @@ async fn admin(shared: &Shared, parts: http::request::Parts, body: Incoming) -> 
 mod tests {
     use super::*;
 
+    fn r(method: Method, uri: &str) -> Route {
+        route(&method, &uri.parse().unwrap(), &HeaderMap::new())
+    }
+
     #[test]
     fn routes_by_suffix_under_any_prefix() {
         assert!(matches!(
-            route(&Method::POST, "/v1/messages"),
+            r(Method::POST, "/v1/messages"),
             Route::Api(Api::Messages)
         ));
         assert!(matches!(
-            route(&Method::POST, "/anthropic/v1/messages"),
+            r(Method::POST, "/anthropic/v1/messages"),
             Route::Api(Api::Messages)
         ));
         assert!(matches!(
-            route(&Method::POST, "/v1/chat/completions"),
+            r(Method::POST, "/v1/chat/completions"),
             Route::Api(Api::Chat)
         ));
         assert!(matches!(
-            route(&Method::POST, "/backend-api/codex/responses"),
+            r(Method::POST, "/backend-api/codex/responses"),
             Route::Api(Api::Responses)
         ));
-        assert!(matches!(route(&Method::GET, "/v1/models"), Route::Models));
+        assert!(matches!(r(Method::GET, "/v1/models"), Route::Models));
+        assert!(matches!(r(Method::GET, "/v1/messages"), Route::Unknown));
+        assert!(matches!(r(Method::GET, "/_sim/counts"), Route::Admin));
         assert!(matches!(
-            route(&Method::GET, "/v1/messages"),
-            Route::Unknown
+            r(
+                Method::POST,
+                "/google/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+            ),
+            Route::Gemini(gemini::Call {
+                method: gemini::Method::StreamSse,
+                ..
+            })
         ));
-        assert!(matches!(route(&Method::GET, "/_sim/counts"), Route::Admin));
+        assert!(matches!(r(Method::HEAD, "/"), Route::Warmup));
+        assert!(matches!(
+            r(Method::HEAD, "/anthropic/api/hello"),
+            Route::Warmup
+        ));
+        assert!(matches!(r(Method::HEAD, "/v1/messages"), Route::Unknown));
+        // A plain GET of /responses is not a socket.
+        assert!(matches!(r(Method::GET, "/v1/responses"), Route::Unknown));
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        assert!(matches!(
+            route(&Method::GET, &"/v1/responses".parse().unwrap(), &h),
+            Route::ResponsesSocket
+        ));
     }
 
     #[test]
     fn credentials_from_each_header() {
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer tok-1"));
-        assert_eq!(credential(&h), Some("tok-1"));
+        assert_eq!(credential(&h, Some("key=k")), Some("tok-1"));
         h.insert("x-api-key", HeaderValue::from_static("sk-2"));
-        assert_eq!(credential(&h), Some("sk-2"));
+        assert_eq!(credential(&h, None), Some("sk-2"));
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Basic abc"));
-        assert_eq!(credential(&h), None);
+        assert_eq!(credential(&h, None), None);
+        assert_eq!(credential(&h, Some("alt=sse&key=AIza-3")), Some("AIza-3"));
     }
 }

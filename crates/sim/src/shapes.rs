@@ -23,6 +23,8 @@ pub(crate) enum Api {
     Chat,
     /// OpenAI Responses (also the Codex backend).
     Responses,
+    /// Gemini `:generateContent` / `:streamGenerateContent`.
+    Gemini,
 }
 
 /// Whose error format a route uses.
@@ -30,6 +32,7 @@ pub(crate) enum Api {
 pub(crate) enum Flavour {
     Anthropic,
     OpenAi,
+    Google,
 }
 
 impl Api {
@@ -37,6 +40,7 @@ impl Api {
         match self {
             Api::Messages => Flavour::Anthropic,
             Api::Chat | Api::Responses => Flavour::OpenAi,
+            Api::Gemini => Flavour::Google,
         }
     }
 }
@@ -171,6 +175,7 @@ pub(crate) fn json_body(api: Api, a: &Answer<'_>) -> String {
             "system_fingerprint": null
         }),
         Api::Responses => response_object(a, "completed", Some(&text)),
+        Api::Gemini => return crate::gemini::json_body(a),
     }
     .to_string()
 }
@@ -200,6 +205,9 @@ pub(crate) fn sse_events(
     include_usage: bool,
     error: Option<(u64, StreamErrorKind)>,
 ) -> Vec<Bytes> {
+    if api == Api::Gemini {
+        return crate::gemini::stream(a, true, error);
+    }
     let text = match error {
         Some((n, _)) => a.text.clone().at_least(n),
         None => a.text.clone(),
@@ -319,6 +327,7 @@ pub(crate) fn sse_events(
                 json!({"response": response_object(a, "completed", Some(&full))}),
             );
         }
+        Api::Gemini => unreachable!("Gemini streams are built by gemini::stream"),
     }
     if let Some((after, kind)) = error {
         let keep = usize::try_from(after).unwrap_or(usize::MAX).min(ev.len());
@@ -385,6 +394,9 @@ pub(crate) fn failure(
     request_id: &str,
 ) -> Canned {
     use ErrorKind as K;
+    if flavour == Flavour::Google {
+        return crate::gemini::failure(status, kind);
+    }
     let kind = kind.unwrap_or(match (status, flavour) {
         (400, _) => K::InvalidRequest,
         (402, Flavour::OpenAi) => K::DeactivatedWorkspace,
@@ -481,6 +493,7 @@ pub(crate) fn failure(
             "invalid_request_error",
             Some("model_not_found"),
         ),
+        (_, Flavour::Google) => unreachable!("answered by gemini::failure above"),
     }
 }
 
@@ -489,12 +502,14 @@ pub(crate) fn bad_request(flavour: Flavour, message: &str, request_id: &str) -> 
     match flavour {
         Flavour::Anthropic => anthropic_error(400, "invalid_request_error", message, request_id),
         Flavour::OpenAi => openai_error(400, message, "invalid_request_error", None),
+        Flavour::Google => crate::gemini::error(400, message, json!([])),
     }
 }
 
 /// 401 for an unknown or expired credential. The credential is never echoed.
 pub(crate) fn unauthorized(flavour: Flavour, expired: bool, request_id: &str) -> Canned {
     match (flavour, expired) {
+        (Flavour::Google, expired) => crate::gemini::unauthorized(expired),
         (Flavour::Anthropic, false) => {
             anthropic_error(401, "authentication_error", "invalid x-api-key", request_id)
         }
@@ -524,6 +539,7 @@ pub(crate) fn style_for(view: &QuotaView, flavour: Flavour) -> QuotaStyle {
     view.style.unwrap_or(match flavour {
         Flavour::Anthropic => QuotaStyle::AnthropicApi,
         Flavour::OpenAi => QuotaStyle::OpenAi,
+        Flavour::Google => QuotaStyle::GeminiApi,
     })
 }
 
@@ -534,7 +550,7 @@ pub(crate) fn quota_headers(style: QuotaStyle, v: &QuotaView) -> Vec<(&'static s
     if v.rejected
         && !matches!(
             style,
-            QuotaStyle::Copilot | QuotaStyle::Google | QuotaStyle::Codex
+            QuotaStyle::Copilot | QuotaStyle::Google | QuotaStyle::GeminiApi | QuotaStyle::Codex
         )
     {
         h.push(("retry-after", secs_ceil(v.reset_in).to_string()));
@@ -626,7 +642,7 @@ pub(crate) fn quota_headers(style: QuotaStyle, v: &QuotaView) -> Vec<(&'static s
                 epoch_secs_ceil(v.week_reset_wall).to_string(),
             ));
         }
-        QuotaStyle::Google | QuotaStyle::Copilot => {}
+        QuotaStyle::Google | QuotaStyle::GeminiApi | QuotaStyle::Copilot => {}
     }
     h
 }
@@ -692,6 +708,7 @@ pub(crate) fn limited(style: QuotaStyle, v: &QuotaView, model: &str, request_id:
                 ]}}),
             )
         }
+        QuotaStyle::GeminiApi => crate::gemini::quota_exhausted(v, model),
         QuotaStyle::Copilot => Canned {
             status: 429,
             headers: Vec::new(),
