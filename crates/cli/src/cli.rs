@@ -4,13 +4,17 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub(crate) use crate::commands::clients::Client;
+
 const MAIN_EXAMPLES: &str = "\
 Examples:
   marathon demo                      # see failover, cooldown and recovery on a simulated provider
   printf %s \"$ANTHROPIC_API_KEY\" | marathon auth add anthropic --label work
   marathon auth login anthropic      # a Claude Pro/Max login in the browser
   marathon auth import claude-code
-  marathon serve                     # then: ANTHROPIC_BASE_URL=http://127.0.0.1:8787/anthropic
+  marathon serve                     # then, in another terminal:
+  marathon connect claude-code       # prints what to set (or: marathon run claude)
+  marathon run codex                 # runs Codex through marathon
   marathon status
 
 Files: --home DIR (or MARATHON_HOME) keeps DIR/config.toml and DIR/data/.
@@ -39,9 +43,11 @@ Examples:
   marathon status
   marathon status --json | jq '.[] | select(.state != \"active\")'
 
-When a proxy runs at the configured address, this shows its live view:
-cooldown countdowns, counters, the last error and quota bars. Otherwise (or
-with --offline) it shows the stored accounts and the last saved cooldowns.")]
+When `marathon serve` runs (on any port; it records where) or a proxy answers
+at the configured address, this shows its live view: cooldown countdowns,
+counters, the last error and quota bars. Otherwise (or with --offline) it shows
+the stored accounts and the last saved cooldowns. An invalid config is
+reported, not skipped.")]
     Status(StatusArgs),
     /// Run the rotating proxy (point your tools at http://127.0.0.1:8787/<provider>)
     #[command(after_help = "\
@@ -50,14 +56,22 @@ Examples:
   marathon serve --listen 127.0.0.1:9000
   MARATHON_LOG=debug marathon serve
 
-Then point a client at the proxy, for example:
-  export ANTHROPIC_BASE_URL=http://127.0.0.1:8787/anthropic
-  export OPENAI_BASE_URL=http://127.0.0.1:8787/openai/v1
-The client's own API key is replaced by the chosen account's (set any value,
-or the access key when the proxy requires one).
+Then point a client at the proxy: `marathon connect <client>` prints what to
+set, `marathon run <client>` runs it with those settings. The client's own
+API key is replaced by the chosen account's (any value will do, or the access
+key when the proxy requires one).
+
+The address is recorded in the data directory (serve.json) while it runs, so
+`status`, `connect` and `run` find it on any port. Ctrl-C or SIGTERM stops it.
 
 Live state: marathon status, or http://127.0.0.1:8787/_marathon/ in a browser.")]
     Serve(ServeArgs),
+    /// Print what to set so a client uses marathon (--write: change its config file)
+    #[command(after_help = CONNECT_HELP)]
+    Connect(ConnectArgs),
+    /// Run a client (claude, codex, opencode, gemini) through marathon
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
     /// See marathon work: a simulated provider, three accounts, one runs out of quota
     #[command(after_help = "\
 Runs entirely on this machine: starts the bundled provider simulator and the
@@ -69,6 +83,69 @@ Examples:
   marathon demo
   marathon demo --window 5s --requests 20")]
     Demo(DemoArgs),
+}
+
+const CONNECT_HELP: &str = "\
+Prints the environment variables (and, for Codex, opencode and Gemini CLI,
+the config file settings) that point the client at the running proxy, or at
+the configured address when none runs. Settings never hold an access key:
+files name the MARATHON_API_KEY variable instead.
+
+--write merges the file settings into the client's own config file, keeping
+everything else in it (the original is kept as <file>.marathon-backup);
+--undo puts the original back. Variables still go in your shell.
+
+Examples:
+  eval \"$(marathon connect claude-code)\"
+  marathon connect codex --write
+  marathon connect codex --undo
+  marathon connect openai-sdk --provider local-llm";
+
+const RUN_HELP: &str = "\
+Starts the client with marathon's settings in its environment, against the
+running proxy, or against one started for this run when none is running.
+Your own config files are not changed: Codex gets -c overrides, opencode
+OPENCODE_CONFIG_CONTENT, Gemini CLI a settings layer of its own. The client's
+exit code is marathon's.
+
+Examples:
+  marathon run claude-code
+  marathon run codex exec \"fix the failing test\"
+  marathon run gemini-cli -- -p \"summarise this repository\"
+  marathon run openai-sdk -- python app.py";
+
+/// `marathon connect`.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// The client to set up
+    pub(crate) client: Client,
+    /// The marathon provider its requests go to [default: the one it speaks; for
+    /// Codex `codex`, or `openai` when only that has accounts]
+    #[arg(long, value_name = "NAME")]
+    pub(crate) provider: Option<String>,
+    /// Merge the settings into the client's config file (backed up first)
+    #[arg(long, conflicts_with = "undo")]
+    pub(crate) write: bool,
+    /// Restore the client's config file from the backup --write made
+    #[arg(long)]
+    pub(crate) undo: bool,
+}
+
+/// `marathon run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The client to run
+    pub(crate) client: Client,
+    /// The marathon provider its requests go to (as for `connect`)
+    #[arg(long, value_name = "NAME")]
+    pub(crate) provider: Option<String>,
+    /// Arguments for the client (for an SDK: the command to run)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub(crate) args: Vec<std::ffi::OsString>,
 }
 
 /// `marathon serve`.

@@ -17,21 +17,25 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         // The reader of our output went away (`| head -1`): nothing failed.
         Err(err) if output::is_stdout_closed(&err) => ExitCode::SUCCESS,
         Err(err) => ExitCode::from(output::report_error(&err)),
     }
 }
 
-fn run(cli: cli::Cli) -> anyhow::Result<()> {
+fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     let ctx = commands::Context::new(cli.home.as_deref());
     match cli.command {
         cli::Command::Auth(auth) => commands::auth::run(&ctx, auth.command),
         cli::Command::Status(args) => commands::status::run(&ctx, &args),
         cli::Command::Serve(args) => commands::serve::run(&ctx, &args),
+        cli::Command::Connect(args) => commands::connect::run(&ctx, &args),
+        // The client's own exit code.
+        cli::Command::Run(args) => return commands::run::run(&ctx, &args),
         cli::Command::Demo(args) => commands::demo::run(&args),
-    }
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses the command line. An unexpected positional argument is not echoed

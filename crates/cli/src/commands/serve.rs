@@ -4,10 +4,12 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use marathon_proxy::{ProxySettings, StartOptions};
+use marathon_config::Config;
+use marathon_proxy::{ProxyHandle, ProxySettings, StartOptions};
 use marathon_store::Store;
 
 use super::Context;
+use super::running::Record;
 use crate::cli::{LogFormat, ServeArgs};
 use crate::output::{Failure, errln};
 
@@ -44,10 +46,10 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
             .build()?,
     };
     runtime.block_on(async move {
-        let mut opts = StartOptions::new(store.clone());
-        let refresher = crate::tokens::refresher(&config, store.clone()).await?;
-        opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(refresher)));
-        let handle = marathon_proxy::start(settings.clone(), opts).await?;
+        let handle = start_proxy(&config, settings.clone(), store).await?;
+        // `status`, `connect` and `run` find the proxy through this record,
+        // whatever port it got; it goes when serve ends cleanly.
+        let record = Record::write(&ctx.paths.data_dir, handle.local_addr())?;
         let base = handle.url();
         errln!("marathon {} listening on {base}", env!("CARGO_PKG_VERSION"));
         for p in &settings.providers {
@@ -79,11 +81,26 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
             () = handle.shutdown(grace) => {}
             second = signals.next() => {
                 errln!("{second} again: exiting without waiting for requests in flight");
+                drop(record);
                 std::process::exit(second.exit_code());
             }
         }
+        drop(record);
         anyhow::Ok(())
     })
+}
+
+/// Starts the proxy for `config` on `settings.listen`, refreshing OAuth
+/// tokens through the shared refresher (`serve`, and `run` when no proxy runs).
+pub(crate) async fn start_proxy(
+    config: &Config,
+    settings: ProxySettings,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<ProxyHandle> {
+    let mut opts = StartOptions::new(store.clone());
+    let refresher = crate::tokens::refresher(config, store).await?;
+    opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(refresher)));
+    Ok(marathon_proxy::start(settings, opts).await?)
 }
 
 /// SIGTERM (systemd, containers, `kill`) and SIGINT (Ctrl-C) alike.

@@ -1,23 +1,40 @@
-//! `marathon status`: every account and its state, from the store (offline).
+//! `marathon status`: every account and its state — live from the running
+//! proxy (found through its record, on whatever port), else from the store.
 
 use marathon_core::fmt::HumanDuration;
 use marathon_core::{Clock, SystemClock, UnixMillis};
 use marathon_store::{HotAccount, Store};
 
 use http_body_util::Full;
+use marathon_config::Config;
 
 use super::Context;
 use super::auth::{NO_ACCOUNTS, account_json, kind_name, sort_accounts, state_cell};
 use super::proxy_client::ProxyClient;
+use super::running;
 use crate::cli::StatusArgs;
-use crate::output::{Style, Table, cell, out, outln};
+use crate::output::{Style, Table, cell, errln, out, outln};
 
 pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
-    if !args.offline
-        && let Some(live) = live_status(ctx)
-    {
-        return print_live(&live, args.json);
+    // A broken config must not pass for "no proxy is running": say so, and
+    // show what can be shown without it.
+    let config = ctx.config();
+    if let Err(e) = &config {
+        let style = Style::for_stderr();
+        errln!("{} the config is invalid: {e}", style.yellow("warning:"));
+        errln!(
+            "  `marathon serve` will not start until it is fixed; the accounts below do not depend on it"
+        );
     }
+    let why_offline = if args.offline {
+        "as asked".to_owned()
+    } else {
+        match live_status(ctx, config.as_ref().ok()) {
+            Live::View(v) => return print_live(&v, args.json),
+            Live::NotRunning => "no marathon proxy is running".to_owned(),
+            Live::NoAnswer(whom) => format!("{whom} did not answer"),
+        }
+    };
     let store = ctx.store()?;
     let mut accounts = store.list()?;
     sort_accounts(&mut accounts);
@@ -38,7 +55,7 @@ pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     outln!(
-        "accounts in {} (offline view; a running proxy holds the live state)",
+        "accounts in {} (offline view: {why_offline})",
         store.path().display()
     );
     if accounts.is_empty() {
@@ -88,16 +105,41 @@ pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The running proxy's `/_marathon/status`, if one answers at the
-/// configured address.
-fn live_status(ctx: &Context) -> Option<serde_json::Value> {
-    let config = ctx.config().ok()?;
-    let mut addr = config.server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+/// What asking for the live view found.
+enum Live {
+    View(serde_json::Value),
+    NotRunning,
+    /// Which proxy was asked (and did not answer).
+    NoAnswer(String),
+}
+
+/// The running proxy's `/_marathon/status`: the proxy `serve` recorded, else
+/// one at the configured address (started another way).
+fn live_status(ctx: &Context, config: Option<&Config>) -> Live {
+    let recorded = running::find(&ctx.paths.data_dir);
+    let (addr, whom) = match (&recorded, config) {
+        (Some(r), _) => (r.addr, format!("the proxy at {} (pid {})", r.url(), r.pid)),
+        (None, Some(c)) => {
+            let mut addr = c.server.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            (addr, String::new())
+        }
+        (None, None) => return Live::NotRunning,
+    };
+    match fetch_status(addr, config) {
+        Some(v) => Live::View(v),
+        // Nothing recorded and nothing at the configured address.
+        None if recorded.is_none() => Live::NotRunning,
+        None => Live::NoAnswer(whom),
     }
+}
+
+/// `GET /_marathon/status` at `addr`, with the access key when one is set.
+fn fetch_status(addr: std::net::SocketAddr, config: Option<&Config>) -> Option<serde_json::Value> {
     let mut request = http::Request::get(format!("http://{addr}/_marathon/status"));
-    if let Some(key) = config.server.access_keys.first() {
+    if let Some(key) = config.and_then(|c| c.server.access_keys.first()) {
         request = request.header("x-marathon-key", key.expose());
     }
     let request = request.body(Full::default()).ok()?;
