@@ -44,7 +44,7 @@ async fn echo_proxy() -> (Echo, ProxyHandle) {
     let mut settings = test_settings(&echo.url());
     settings.access_keys = vec![Secret::new(ACCESS)];
     for p in &mut settings.providers {
-        p.session_header = Some(http::HeaderName::from_static("x-session-id"));
+        p.session_headers = vec![http::HeaderName::from_static("x-session-id")];
     }
     let proxy = marathon_proxy::start(settings, StartOptions::new(store))
         .await
