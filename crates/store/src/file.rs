@@ -87,6 +87,11 @@ impl std::fmt::Debug for FileStore {
 }
 
 impl FileStore {
+    /// Whether `dir` holds an accounts file (without creating anything).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(ACCOUNTS).is_file()
+    }
+
     /// Opens (creating if needed) the store in `dir`. Refuses a corrupt file or
     /// one from a newer marathon; migrates an older one after keeping a backup.
     pub fn open(dir: &Path) -> Result<FileStore, StoreError> {

@@ -12,7 +12,10 @@
 //!   left byte-for-byte untouched;
 //! - [`MemoryStore`], the same semantics in memory, for tests and embedding;
 //! - [`import`]: readers for other tools' credential files (opencode, Claude
-//!   Code, Codex, Gemini) that produce [`NewAccount`]s.
+//!   Code, Codex, Gemini) that produce [`NewAccount`]s;
+//! - [`client_config`]: marathon's settings merged into other tools' config
+//!   files (Codex, opencode, Gemini CLI) with a backup, and undone;
+//! - [`serve_record`]: where a running `marathon serve` listens (`serve.json`).
 //!
 //! The API is synchronous on purpose: store calls are off the hot path (the
 //! proxy keeps accounts in memory), and async callers use `spawn_blocking`.
@@ -29,11 +32,13 @@ use serde::{Deserialize, Serialize};
 
 pub use marathon_core::{AccountId, AccountKind, Secret, UnixMillis};
 
+pub mod client_config;
 mod doc;
 mod file;
 pub mod import;
 mod lock;
 mod memory;
+pub mod serve_record;
 
 pub use file::{FileStore, PermissionFix};
 pub use memory::MemoryStore;

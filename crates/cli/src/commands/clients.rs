@@ -9,8 +9,8 @@ use clap::ValueEnum;
 use marathon_config::{Config, ProviderConfig, ProviderKind};
 use serde_json::{Map, Value, json};
 
-use super::edit::Format;
 use crate::output::Failure;
+use marathon_store::client_config::{self, Format};
 
 /// The clients `connect` and `run` know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -405,7 +405,7 @@ pub(crate) fn render(client: Client, setup: &Setup, places: &Places) -> String {
                 "# {} (marathon connect {} --write merges this in)\n{}",
                 places.show(&f.path),
                 client.name(),
-                super::edit::render(f.format, &f.settings)
+                client_config::render(f.format, &f.settings)
             )
         })
         .collect();

@@ -7,10 +7,10 @@ use marathon_config::Config;
 
 use super::Context;
 use super::clients::{self, Client, Places, Setup, Target};
-use super::edit::{self, Applied, Undone};
-use super::running::{self, Running};
 use crate::cli::ConnectArgs;
 use crate::output::{Failure, errln, out};
+use marathon_store::client_config::{self as edit, Applied, ClientConfigError, Undone};
+use marathon_store::serve_record::{self as running, Running};
 
 /// The proxy clients are pointed at: the running one, else the configured
 /// address (where `marathon serve` will listen).
@@ -38,7 +38,7 @@ pub(crate) fn target(ctx: &Context, config: &Config) -> (Target, Option<Running>
 /// Which providers have accounts (any enabled one), for choosing routes.
 /// Reads the store only if it exists: `connect` creates nothing.
 pub(crate) fn providers_with_accounts(ctx: &Context) -> Vec<String> {
-    if !ctx.paths.data_dir.join("accounts.json").exists() {
+    if !marathon_store::FileStore::exists(&ctx.paths.data_dir) {
         return Vec::new();
     }
     let Ok(store) = ctx.store() else {
@@ -111,7 +111,18 @@ pub(crate) fn run(ctx: &Context, args: &ConnectArgs) -> anyhow::Result<()> {
     if args.write {
         for f in &setup.files {
             let shown = places.show(&f.path);
-            match edit::apply(&f.path, f.format, &f.settings)? {
+            let applied = match edit::apply(&f.path, f.format, &f.settings) {
+                Ok(applied) => applied,
+                Err(e @ ClientConfigError::Unreadable { .. }) => {
+                    return Err(Failure::runtime(
+                        e.to_string(),
+                        "merge the settings `marathon connect` prints into it by hand",
+                    )
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match applied {
                 Applied::Unchanged => errln!("{shown} already has these settings"),
                 applied => errln!(
                     "{} {shown}; undo with `marathon connect {} --undo`",

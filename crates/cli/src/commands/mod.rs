@@ -5,11 +5,9 @@ pub(crate) mod auth;
 pub(crate) mod clients;
 pub(crate) mod connect;
 pub(crate) mod demo;
-pub(crate) mod edit;
 pub(crate) mod login;
 pub(crate) mod proxy_client;
 pub(crate) mod run;
-pub(crate) mod running;
 pub(crate) mod serve;
 pub(crate) mod status;
 

@@ -13,13 +13,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use marathon_proxy::ProxySettings;
-use serde_json::{Map, Value};
 
 use super::Context;
 use super::clients::{Client, Places, Setup};
 use super::connect;
-use super::edit;
-use super::running::write_private;
 use crate::cli::RunArgs;
 use crate::output::{Failure, errln};
 
@@ -143,7 +140,7 @@ impl Launch {
         };
         match client {
             Client::Codex => {
-                for o in edit::dotted_overrides(&file.settings) {
+                for o in marathon_store::client_config::dotted_overrides(&file.settings) {
                     launch.args.push("-c".to_owned());
                     launch.args.push(o);
                 }
@@ -157,8 +154,11 @@ impl Launch {
             Client::GeminiCli => {
                 let dir = tempfile::tempdir()?;
                 let path = dir.path().join("settings.json");
-                let layer = gemini_system_layer(&file.settings);
-                write_private(&path, serde_json::to_string_pretty(&layer)?.as_bytes())?;
+                marathon_store::client_config::write_json_layer(
+                    &path,
+                    Some(&gemini_system_settings()),
+                    &file.settings,
+                )?;
                 launch.env.push((
                     "GEMINI_CLI_SYSTEM_SETTINGS_PATH".to_owned(),
                     path.display().to_string(),
@@ -171,10 +171,10 @@ impl Launch {
     }
 }
 
-/// Gemini CLI's system settings (the layer over the user's) with ours
-/// merged in: the machine's own system settings are kept.
-fn gemini_system_layer(ours: &Map<String, Value>) -> Value {
-    let path = std::env::var_os("GEMINI_CLI_SYSTEM_SETTINGS_PATH")
+/// Gemini CLI's system settings file (the layer over the user's), which the
+/// run's own layer replaces and so must repeat.
+fn gemini_system_settings() -> PathBuf {
+    std::env::var_os("GEMINI_CLI_SYSTEM_SETTINGS_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(if cfg!(target_os = "macos") {
@@ -182,27 +182,7 @@ fn gemini_system_layer(ours: &Map<String, Value>) -> Value {
             } else {
                 "/etc/gemini-cli/settings.json"
             })
-        });
-    let mut layer = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .filter(Value::is_object)
-        .unwrap_or_else(|| Value::Object(Map::new()));
-    if let Value::Object(map) = &mut layer {
-        merge(map, ours);
-    }
-    layer
-}
-
-fn merge(into: &mut Map<String, Value>, patch: &Map<String, Value>) {
-    for (k, v) in patch {
-        match (into.get_mut(k), v) {
-            (Some(Value::Object(a)), Value::Object(b)) => merge(a, b),
-            _ => {
-                into.insert(k.clone(), v.clone());
-            }
-        }
-    }
+        })
 }
 
 fn not_started(client: Client, program: &OsString, e: std::io::Error) -> anyhow::Error {

@@ -9,9 +9,9 @@ use marathon_proxy::{ProxyHandle, ProxySettings, StartOptions};
 use marathon_store::Store;
 
 use super::Context;
-use super::running::Record;
 use crate::cli::{LogFormat, ServeArgs};
 use crate::output::{Failure, errln};
+use marathon_store::serve_record::Record;
 
 pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);

@@ -11,7 +11,6 @@ use marathon_config::Config;
 use super::Context;
 use super::auth::{NO_ACCOUNTS, account_json, kind_name, sort_accounts, state_cell};
 use super::proxy_client::ProxyClient;
-use super::running;
 use crate::cli::StatusArgs;
 use crate::output::{Style, Table, cell, errln, out, outln};
 
@@ -116,7 +115,7 @@ enum Live {
 /// The running proxy's `/_marathon/status`: the proxy `serve` recorded, else
 /// one at the configured address (started another way).
 fn live_status(ctx: &Context, config: Option<&Config>) -> Live {
-    let recorded = running::find(&ctx.paths.data_dir);
+    let recorded = marathon_store::serve_record::find(&ctx.paths.data_dir);
     let (addr, whom) = match (&recorded, config) {
         (Some(r), _) => (r.addr, format!("the proxy at {} (pid {})", r.url(), r.pid)),
         (None, Some(c)) => {

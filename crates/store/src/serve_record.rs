@@ -4,37 +4,38 @@
 //! proxy on any port (`serve --listen 127.0.0.1:0` included) without parsing
 //! the config. A record whose process is gone is ignored.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use serde_json::json;
 
+use crate::StoreError;
+use crate::lock::write_atomic;
+
 /// The record's file in the data directory.
-pub(crate) fn record_path(data_dir: &Path) -> PathBuf {
+pub fn record_path(data_dir: &Path) -> PathBuf {
     data_dir.join("serve.json")
 }
 
 /// A proxy that said it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Running {
+pub struct Running {
     /// The address it accepts connections on (loopback when it listens on all).
-    pub(crate) addr: SocketAddr,
+    pub addr: SocketAddr,
     /// Its process.
-    pub(crate) pid: u32,
+    pub pid: u32,
 }
 
 impl Running {
     /// `http://127.0.0.1:PORT`.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
 
 /// The running proxy recorded in `data_dir`, unless there is none, the record
 /// is unreadable, or its process has ended.
-pub(crate) fn find(data_dir: &Path) -> Option<Running> {
+pub fn find(data_dir: &Path) -> Option<Running> {
     let text = std::fs::read_to_string(record_path(data_dir)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let running = Running {
@@ -63,14 +64,14 @@ fn process_alive(pid: u32) -> bool {
 
 /// This process's record, removed when dropped (a clean exit), unless another
 /// `serve` has replaced it meanwhile.
-pub(crate) struct Record {
+pub struct Record {
     path: PathBuf,
     pid: u32,
 }
 
 impl Record {
     /// Writes the record for this process listening on `addr`.
-    pub(crate) fn write(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<Record> {
+    pub fn write(data_dir: &Path, addr: SocketAddr) -> Result<Record, StoreError> {
         let mut addr = addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -83,8 +84,7 @@ impl Record {
             "url": format!("http://{addr}"),
             "version": env!("CARGO_PKG_VERSION"),
         });
-        write_private(&path, format!("{body:#}\n").as_bytes())
-            .with_context(|| format!("cannot record the proxy's address in {}", path.display()))?;
+        write_atomic(&path, format!("{body:#}\n").as_bytes(), false)?;
         Ok(Record { path, pid })
     }
 }
@@ -99,32 +99,6 @@ impl Drop for Record {
             let _ = std::fs::remove_file(&self.path);
         }
     }
-}
-
-/// Writes `bytes` to `path` with mode 0600, through a temporary file renamed
-/// into place, so a reader never sees half a record.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".marathon-")
-        .tempfile_in(dir)?;
-    set_private(tmp.as_file())?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-#[cfg(unix)]
-fn set_private(file: &std::fs::File) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-}
-
-#[cfg(not(unix))]
-fn set_private(_: &std::fs::File) -> std::io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

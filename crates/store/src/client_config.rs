@@ -1,32 +1,56 @@
-//! Editing another tool's config file without clobbering it: the file is
-//! parsed, marathon's settings are merged into it (TOML through toml_edit,
-//! so the user's comments and layout stay; JSON key order kept), the original
-//! is kept once as `<file>.marathon-backup`, and `undo` puts it back.
+//! Other tools' config files (Codex's `config.toml`, opencode's
+//! `opencode.json`, Gemini CLI's `settings.json`), changed without clobbering
+//! them: the file is parsed, marathon's settings are merged into it (TOML
+//! through toml_edit, so the user's comments and layout stay; JSON key order
+//! kept), the original is kept once as `<file>.marathon-backup`, and
+//! [`undo`] puts it back.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use serde_json::{Map, Value};
 
-use super::running::write_private;
-use crate::output::Failure;
+use crate::StoreError;
+use std::os::unix::fs::DirBuilderExt as _;
+
+use crate::lock::{io_err, write_atomic};
+
+/// Why a config file was not changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientConfigError {
+    /// The file is not valid TOML/JSON (JSON with comments, say); it was
+    /// left as it was. The reason quotes no content of the file.
+    #[error("cannot read {} as {format:?} ({why}); nothing was changed", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Its language.
+        format: Format,
+        /// What the parser said.
+        why: String,
+    },
+    /// Reading or writing failed.
+    #[error(transparent)]
+    Io(#[from] StoreError),
+}
 
 /// A config file's language.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Format {
+pub enum Format {
+    /// TOML (Codex).
     Toml,
+    /// JSON (opencode, Gemini CLI).
     Json,
 }
 
 /// `<file>.marathon-backup`.
-pub(crate) fn backup_path(path: &Path) -> PathBuf {
+pub fn backup_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(".marathon-backup");
     path.with_file_name(name)
 }
 
 /// The settings alone, as they would appear in the file.
-pub(crate) fn render(format: Format, patch: &Map<String, Value>) -> String {
+pub fn render(format: Format, patch: &Map<String, Value>) -> String {
     match format {
         Format::Json => {
             let mut text = serde_json::to_string_pretty(patch).unwrap_or_default();
@@ -43,7 +67,7 @@ pub(crate) fn render(format: Format, patch: &Map<String, Value>) -> String {
 
 /// What [`apply`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Applied {
+pub enum Applied {
     /// The file did not exist and was created.
     Created,
     /// The file was changed; the original is in the backup.
@@ -55,26 +79,22 @@ pub(crate) enum Applied {
 /// Merges `patch` into the file at `path` (created if missing), keeping the
 /// original as the backup unless a backup from an earlier edit exists (it
 /// holds the file as it was before marathon touched it).
-pub(crate) fn apply(
+pub fn apply(
     path: &Path,
     format: Format,
     patch: &Map<String, Value>,
-) -> anyhow::Result<Applied> {
+) -> Result<Applied, ClientConfigError> {
     let path = &real_path(path);
     let original = match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) => return Err(io_err("read", path)(e).into()),
     };
     let text = original.as_deref().unwrap_or_default();
-    let merged = merge_text(format, text, patch).map_err(|why| {
-        Failure::runtime(
-            format!(
-                "cannot read {} as {format:?} ({why}); nothing was changed",
-                path.display()
-            ),
-            "merge the settings shown above into it by hand",
-        )
+    let merged = merge_text(format, text, patch).map_err(|why| ClientConfigError::Unreadable {
+        path: path.clone(),
+        format,
+        why,
     })?;
     if original.as_deref() == Some(merged.as_str()) {
         return Ok(Applied::Unchanged);
@@ -82,12 +102,11 @@ pub(crate) fn apply(
     let backup = backup_path(path);
     if !backup.exists() {
         // An empty backup stands for "there was no file": undo removes it.
-        write_private(&backup, text.as_bytes())
-            .with_context(|| format!("cannot write the backup {}", backup.display()))?;
+        create_parent(&backup)?;
+        write_atomic(&backup, text.as_bytes(), true)?;
         copy_mode(path, &backup);
     }
-    write_private(path, merged.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    write_atomic(path, merged.as_bytes(), true)?;
     copy_mode(&backup, path);
     Ok(if original.is_none() {
         Applied::Created
@@ -96,9 +115,25 @@ pub(crate) fn apply(
     })
 }
 
+/// The file's directory, created (private) if missing: a tool never run yet
+/// has no config directory.
+fn create_parent(path: &Path) -> Result<(), StoreError> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("create directory", dir))
+}
+
 /// What [`undo`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Undone {
+pub enum Undone {
     /// The file is as it was before marathon edited it.
     Restored,
     /// The file did not exist before; it is gone again.
@@ -108,30 +143,49 @@ pub(crate) enum Undone {
 }
 
 /// Puts the file back as it was before the first edit, and removes the backup.
-pub(crate) fn undo(path: &Path) -> anyhow::Result<Undone> {
+pub fn undo(path: &Path) -> Result<Undone, StoreError> {
     let path = &real_path(path);
     let backup = backup_path(path);
     let saved = match std::fs::read(&backup) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Undone::NoBackup),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", backup.display())),
+        Err(e) => return Err(io_err("read", &backup)(e)),
     };
     let done = if saved.is_empty() {
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+            Err(e) => return Err(io_err("remove", path)(e)),
         }
         Undone::Removed
     } else {
-        write_private(path, &saved)
-            .with_context(|| format!("cannot restore {}", path.display()))?;
+        write_atomic(path, &saved, true)?;
         copy_mode(&backup, path);
         Undone::Restored
     };
-    std::fs::remove_file(&backup)
-        .with_context(|| format!("cannot remove the backup {}", backup.display()))?;
+    std::fs::remove_file(&backup).map_err(io_err("remove", &backup))?;
     Ok(done)
+}
+
+/// Writes `base` (a JSON settings file, when it exists and holds an object)
+/// with `patch` merged in to `target` (0600): a settings layer of marathon's
+/// that keeps what the layer it replaces said.
+pub fn write_json_layer(
+    target: &Path,
+    base: Option<&Path>,
+    patch: &Map<String, Value>,
+) -> Result<(), StoreError> {
+    let mut layer = base
+        .and_then(|b| std::fs::read_to_string(b).ok())
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| match v {
+            Value::Object(map) => Some(map),
+            _ => None,
+        })
+        .unwrap_or_default();
+    merge_json(&mut layer, patch);
+    let text = serde_json::to_string_pretty(&layer).unwrap_or_default();
+    write_atomic(target, text.as_bytes(), false)
 }
 
 /// The file a symlink points to (dotfiles kept in a repository are often
@@ -241,7 +295,7 @@ fn toml_value(v: &Value) -> Option<toml_edit::Value> {
 
 /// Codex's `-c key=value` overrides for the same settings: one per leaf, the
 /// value as TOML (`model_providers.marathon.base_url="http://..."`).
-pub(crate) fn dotted_overrides(patch: &Map<String, Value>) -> Vec<String> {
+pub fn dotted_overrides(patch: &Map<String, Value>) -> Vec<String> {
     fn walk(prefix: &str, map: &Map<String, Value>, out: &mut Vec<String>) {
         for (key, value) in map {
             let path = if prefix.is_empty() {
