@@ -250,7 +250,7 @@ fn the_examples_documented_defaults_are_the_codes_defaults() {
             format!(
                 "strategy={:?} max_attempts={:?} rate_limit_cooldown={:?} \
                  auth_failure_cooldown={:?} network_retry_attempts={} max_wait={:?} \
-                 refresh_lead={:?} proactive_threshold={:?} session_header={:?}",
+                 refresh_lead={:?} proactive_threshold={:?} session_headers={:?}",
                 p.strategy,
                 p.max_attempts,
                 p.rate_limit_cooldown,
@@ -259,7 +259,7 @@ fn the_examples_documented_defaults_are_the_codes_defaults() {
                 p.max_wait,
                 p.refresh_lead,
                 p.proactive_threshold,
-                p.session_header,
+                p.session_headers,
             )
         };
         assert_eq!(
