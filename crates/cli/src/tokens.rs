@@ -169,15 +169,13 @@ pub(crate) struct OAuthTokens(pub(crate) Arc<Refresher>);
 
 /// The proxy puts the reason in events and the status view next to the
 /// account's label, so it carries the cause (`invalid_grant`), not the
-/// account id the refresher's own message names.
+/// account id the refresher's own message names; a needs-login event and
+/// the status view already say what to do.
 fn map(e: RefreshError) -> TokenError {
-    match e {
-        RefreshError::Permanent { reason, .. } => {
-            TokenError::Permanent(format!("{reason}; log in again with `marathon auth login`"))
-        }
-        RefreshError::Transient { reason, .. } => TokenError::Transient(reason),
-        other if other.is_permanent() => TokenError::Permanent(other.to_string()),
-        other => TokenError::Transient(other.to_string()),
+    if e.is_permanent() {
+        TokenError::Permanent(e.reason())
+    } else {
+        TokenError::Transient(e.reason())
     }
 }
 
@@ -265,14 +263,14 @@ mod tests {
         }) else {
             panic!("permanent must stay permanent")
         };
-        assert_eq!(p, "invalid_grant; log in again with `marathon auth login`");
+        assert_eq!(p, "invalid_grant");
         let TokenError::Transient(t) = map(RefreshError::Transient {
             account: id.clone(),
-            reason: "HTTP 503".into(),
+            reason: "http_503".into(),
         }) else {
             panic!("transient must stay transient")
         };
-        assert_eq!(t, "HTTP 503");
+        assert_eq!(t, "http_503");
         assert!(matches!(
             map(RefreshError::UnknownAccount(id)),
             TokenError::Transient(_)

@@ -27,8 +27,8 @@
 //! gateways and OpenAI-compatible relays mix them; the flavor is accepted for
 //! provider-specific rules and currently changes no decision.
 //!
-//! `reason` is the provider's error type/code (identifier-like strings only,
-//! never message text) — `credit_balance_too_low` / `organization_disabled` for
+//! `reason` is the provider's error type/code, kept only as a safe
+//! [`Reason`] word (never message text, never a key-shaped or known secret) — `credit_balance_too_low` / `organization_disabled` for
 //! rule 3 — else `http_<status>`, `stream_error`, `connect`, `reset`, `timeout`
 //! or `cancelled`.
 //!
@@ -41,6 +41,7 @@
 use crate::clock::UnixMillis;
 use crate::hints::{self, ErrorBody};
 use crate::outcome::{ApiFlavor, Class, Classification, HeaderLookup, Outcome, TransportFailure};
+use crate::reason::Reason;
 use crate::sse::ErrorScanner;
 
 /// Classifies one upstream outcome. Never panics, whatever the body holds.
@@ -56,14 +57,14 @@ pub fn classify(flavor: ApiFlavor, outcome: &Outcome<'_>, now: UnixMillis) -> Cl
         Outcome::Transport(failure) => Classification {
             class: Class::Transport,
             status: None,
-            reason: transport_reason(*failure).to_owned(),
+            reason: Reason::fixed(transport_reason(*failure)),
             reset: None,
             usage: Vec::new(),
         },
         Outcome::ClientCancelled => Classification {
             class: Class::Cancelled,
             status: None,
-            reason: "cancelled".to_owned(),
+            reason: Reason::fixed("cancelled"),
             reset: None,
             usage: Vec::new(),
         },
@@ -114,7 +115,7 @@ fn classify_response(
         return Classification {
             class: Class::Success,
             status: Some(status),
-            reason: format!("http_{status}"),
+            reason: Reason::http(status),
             reset: None,
             usage,
         };
@@ -135,21 +136,21 @@ fn classify_error(
     let special = eb.message.as_deref().and_then(unusable_message);
     let class = if special.is_some() {
         Class::Unusable
-    } else if let Some(class) = eb.tokens.iter().find_map(|t| decisive_class(t)) {
+    } else if let Some(class) = eb.tokens.iter().find_map(|t| decisive_class(t.as_str())) {
         class
     } else if let Some(status) = status {
         status_class(status)
-    } else if eb.tokens.iter().any(|t| is_request_token(t)) {
+    } else if eb.tokens.iter().any(|t| is_request_token(t.as_str())) {
         Class::Request
     } else {
         Class::Provider
     };
     let reason = special
-        .map(str::to_owned)
+        .map(Reason::fixed)
         .or_else(|| eb.tokens.first().cloned())
         .unwrap_or_else(|| match status {
-            Some(s) => format!("http_{s}"),
-            None => "stream_error".to_owned(),
+            Some(s) => Reason::http(s),
+            None => Reason::fixed("stream_error"),
         });
     let reset = match class {
         Class::RateLimited | Class::Unusable => hints::quota_hint(headers, &eb, now),
@@ -322,6 +323,51 @@ mod tests {
             (c.class, c.reason.as_str()),
             (Class::Request, "context_length_exceeded")
         );
+    }
+
+    // Guards: an upstream that echoes the key it received in every field of
+    // its error body (type, code, status, message), in a stream error event
+    // and in a usage status header; on main the echoed key became the reason
+    // (events, status, the exhausted answer) and the window status.
+    #[test]
+    fn echoed_credentials_never_become_reasons() {
+        let key = "sk-ant-api03-echoed-Zq81xYw0";
+        // A secret of plain words, which only the known-secrets check stops.
+        let held = crate::Secret::new("plain-words-account-credential");
+        let word = held.expose();
+        for echo in [key, word] {
+            let body = format!(
+                r#"{{"type":"error","error":{{"type":"{echo}","code":"{echo}","status":"{echo}","message":"bad key {echo}"}}}}"#
+            );
+            let c = response(401, &body);
+            assert_eq!((c.class, c.reason.as_str()), (Class::Auth, "http_401"));
+            let body = format!(r#"{{"error":{{"type":"{echo}","code":"rate_limit_error"}}}}"#);
+            assert_eq!(response(429, &body).reason, "rate_limit_error");
+            let data = format!(r#"{{"type":"error","code":"{echo}","message":"{echo}"}}"#);
+            let c = classify(
+                ApiFlavor::Openai,
+                &Outcome::StreamError {
+                    data: data.as_bytes(),
+                },
+                NOW,
+            );
+            assert_eq!(c.reason, "stream_error");
+            let headers = &[
+                ("anthropic-ratelimit-unified-5h-status", echo),
+                ("anthropic-ratelimit-unified-5h-utilization", "0.5"),
+            ];
+            let c = classify(
+                ApiFlavor::Anthropic,
+                &Outcome::Response {
+                    status: 200,
+                    headers,
+                    body: b"",
+                },
+                NOW,
+            );
+            assert_eq!(c.usage.len(), 1);
+            assert_eq!(c.usage[0].status, None);
+        }
     }
 
     #[test]

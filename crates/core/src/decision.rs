@@ -342,7 +342,7 @@ impl AttemptTrace {
                 h.source.as_str(),
                 HumanDuration(now.until(h.at))
             )),
-            (None, Class::Transport) => Some(c.reason.clone()),
+            (None, Class::Transport) => Some(c.reason.to_string()),
             (None, _) => None,
         };
         self.push(AttemptEntry {
@@ -407,7 +407,7 @@ mod tests {
 
     const NOW: UnixMillis = UnixMillis(1_764_330_000_000);
 
-    fn cls(class: Class, status: Option<u16>, reason: &str) -> Classification {
+    fn cls(class: Class, status: Option<u16>, reason: &'static str) -> Classification {
         Classification {
             class,
             status,

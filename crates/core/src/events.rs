@@ -3,7 +3,9 @@
 //! Events are the seed's toast, generalised: the proxy sends them to a
 //! structured log, an SSE stream, a webhook and a command hook. They name
 //! accounts by **label** only; nothing in an event is a credential, so an
-//! event can be printed, posted or stored anywhere.
+//! event can be printed, posted or stored anywhere. Every reason is a
+//! [`Reason`], which cannot hold text an upstream wrote unless it is a safe
+//! word.
 //!
 //! On the wire an event is one flat JSON object whose first key is `type`:
 //! `{"type":"failover","at":1764334800000,"provider":"anthropic","from":"personal","to":"work","reason":"rate_limit_error"}`.
@@ -15,6 +17,7 @@ use serde::ser::SerializeMap;
 use crate::clock::UnixMillis;
 use crate::fmt::HumanDuration;
 use crate::outcome::{Class, HintSource};
+use crate::reason::Reason;
 
 /// One thing that happened to a provider's accounts.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
@@ -39,7 +42,7 @@ pub enum EventKind {
         /// Label of the account the request moved to.
         to: String,
         /// Why (the classification's reason, e.g. `rate_limit_error`).
-        reason: String,
+        reason: Reason,
     },
     /// An account was benched until `until`.
     Cooldown {
@@ -50,7 +53,7 @@ pub enum EventKind {
         /// The class of the failure that benched it.
         class: Class,
         /// The failure's short reason.
-        reason: String,
+        reason: Reason,
         /// Where the reset time came from, when the provider said.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hint: Option<HintSource>,
@@ -73,14 +76,14 @@ pub enum EventKind {
         /// `refresh_token_reused`, ...) as opposed to a transient failure.
         permanent: bool,
         /// Short reason, never the token.
-        reason: String,
+        reason: Reason,
     },
     /// The account needs a new login (or a new key) before it can be used.
     NeedsLogin {
         /// Label.
         account: String,
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// No account of the provider could take a request.
     Exhausted {

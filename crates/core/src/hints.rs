@@ -55,6 +55,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::UnixMillis;
 use crate::outcome::{HeaderLookup, HintSource, ResetHint, UsageWindow};
+use crate::reason::Reason;
 
 /// Hints further ahead than this are treated as garbage and ignored. Long enough
 /// for monthly quotas (Copilot premium requests), short enough that a misread
@@ -63,9 +64,6 @@ pub const MAX_HINT_AHEAD: Duration = Duration::from_secs(35 * 24 * 3600);
 
 /// How much of an error message is searched for a human "try again in ..." sentence.
 const MAX_MESSAGE: usize = 4096;
-
-/// Longest identifier accepted as an error type/code (anything longer is prose).
-const MAX_TOKEN: usize = 64;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -123,7 +121,7 @@ pub fn usage_windows(headers: &dyn HeaderLookup) -> Vec<UsageWindow> {
     {
         let status = header_trim(headers, status_h)
             .filter(|s| !s.is_empty())
-            .map(str::to_ascii_lowercase);
+            .and_then(|s| Reason::untrusted(&s.to_ascii_lowercase()));
         let utilization = header_trim(headers, utilization_h)
             .and_then(parse_finite)
             .or_else(|| (status.as_deref() == Some("rejected")).then_some(1.0));
@@ -570,9 +568,9 @@ fn codex_reset(headers: &dyn HeaderLookup, exhausted_only: bool) -> Option<UnixM
 pub(crate) struct ErrorBody {
     /// Error types/codes, most specific first: `error.code`, Google
     /// `ErrorInfo.reason`, `error.type`, `error.status`, `detail.code`, a string
-    /// `error`, top-level `code` / `type`. Identifier-like strings only, so a
-    /// message (which may quote a key) never becomes a reason.
-    pub(crate) tokens: Vec<String>,
+    /// `error`, top-level `code` / `type`. Safe [`Reason`] words only, so a
+    /// message, or a code field that echoes a key, never becomes a reason.
+    pub(crate) tokens: Vec<Reason>,
     /// The human message (capped), or the raw text of a non-JSON body.
     pub(crate) message: Option<String>,
     /// `error.resets_at`.
@@ -759,13 +757,12 @@ impl ErrorBody {
 
     fn push_token(&mut self, s: &str) {
         let s = s.trim();
-        let ident = !s.is_empty()
-            && s.len() <= MAX_TOKEN
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
         // `"type":"error"` is Anthropic's envelope, not an error type.
-        if ident && s != "error" && !self.tokens.iter().any(|t| t == s) {
-            self.tokens.push(s.to_owned());
+        if s == "error" || self.tokens.iter().any(|t| t == s) {
+            return;
+        }
+        if let Some(token) = Reason::untrusted(s) {
+            self.tokens.push(token);
         }
     }
 

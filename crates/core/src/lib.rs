@@ -16,7 +16,10 @@
 //! - [`decision`]: the retry decision as a pure function, bounded by [`budget`];
 //! - [`events`]: what happened, for logs, SSE, webhooks — labels, never secrets;
 //! - [`fmt`]: the one way a duration is written for people;
-//! - [`secret`]: the redacting newtype for keys and tokens;
+//! - [`reason`]: the short words shown for why something happened, safe by
+//!   construction (untrusted text is sanitized, known secrets refused);
+//! - [`secret`]: the redacting newtype for keys and tokens, and the matcher
+//!   over the ones this process holds;
 //! - [`defaults`]: the default of every per-provider setting, read by the
 //!   engine, the config and the OAuth refresher alike.
 
@@ -32,6 +35,7 @@ pub mod fmt;
 pub mod hints;
 pub mod outcome;
 pub mod pool;
+pub mod reason;
 pub mod secret;
 pub mod sse;
 pub mod strategy;
@@ -42,6 +46,7 @@ pub use outcome::{
     ApiFlavor, Class, Classification, HeaderLookup, HintSource, Outcome, ResetHint,
     TransportFailure, UsageWindow,
 };
+pub use reason::Reason;
 pub use secret::Secret;
 
 pub use budget::RetryBudget;

@@ -6,6 +6,7 @@
 //! [`HeaderLookup`] trait, which the proxy implements over its own header map.
 
 use crate::clock::UnixMillis;
+use crate::reason::Reason;
 
 /// Read-only access to response headers by lower-case name.
 pub trait HeaderLookup {
@@ -212,8 +213,9 @@ pub struct UsageWindow {
     pub utilization: f64,
     /// When this window resets, if known.
     pub resets_at: Option<UnixMillis>,
-    /// Provider status for the window, if given (`allowed`, `allowed_warning`, `rejected`).
-    pub status: Option<String>,
+    /// Provider status for the window, if given (`allowed`, `allowed_warning`,
+    /// `rejected`); a header value, so kept only if it is a safe word.
+    pub status: Option<Reason>,
     /// The window's length in minutes, when known (Codex sends it; Anthropic's
     /// `5h` / `7d` windows are fixed at 300 / 10080).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,8 +232,9 @@ pub struct Classification {
     /// A short machine reason: the provider's error type/code when there is
     /// one (`rate_limit_error`, `insufficient_quota`, `usage_limit_reached`,
     /// `overloaded_error`, `invalid_api_key`, ...), else a generic one
-    /// (`http_503`, `connect`, ...). Never contains secrets.
-    pub reason: String,
+    /// (`http_503`, `connect`, ...). A [`Reason`], so never a message, a key
+    /// or a token the upstream echoed.
+    pub reason: Reason,
     /// When the account may be used again, if the response said.
     pub reset: Option<ResetHint>,
     /// Quota windows' usage, when the response carried usage headers.

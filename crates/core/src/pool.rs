@@ -57,6 +57,7 @@ use crate::clock::UnixMillis;
 use crate::cooldown::{self, cooldown_for};
 use crate::events::{Event, EventKind};
 use crate::outcome::{Class, Classification, UsageWindow};
+use crate::reason::Reason;
 use crate::strategy::Strategy;
 
 /// How many session ids the affinity map remembers before evicting.
@@ -224,7 +225,7 @@ pub struct AccountStatus {
     /// The class of the last recorded outcome.
     pub last_class: Option<crate::outcome::Class>,
     /// The reason of the last failure (cleared by a success).
-    pub last_reason: Option<String>,
+    pub last_reason: Option<Reason>,
     /// Quota windows from the latest usage headers.
     pub usage: Vec<UsageWindow>,
     /// Requests on this account right now.
@@ -302,7 +303,7 @@ struct Slot {
     successes: u64,
     failures: u64,
     last_class: Option<Class>,
-    last_reason: Option<String>,
+    last_reason: Option<Reason>,
     usage: Vec<UsageWindow>,
     in_flight: u32,
     last_pick: u64,
@@ -645,8 +646,9 @@ impl Pool {
         &mut self,
         id: &AccountId,
         now: UnixMillis,
-        reason: &str,
+        reason: impl Into<Reason>,
     ) -> Vec<Event> {
+        let reason = reason.into();
         let Some(i) = self.find(id) else {
             return Vec::new();
         };
@@ -657,13 +659,13 @@ impl Pool {
             return Vec::new();
         }
         s.state = State::NeedsLogin;
-        s.last_reason = Some(reason.to_owned());
+        s.last_reason = Some(reason.clone());
         let event = Event::new(
             now,
             self.provider.clone(),
             EventKind::NeedsLogin {
                 account: s.meta.label.clone(),
-                reason: reason.to_owned(),
+                reason,
             },
         );
         self.sync(i);
@@ -737,8 +739,9 @@ impl Pool {
         id: &AccountId,
         now: UnixMillis,
         permanent: bool,
-        reason: &str,
+        reason: impl Into<Reason>,
     ) -> Vec<Event> {
+        let reason = reason.into();
         let Some(label) = self.label_of(id) else {
             return Vec::new();
         };
@@ -748,7 +751,7 @@ impl Pool {
             EventKind::RefreshFailed {
                 account: label,
                 permanent,
-                reason: reason.to_owned(),
+                reason: reason.clone(),
             },
         )];
         if permanent {
@@ -766,9 +769,10 @@ impl Pool {
         &mut self,
         id: &AccountId,
         until: UnixMillis,
-        reason: &str,
+        reason: impl Into<Reason>,
         now: UnixMillis,
     ) -> Vec<Event> {
+        let reason = reason.into();
         let Some(i) = self.find(id) else {
             return Vec::new();
         };
@@ -790,7 +794,7 @@ impl Pool {
                         .unwrap_or(Class::RateLimited),
                 };
                 s.state = State::Cooling { until, class };
-                s.last_reason = Some(reason.to_owned());
+                s.last_reason = Some(reason.clone());
                 events.push(Event::new(
                     now,
                     self.provider.clone(),
@@ -798,7 +802,7 @@ impl Pool {
                         account: s.meta.label.clone(),
                         until,
                         class,
-                        reason: reason.to_owned(),
+                        reason,
                         hint: None,
                     },
                 ));

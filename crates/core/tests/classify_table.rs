@@ -188,7 +188,7 @@ fn classification_table() {
                     w.name.clone(),
                     w.utilization,
                     w.resets_at.map(|t| t.0),
-                    w.status.clone(),
+                    w.status.as_ref().map(|s| s.to_string()),
                     w.window_minutes,
                 )
             })

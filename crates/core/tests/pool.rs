@@ -77,7 +77,7 @@ fn limited_until(at: UnixMillis, source: HintSource) -> Classification {
     }
 }
 
-fn class(class: Class, status: Option<u16>, reason: &str) -> Classification {
+fn class(class: Class, status: Option<u16>, reason: &'static str) -> Classification {
     Classification {
         class,
         status,

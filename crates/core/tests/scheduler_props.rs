@@ -125,7 +125,7 @@ fn meta(i: usize, priority: i32, enabled: bool) -> AccountMeta {
 }
 
 fn classify(o: &Outcome, now: UnixMillis) -> Classification {
-    let c = |class, status: Option<u16>, reason: &str| Classification {
+    let c = |class, status: Option<u16>, reason: &'static str| Classification {
         class,
         status,
         reason: reason.into(),

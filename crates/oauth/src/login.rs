@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use marathon_core::fmt::HumanDuration;
-use marathon_core::{AccountKind, Clock, Secret, SystemClock};
+use marathon_core::{AccountKind, Clock, Reason, Secret, SystemClock};
 use marathon_store::{Credential, Map, NewAccount};
 use tokio::net::TcpListener;
 
@@ -93,12 +93,13 @@ pub enum LoginError {
     )]
     StateMismatch,
     /// The authorization server refused (the user denied, or a bad request).
-    #[error("the authorization server refused the login: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    /// Only its error code is kept, as a safe word: the description is free
+    /// text the server wrote.
+    #[error("the authorization server refused the login ({error})")]
     Denied {
-        /// OAuth error code.
-        error: String,
-        /// Description, shortened.
-        description: Option<String>,
+        /// OAuth error code (`access_denied`), or `refused` when it sent
+        /// none that is a safe word.
+        error: Reason,
     },
     /// The pasted text is not a code, `code#state`, or a redirect URL with a code.
     #[error("could not find an authorization code in the pasted text: {0}")]
@@ -701,8 +702,7 @@ fn judge_callback(method: &http::Method, uri: &http::Uri, path: &str, state: &st
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     if let Some(error) = get("error") {
         return fail(LoginError::Denied {
-            error,
-            description: get("error_description").map(|d| d.chars().take(200).collect()),
+            error: Reason::untrusted_or(&error, Reason::fixed("refused")),
         });
     }
     if get("state").as_deref() != Some(state) {
@@ -776,8 +776,7 @@ pub(crate) fn parse_pasted(pasted: &str) -> Result<(String, Option<String>), Log
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         if let Some(error) = get("error") {
             return Err(LoginError::Denied {
-                error,
-                description: get("error_description"),
+                error: Reason::untrusted_or(&error, Reason::fixed("refused")),
             });
         }
         let code = get("code")
@@ -891,8 +890,7 @@ impl DeviceLogin {
                             Some("expired_token") => return Err(LoginError::DeviceExpired),
                             Some("access_denied") => {
                                 return Err(LoginError::Denied {
-                                    error: "access_denied".into(),
-                                    description: None,
+                                    error: Reason::fixed("access_denied"),
                                 });
                             }
                             _ if err.class() == ErrorClass::Transient => {}
@@ -941,7 +939,7 @@ impl DeviceLogin {
                             url: poll_url.clone(),
                             detail: format!(
                                 "approval answer lacks authorization_code/code_verifier (error: {})",
-                                error_code(&body).unwrap_or_else(|| "none".into())
+                                error_code(&body).unwrap_or(Reason::fixed("none"))
                             ),
                         });
                     };

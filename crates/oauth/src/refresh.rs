@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use marathon_core::{AccountId, Clock, Secret, UnixMillis};
+use marathon_core::{AccountId, Clock, Reason, Secret, UnixMillis};
 use marathon_store::{AccountState, Credential, Store, StoredAccount};
 
 use crate::http::HttpClient;
@@ -75,25 +75,26 @@ pub enum RefreshError {
     Permanent {
         /// Account.
         account: AccountId,
-        /// Error code or status, e.g. `invalid_grant`.
-        reason: String,
+        /// Why: an error code or status (`invalid_grant`, `http_401`), a
+        /// safe word, never the token endpoint's free text.
+        reason: Reason,
     },
     /// The refresh failed for now (5xx, network); try again later.
-    #[error("refreshing account {account} failed for now: {reason}")]
+    #[error("refreshing account {account} failed for now ({reason})")]
     Transient {
         /// Account.
         account: AccountId,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong: `http_503`, `network`, `timeout`, an error code.
+        reason: Reason,
     },
     /// The token endpoint refused for a reason a retry will not fix, but that
     /// does not prove the login dead (e.g. 400 invalid_request, 403).
-    #[error("the token endpoint refused to refresh account {account}: {reason}")]
+    #[error("the token endpoint refused to refresh account {account} ({reason})")]
     Rejected {
         /// Account.
         account: AccountId,
-        /// What was refused.
-        reason: String,
+        /// What was refused: an error code or `http_<status>`.
+        reason: Reason,
     },
     /// The store failed (lock timeout, I/O).
     #[error("credential store error for account {account}: {reason}")]
@@ -109,6 +110,19 @@ impl RefreshError {
     /// Whether the account needs a new login.
     pub fn is_permanent(&self) -> bool {
         matches!(self, RefreshError::Permanent { .. })
+    }
+
+    /// Why, in one word for events and the status view (no account id:
+    /// those name the account by its label).
+    pub fn reason(&self) -> Reason {
+        match self {
+            RefreshError::UnknownAccount(_) => Reason::fixed("unknown_account"),
+            RefreshError::NoPreset { .. } => Reason::fixed("no_oauth_preset"),
+            RefreshError::Permanent { reason, .. }
+            | RefreshError::Transient { reason, .. }
+            | RefreshError::Rejected { reason, .. } => reason.clone(),
+            RefreshError::Store { .. } => Reason::fixed("store_error"),
+        }
     }
 }
 
@@ -347,7 +361,7 @@ impl Refresher {
         if account.state == AccountState::NeedsLogin {
             return Err(RefreshError::Permanent {
                 account: id.clone(),
-                reason: "the account is marked needs_login".into(),
+                reason: Reason::fixed("marked needs_login"),
             });
         }
         let previously_cached = self.cached(id);
@@ -366,7 +380,7 @@ impl Refresher {
         }
         let Some(refresh) = refresh else {
             return Err(self
-                .mark_needs_login(id, "no refresh token is stored; log in again".into())
+                .mark_needs_login(id, Reason::fixed("no refresh token stored"))
                 .await);
         };
         let preset = lock(&self.presets).get(&account.provider).cloned();
@@ -379,10 +393,12 @@ impl Refresher {
         match self.refresh_network(&preset, &refresh).await {
             Ok(renewed) => self.store_renewed(id, &account, renewed).await,
             Err(err) => {
-                let reason = err
-                    .code()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| err.to_string());
+                let reason = err.reason();
+                if err.class() != ErrorClass::Permanent {
+                    // The details (the URL, the network error) for the log;
+                    // the reason alone goes on.
+                    tracing::warn!(account = %id, error = %err, "token refresh failed");
+                }
                 match err.class() {
                     ErrorClass::Permanent => Err(self.mark_needs_login(id, reason).await),
                     ErrorClass::Transient => {
@@ -493,7 +509,7 @@ impl Refresher {
         Ok(renewed.access)
     }
 
-    async fn mark_needs_login(&self, id: &AccountId, reason: String) -> RefreshError {
+    async fn mark_needs_login(&self, id: &AccountId, reason: Reason) -> RefreshError {
         self.counters.permanent.fetch_add(1, Ordering::SeqCst);
         lock(&self.cache).remove(id);
         let update_id = id.clone();

@@ -1,7 +1,7 @@
 //! Token endpoint calls (code exchange, refresh, Copilot exchange), their
 //! responses, and the classification of their errors.
 
-use marathon_core::{Secret, UnixMillis};
+use marathon_core::{Reason, Secret, UnixMillis};
 
 use crate::http::{HttpClient, HttpError, HttpRequest, HttpResponse, strip_query};
 use crate::preset::{OAuthPreset, TokenFormat};
@@ -37,23 +37,26 @@ pub enum ErrorClass {
 }
 
 /// A token request that did not produce tokens. Never holds a token or the
-/// raw response body.
+/// raw response body, nor any text of the server's but a safe error code: a
+/// token endpoint that echoes the refresh token it received (in `error`,
+/// `error_description`, a message) cannot put it into a log line, an event or
+/// an error printed by the CLI.
 #[derive(thiserror::Error, Debug)]
 pub enum TokenError {
     /// No HTTP response.
     #[error(transparent)]
     Http(#[from] HttpError),
-    /// The server answered with an error.
-    #[error("{url} answered HTTP {status}{}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(), description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    /// The server answered with an error. Its `error_description` is not
+    /// kept: free text may quote what the request carried.
+    #[error("{url} answered HTTP {status}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Server {
         /// Endpoint without query.
         url: String,
         /// HTTP status.
         status: u16,
-        /// OAuth error code (`invalid_grant`, `refresh_token_reused`, ...).
-        code: Option<String>,
-        /// The server's human description, shortened.
-        description: Option<String>,
+        /// OAuth error code (`invalid_grant`, `refresh_token_reused`, ...),
+        /// when the server sent one that is a safe word.
+        code: Option<Reason>,
         /// Permanent, transient or rejected.
         class: ErrorClass,
     },
@@ -80,11 +83,27 @@ impl TokenError {
         }
     }
 
-    /// The OAuth error code, if the server sent one.
+    /// The OAuth error code, if the server sent one (and it is a safe word).
     pub fn code(&self) -> Option<&str> {
         match self {
             TokenError::Server { code, .. } => code.as_deref(),
             _ => None,
+        }
+    }
+
+    /// Why, in one word for events and the status view: the OAuth error
+    /// code, else `http_<status>`, else what failed below HTTP.
+    pub fn reason(&self) -> Reason {
+        match self {
+            TokenError::Server {
+                code: Some(code), ..
+            } => code.clone(),
+            TokenError::Server { status, .. } => Reason::http(*status),
+            TokenError::Malformed { .. } => Reason::fixed("malformed_token_response"),
+            TokenError::Http(HttpError::InvalidUrl { .. }) => Reason::fixed("invalid_url"),
+            TokenError::Http(HttpError::Network { .. }) => Reason::fixed("network"),
+            TokenError::Http(HttpError::Timeout { .. }) => Reason::fixed("timeout"),
+            TokenError::Http(HttpError::TooLarge { .. }) => Reason::fixed("response_too_large"),
         }
     }
 }
@@ -101,38 +120,24 @@ pub const PERMANENT_CODES: &[&str] = &[
 ];
 
 /// The OAuth error code in an error body: `{"error":"invalid_grant"}`,
-/// OpenAI's `{"error":{"code":"refresh_token_reused",...}}`, or `{"detail":{"code":...}}`.
-pub(crate) fn error_code(body: &serde_json::Value) -> Option<String> {
+/// OpenAI's `{"error":{"code":"refresh_token_reused",...}}`, or
+/// `{"detail":{"code":...}}` — the first one present, kept only if it is a
+/// safe word ([`Reason::untrusted`]).
+pub(crate) fn error_code(body: &serde_json::Value) -> Option<Reason> {
     let e = body.get("error");
     if let Some(s) = e.and_then(|e| e.as_str()) {
-        return Some(s.to_string());
+        return Reason::untrusted(s);
     }
     for obj in [e, body.get("detail")].into_iter().flatten() {
         for key in ["code", "type"] {
             if let Some(s) = obj.get(key).and_then(|v| v.as_str())
                 && !s.is_empty()
             {
-                return Some(s.to_string());
+                return Reason::untrusted(s);
             }
         }
     }
     None
-}
-
-fn error_description(body: &serde_json::Value) -> Option<String> {
-    let d = body
-        .get("error_description")
-        .and_then(|v| v.as_str())
-        .or_else(|| {
-            body.get("error")
-                .and_then(|e| e.get("message"))
-                .and_then(|v| v.as_str())
-        })?;
-    let mut s: String = d.chars().take(200).collect();
-    if s.len() < d.len() {
-        s.push('…');
-    }
-    Some(s)
 }
 
 /// Classifies an error answer from a token endpoint.
@@ -158,7 +163,6 @@ pub(crate) fn server_error(url: &str, resp: &HttpResponse) -> TokenError {
         url: strip_query(url).to_string(),
         status: resp.status,
         class: classify(resp.status, code.as_deref()),
-        description: error_description(&body),
         code,
     }
 }
@@ -385,6 +389,60 @@ mod tests {
         assert!(!shown.contains("rt-leak"));
         assert!(!shown.contains("x=1"));
         assert!(shown.contains("invalid_grant"));
+    }
+
+    // Guards: a token endpoint that echoes the refresh token it received
+    // (and the access token) in `error`, `error_description`, `error.code`,
+    // `error.message` or `detail.code`. On main the echo became the error
+    // code and the description, which the refresher logged, put in events
+    // and handed to the CLI to print.
+    #[test]
+    fn echoed_tokens_never_reach_the_error() {
+        // Word-shaped, so only the known-secrets check stops it.
+        let refresh = Secret::new("plain-words-refresh-credential");
+        let rt = refresh.expose();
+        let access = "sk-ant-oat01-echoed-access-9Zk";
+        let cases = [
+            (
+                400,
+                serde_json::json!({"error": rt, "error_description": format!("bad {rt} / {access}")}),
+                ErrorClass::Rejected,
+            ),
+            (
+                401,
+                serde_json::json!({"error": {"code": access, "type": rt, "message": rt}}),
+                ErrorClass::Permanent,
+            ),
+            (
+                200,
+                serde_json::json!({"error": access}),
+                ErrorClass::Rejected,
+            ),
+            (
+                503,
+                serde_json::json!({"detail": {"code": rt}}),
+                ErrorClass::Transient,
+            ),
+        ];
+        for (status, body, class) in cases {
+            let e =
+                parse_token_response("https://t.example/token", &HttpResponse::json(status, body))
+                    .unwrap_err();
+            let shown = format!("{e} {e:?} {}", e.reason());
+            assert!(!shown.contains(rt) && !shown.contains(access), "{shown}");
+            assert_eq!((e.code(), e.class()), (None, class), "{shown}");
+            assert_eq!(e.reason(), format!("http_{status}"));
+        }
+        // A real code survives next to an echoed description.
+        let e = parse_token_response(
+            "u",
+            &resp(
+                400,
+                &format!(r#"{{"error":"invalid_grant","error_description":"{rt}"}}"#),
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "u answered HTTP 400 (invalid_grant)");
     }
 
     #[test]

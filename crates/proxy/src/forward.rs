@@ -23,7 +23,7 @@ use marathon_core::outcome::Outcome;
 use marathon_core::pool::{Exhausted, Health, Pick, PickRequest};
 use marathon_core::sse::ErrorScanner;
 use marathon_core::{
-    AccountId, AccountKind, Class, Classification, Secret, TransportFailure, UnixMillis,
+    AccountId, AccountKind, Class, Classification, Reason, Secret, TransportFailure, UnixMillis,
 };
 
 use crate::body::{ProxyBody, StreamWatch};
@@ -237,9 +237,9 @@ pub(crate) async fn forward(
     let mut excluded: Vec<AccountId> = Vec::new();
     let mut ctx = AttemptContext::new(now, client_body.replayable(), 0, AccountKind::ApiKey);
     let mut current: Option<Current> = None;
-    let mut rotated_from: Option<(String, String)> = None;
+    let mut rotated_from: Option<(String, Reason)> = None;
     let mut waited = Duration::ZERO;
-    let mut last_reason: Option<String> = None;
+    let mut last_reason: Option<Reason> = None;
     // The slot a pick takes lasts across same-account retries (a refresh, the
     // transport retry, provider retries): the pool wants exactly one `record`
     // or `release` per pick, with the final outcome on that account.
@@ -338,7 +338,7 @@ pub(crate) async fn forward(
                             &format!(
                                 "marathon could not reach the {} upstream with any account ({})",
                                 settings.name,
-                                last_reason.as_deref().unwrap_or("unreachable")
+                                last_reason.as_ref().map_or("unreachable", Reason::as_str)
                             ),
                         );
                         add_trace_headers(r.headers_mut(), None, &trace);
@@ -656,10 +656,10 @@ fn announce_exhausted(
     }
 }
 
-/// "429 unified" style reason for failover events.
-fn short_reason(c: &Classification) -> String {
+/// "429 rate_limit_error" style reason for failover events.
+fn short_reason(c: &Classification) -> Reason {
     match c.status {
-        Some(s) => format!("{s} {}", c.reason),
+        Some(s) => Reason::with_status(s, &c.reason),
         None => c.reason.clone(),
     }
 }

@@ -306,13 +306,8 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBo
         return ops::route(&state, tail.trim_start_matches('/'));
     }
     if !state.settings.access_keys.is_empty() {
-        let ok = presented_keys(req.headers()).any(|k| {
-            state
-                .settings
-                .access_keys
-                .iter()
-                .any(|a| a.same_as(&marathon_core::Secret::new(k)))
-        });
+        let ok = presented_keys(req.headers())
+            .any(|k| state.settings.access_keys.iter().any(|a| a.matches(k)));
         if !ok {
             let flavor = state
                 .providers
@@ -431,7 +426,7 @@ fn restore_hot(state: &AppState, hot: &HotState) {
                 let _ = pool.set_cooldown(
                     &id,
                     *until,
-                    reason.as_deref().unwrap_or("remembered cooldown"),
+                    reason.clone().unwrap_or("remembered cooldown".into()),
                     now,
                 );
             }

@@ -13,7 +13,7 @@ use marathon_core::budget::RetryBudget;
 use marathon_core::decision::{AttemptEntry, AttemptTrace, RetryPolicy};
 use marathon_core::events::Event;
 use marathon_core::pool::{Health, Pool, PoolConfig};
-use marathon_core::{AccountId, AccountKind, ApiFlavor, Class, Clock, Secret, UnixMillis};
+use marathon_core::{AccountId, AccountKind, ApiFlavor, Class, Clock, Reason, Secret, UnixMillis};
 use marathon_store::{AccountState, Credential, Store, StoredAccount};
 
 use crate::events::{EventBus, EventSinks};
@@ -97,15 +97,16 @@ pub trait TokenSource: Send + Sync {
 /// A boxed future (object-safe async trait methods).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why no token could be had.
+/// Why no token could be had. The reason goes into events and the status
+/// view, so it is a [`Reason`]: a token endpoint's free text cannot get there.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// The grant is gone (`invalid_grant`, reused or revoked refresh token): log in again.
     #[error("refresh failed permanently: {0}")]
-    Permanent(String),
+    Permanent(Reason),
     /// Try again later (network, 5xx).
     #[error("refresh failed for now: {0}")]
-    Transient(String),
+    Transient(Reason),
 }
 
 /// The credential in memory, as last read from the store, with the headers

@@ -392,9 +392,10 @@ pub struct HotAccount {
     /// Resting until this instant, if cooling down.
     #[serde(default)]
     pub cooling_until: Option<UnixMillis>,
-    /// Why it is cooling (a short label such as `rate_limit`; no secrets).
+    /// Why it is cooling (a short word such as `rate_limit_error`). A
+    /// [`marathon_core::Reason`]: an edited file cannot smuggle text in.
     #[serde(default)]
-    pub reason: Option<String>,
+    pub reason: Option<marathon_core::Reason>,
     /// Successful requests counted.
     #[serde(default)]
     pub successes: u64,
