@@ -7,13 +7,15 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use marathon_core::secret::Scrubber;
 use marathon_core::sse::ErrorScanner;
 
+use crate::scrub::{Masker, mask_bytes};
 use crate::upstream::Reuse;
 
 /// Called once with the data of an error event seen inside a streamed response.
@@ -52,8 +54,9 @@ pub(crate) enum ProxyBody {
     Empty,
     /// A body held in memory (a buffered, replayable request; an error answer).
     Full(Option<Bytes>),
-    /// Chunks from a task of ours (the `/_marathon/events` SSE stream).
-    Channel(tokio::sync::mpsc::Receiver<Bytes>),
+    /// Chunks from a task of ours (the `/_marathon/events` SSE stream), each
+    /// a whole event; masked when a scrubber is set.
+    Channel(tokio::sync::mpsc::Receiver<Bytes>, Option<Arc<Scrubber>>),
     /// A body streamed from a peer, after the chunks already read from it.
     Stream {
         /// Chunks read ahead (e.g. while peeking the first SSE event), sent first.
@@ -64,6 +67,8 @@ pub(crate) enum ProxyBody {
         watch: Option<Box<StreamWatch>>,
         /// The upstream connection, back to its pool at the body's end.
         reuse: Option<Reuse>,
+        /// Masks known secrets, for a body going to a client.
+        mask: Option<Masker>,
     },
 }
 
@@ -92,6 +97,30 @@ impl ProxyBody {
             inner,
             watch: watch.map(Box::new),
             reuse,
+            mask: None,
+        }
+    }
+
+    /// This body with every known secret masked ([`crate::scrub`]), for a
+    /// client.
+    pub(crate) fn masked(self, secrets: Arc<Scrubber>) -> Self {
+        match self {
+            ProxyBody::Empty => ProxyBody::Empty,
+            ProxyBody::Full(b) => ProxyBody::Full(b.map(|b| mask_bytes(b, &secrets))),
+            ProxyBody::Channel(rx, _) => ProxyBody::Channel(rx, Some(secrets)),
+            ProxyBody::Stream {
+                prefix,
+                inner,
+                watch,
+                reuse,
+                mask: _,
+            } => ProxyBody::Stream {
+                prefix,
+                inner,
+                watch,
+                reuse,
+                mask: Some(Masker::new(secrets)),
+            },
         }
     }
 }
@@ -107,38 +136,51 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Channel(rx, secrets) => rx.poll_recv(cx).map(|c| {
+                c.map(|b| match secrets {
+                    Some(s) => Ok(Frame::data(mask_bytes(b, s))),
+                    None => Ok(Frame::data(b)),
+                })
+            }),
             ProxyBody::Stream {
                 prefix,
                 inner,
                 watch,
                 reuse,
+                mask: Some(mask),
+            } => loop {
+                // Everything goes through the masker; it may hold bytes back
+                // (then read on) and has its own end to flush.
+                if let Some(chunk) = prefix.pop_front() {
+                    if let Some(out) = mask.frame(Frame::data(chunk)) {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                    continue;
+                }
+                if inner.is_end_stream() {
+                    return Poll::Ready(mask.finish().map(Ok));
+                }
+                match ready!(poll_peer(inner, watch, reuse, cx)) {
+                    Some(Ok(frame)) => {
+                        if let Some(out) = mask.frame(frame) {
+                            return Poll::Ready(Some(Ok(out)));
+                        }
+                    }
+                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    None => return Poll::Ready(mask.finish().map(Ok)),
+                }
+            },
+            ProxyBody::Stream {
+                prefix,
+                inner,
+                watch,
+                reuse,
+                mask: None,
             } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
-                let polled = Pin::new(&mut *inner).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(w), Some(data)) = (watch.as_mut(), frame.data_ref()) {
-                            w.observe(data);
-                        }
-                        if inner.is_end_stream()
-                            && let Some(r) = reuse.take()
-                        {
-                            r.finish();
-                        }
-                    }
-                    Poll::Ready(None) => {
-                        if let Some(r) = reuse.take() {
-                            r.finish();
-                        }
-                    }
-                    // A broken body's connection is not reused.
-                    Poll::Ready(Some(Err(_))) => drop(reuse.take()),
-                    Poll::Pending => {}
-                }
-                polled
+                poll_peer(inner, watch, reuse, cx)
             }
         }
     }
@@ -147,8 +189,17 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => true,
             ProxyBody::Full(b) => b.is_none(),
-            ProxyBody::Channel(_) => false,
-            ProxyBody::Stream { prefix, inner, .. } => prefix.is_empty() && inner.is_end_stream(),
+            ProxyBody::Channel(..) => false,
+            ProxyBody::Stream {
+                prefix,
+                inner,
+                mask,
+                ..
+            } => {
+                prefix.is_empty()
+                    && inner.is_end_stream()
+                    && mask.as_ref().is_none_or(Masker::is_drained)
+            }
         }
     }
 
@@ -156,9 +207,16 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ProxyBody::Channel(_) => SizeHint::new(),
-            ProxyBody::Stream { prefix, inner, .. } => {
-                let pre: u64 = prefix.iter().map(|b| b.len() as u64).sum();
+            ProxyBody::Channel(..) => SizeHint::new(),
+            ProxyBody::Stream {
+                prefix,
+                inner,
+                mask,
+                ..
+            } => {
+                // Masking keeps lengths; held-back bytes are still to come.
+                let held = mask.as_ref().map_or(0, |m| m.held() as u64);
+                let pre: u64 = prefix.iter().map(|b| b.len() as u64).sum::<u64>() + held;
                 let h = inner.size_hint();
                 let mut out = SizeHint::new();
                 out.set_lower(h.lower() + pre);
@@ -169,4 +227,36 @@ impl Body for ProxyBody {
             }
         }
     }
+}
+
+/// Polls the peer's body: watches its data for in-stream errors and hands its
+/// connection back at the end.
+fn poll_peer(
+    inner: &mut Incoming,
+    watch: &mut Option<Box<StreamWatch>>,
+    reuse: &mut Option<Reuse>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    let polled = Pin::new(&mut *inner).poll_frame(cx);
+    match &polled {
+        Poll::Ready(Some(Ok(frame))) => {
+            if let (Some(w), Some(data)) = (watch.as_mut(), frame.data_ref()) {
+                w.observe(data);
+            }
+            if inner.is_end_stream()
+                && let Some(r) = reuse.take()
+            {
+                r.finish();
+            }
+        }
+        Poll::Ready(None) => {
+            if let Some(r) = reuse.take() {
+                r.finish();
+            }
+        }
+        // A broken body's connection is not reused.
+        Poll::Ready(Some(Err(_))) => drop(reuse.take()),
+        Poll::Pending => {}
+    }
+    polled
 }

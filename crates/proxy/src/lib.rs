@@ -20,7 +20,9 @@
 //!   hot path must not re-parse URLs per request);
 //! - `ops`: `/_marathon/{health,status,events,metrics}` and the dashboard;
 //! - `events`: the event bus and its sinks (log, SSE, webhook, command hook);
-//! - `errors`: answers in each provider's own error format.
+//! - `errors`: answers in each provider's own error format;
+//! - `scrub`: the last line before a client: known secrets masked in every
+//!   answer (an upstream may echo the key it received).
 //!
 //! Only this crate knows hyper; the decisions are `marathon-core`'s.
 
@@ -34,6 +36,7 @@ mod guard;
 mod headers;
 mod metrics;
 mod ops;
+mod scrub;
 pub mod server;
 mod settings;
 mod state;

@@ -103,7 +103,7 @@ fn events(state: &Arc<AppState>) -> Response<ProxyBody> {
             }
         }
     });
-    let mut r = Response::new(ProxyBody::Channel(body_rx));
+    let mut r = Response::new(ProxyBody::Channel(body_rx, None));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),

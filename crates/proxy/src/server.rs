@@ -218,7 +218,12 @@ async fn accept_loop(
                     let svc = service_fn(move |req| {
                         conn.request_started();
                         let (state, conn) = (state.clone(), conn.clone());
-                        async move { Ok::<_, Infallible>(handle(state, req).await.map(|b| Tracked::new(b, conn))) }
+                        // Every answer, marathon's own too, leaves through
+                        // the scrubber: no known secret reaches a client.
+                        async move {
+                            let answer = crate::scrub::response(handle(state, req).await);
+                            Ok::<_, Infallible>(answer.map(|b| Tracked::new(b, conn)))
+                        }
                     });
                     tokio::spawn(admitted.serve(stream, builder.clone(), svc));
                 }
