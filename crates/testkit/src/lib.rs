@@ -4,7 +4,9 @@
 //!   `oidc-provider` from npm) on loopback, installed on first use, killed on
 //!   drop, with helpers for introspection, its counters and revocation;
 //! - [`Browser`]: a scripted user agent that drives its pages (redirects,
-//!   cookies, the hidden-field forms it renders, the login page).
+//!   cookies, the hidden-field forms it renders, the login page);
+//! - [`echo`]: an upstream and a token endpoint that echo the credentials
+//!   they receive in every field they control, and a webhook recorder.
 //!
 //! Test-only: panics instead of returning errors.
 #![allow(missing_docs, clippy::missing_panics_doc)]
@@ -15,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub mod echo;
 
 use marathon_oauth::{GenericProvider, HttpClient, HttpRequest, HyperHttpClient, OAuthPreset};
 

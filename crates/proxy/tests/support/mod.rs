@@ -41,6 +41,8 @@ pub fn http_client() -> Http {
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
+    /// The status line's reason text, when it is not the standard one.
+    pub reason: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -71,7 +73,7 @@ impl Resp {
 
     /// Every header and the body as one string, for secret scans.
     pub fn dump(&self) -> String {
-        let mut s = format!("{}\n", self.status);
+        let mut s = format!("{} {}\n", self.status, self.reason.as_deref().unwrap_or(""));
         for (k, v) in &self.headers {
             s.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
         }
@@ -93,6 +95,10 @@ pub async fn send(client: &Http, req: Request<Full<Bytes>>) -> Resp {
         .to_bytes();
     Resp {
         status: parts.status.as_u16(),
+        reason: parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned()),
         headers: parts.headers,
         body,
     }
