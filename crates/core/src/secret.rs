@@ -233,12 +233,24 @@ fn live_values() -> Vec<Box<str>> {
     values
 }
 
+/// Secrets at least this long share one window filter, sampled sparsely;
+/// shorter ones (rare: credentials are long) have their own, sampled more
+/// often, so one short secret does not make every search slow.
+const LONG: usize = 16;
+
 /// Finds and masks known secrets in text. Built by [`scrubber`].
+///
+/// Every answer the proxy sends a client is searched, so the common case —
+/// no secret anywhere — must cost little. A sampled-window filter
+/// ([`WindowFilter`]) answers it first, with no false negatives; a hit, rare
+/// for ordinary text, is confirmed by the exact matcher.
 pub struct Scrubber {
     /// Sorted, without duplicates.
     secrets: Vec<Box<str>>,
     /// `None` when there is nothing to find.
     matcher: Option<AhoCorasick>,
+    /// Over secrets of [`LONG`] bytes or more, and over the shorter ones.
+    filters: [WindowFilter; 2],
     longest: usize,
 }
 
@@ -247,6 +259,75 @@ impl fmt::Debug for Scrubber {
         f.debug_struct("Scrubber")
             .field("secrets", &self.secrets.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Every 4-byte window of every secret (ASCII case folded) sets two bits in
+/// a bitset (a Bloom filter). A text is sampled every `shortest - 3` bytes:
+/// any secret occurring in it spans at least that many window starts, so at
+/// least one sampled window is one of its windows and has both bits set. A
+/// text with no such sample holds no secret.
+struct WindowFilter {
+    bits: Box<[u64]>,
+    /// `64 - log2(bit count)`: the hashes' shift.
+    shift: u32,
+    /// The shortest secret in the filter (0: empty filter).
+    shortest: usize,
+}
+
+impl WindowFilter {
+    fn new(secrets: &[&[u8]]) -> WindowFilter {
+        let shortest = secrets.iter().map(|s| s.len()).min().unwrap_or(0);
+        // 64 bits per window, two set each: about one sample in a thousand
+        // of ordinary text passes; 256 KiB at most.
+        let windows: usize = secrets.iter().map(|s| s.len() - 3).sum();
+        let count = (windows * 64).next_power_of_two().clamp(1 << 12, 1 << 21);
+        let mut filter = WindowFilter {
+            bits: vec![0u64; count / 64].into_boxed_slice(),
+            shift: 64 - count.trailing_zeros(),
+            shortest,
+        };
+        for s in secrets {
+            for at in 0..=s.len() - 4 {
+                for bit in filter.window_bits(s, at) {
+                    filter.bits[bit / 64] |= 1 << (bit % 64);
+                }
+            }
+        }
+        filter
+    }
+
+    /// The two bits of the window at `at`, ASCII case folded (and,
+    /// harmlessly, a few punctuation bytes with it: folding only adds
+    /// collisions).
+    fn window_bits(&self, text: &[u8], at: usize) -> [usize; 2] {
+        let w = u32::from_le_bytes([text[at], text[at + 1], text[at + 2], text[at + 3]]);
+        let w = u64::from(w | 0x2020_2020);
+        [
+            (w.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize,
+            (w.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> self.shift) as usize,
+        ]
+    }
+
+    /// Whether `text` may hold one of the secrets: false means it holds none.
+    fn may_hold(&self, text: &[u8]) -> bool {
+        if self.shortest == 0 || text.len() < self.shortest {
+            return false;
+        }
+        let stride = self.shortest - 3;
+        let last = text.len() - 4;
+        let set = |bit: usize| self.bits[bit / 64] & (1 << (bit % 64)) != 0;
+        let mut at = 0;
+        loop {
+            let [a, b] = self.window_bits(text, at);
+            if set(a) && set(b) {
+                return true;
+            }
+            if at == last {
+                return false;
+            }
+            at = (at + stride).min(last);
+        }
     }
 }
 
@@ -266,11 +347,22 @@ impl Scrubber {
             })
             .flatten();
         let longest = secrets.iter().map(|s| s.len()).max().unwrap_or(0);
+        let (long, short): (Vec<&[u8]>, Vec<&[u8]>) = secrets
+            .iter()
+            .map(|s| s.as_bytes())
+            .partition(|s| s.len() >= LONG);
+        let filters = [WindowFilter::new(&long), WindowFilter::new(&short)];
         Scrubber {
             secrets,
             matcher,
+            filters,
             longest,
         }
+    }
+
+    /// Whether `text` may hold a secret: false means it holds none.
+    fn may_hold(&self, text: &[u8]) -> bool {
+        self.matcher.is_some() && self.filters.iter().any(|f| f.may_hold(text))
     }
 
     /// A scrubber over exactly these values (for tests of code that takes a
@@ -299,13 +391,14 @@ impl Scrubber {
 
     /// Whether `text` holds a secret (ignoring ASCII case).
     pub fn finds(&self, text: &[u8]) -> bool {
-        self.matcher.as_ref().is_some_and(|m| m.is_match(text))
+        self.may_hold(text) && self.matcher.as_ref().is_some_and(|m| m.is_match(text))
     }
 
-    /// Overwrites every secret in `buf` (ignoring ASCII case) with `*` (same length, so a
-    /// `content-length` stays true). Returns whether anything was masked.
+    /// Overwrites every secret in `buf` (ignoring ASCII case) with `*` (same
+    /// length, so a `content-length` stays true). Returns whether anything
+    /// was masked.
     pub fn mask(&self, buf: &mut [u8]) -> bool {
-        let Some(m) = &self.matcher else {
+        let Some(m) = self.matcher.as_ref().filter(|_| self.may_hold(buf)) else {
             return false;
         };
         let mut ranges = Vec::new();
@@ -373,6 +466,32 @@ mod tests {
         // Another registration makes the scrubber rebuild from live values.
         let _other = Secret::new("another-live-secret-1c9e");
         assert!(!scrubber().finds(text.as_bytes()));
+    }
+
+    // Guards the window filter: whatever the secret's position, case and
+    // surroundings, and however short the text around it, it is found.
+    #[test]
+    fn finds_a_secret_at_every_offset_and_case() {
+        let secrets = [
+            "sk-ant-api03-Zq81xYw0aaBcDeFg",
+            "eight-ch",
+            "0123456789abcdef0123",
+            "sixteen-chars-ab",
+        ];
+        let sc = Scrubber::of(&secrets);
+        for secret in secrets {
+            for pad in 0..40 {
+                for variant in [secret.to_owned(), secret.to_ascii_uppercase()] {
+                    let text = format!("{}{variant}{}", "x".repeat(pad), "y".repeat(pad % 7));
+                    assert!(sc.finds(text.as_bytes()), "{text}");
+                    let mut buf = text.clone().into_bytes();
+                    assert!(sc.mask(&mut buf));
+                    assert!(!String::from_utf8(buf).unwrap().contains(&variant));
+                }
+            }
+            assert!(!sc.finds(&secret.as_bytes()[1..]));
+        }
+        assert!(!sc.finds(b"an ordinary answer with no key in it at all, of some length"));
     }
 
     #[test]

@@ -152,7 +152,8 @@ impl Body for ProxyBody {
                 // Everything goes through the masker; it may hold bytes back
                 // (then read on) and has its own end to flush.
                 if let Some(chunk) = prefix.pop_front() {
-                    if let Some(out) = mask.frame(Frame::data(chunk)) {
+                    let last = prefix.is_empty() && inner.is_end_stream();
+                    if let Some(out) = mask.frame(Frame::data(chunk), last) {
                         return Poll::Ready(Some(Ok(out)));
                     }
                     continue;
@@ -162,7 +163,7 @@ impl Body for ProxyBody {
                 }
                 match ready!(poll_peer(inner, watch, reuse, cx)) {
                     Some(Ok(frame)) => {
-                        if let Some(out) = mask.frame(frame) {
+                        if let Some(out) = mask.frame(frame, inner.is_end_stream()) {
                             return Poll::Ready(Some(Ok(out)));
                         }
                     }

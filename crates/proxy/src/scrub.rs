@@ -102,11 +102,12 @@ impl Masker {
     }
 
     /// Masks a frame from the peer; returns what may go to the client now
-    /// (`None`: everything was held back, read on).
-    pub(crate) fn frame(&mut self, frame: Frame<Bytes>) -> Option<Frame<Bytes>> {
+    /// (`None`: everything was held back, read on). `last`: the peer's body
+    /// ends with this frame, so nothing needs holding back.
+    pub(crate) fn frame(&mut self, frame: Frame<Bytes>, last: bool) -> Option<Frame<Bytes>> {
         match frame.into_data() {
             Ok(data) => {
-                let out = self.data(data);
+                let out = self.data(data, last);
                 (!out.is_empty()).then(|| Frame::data(out))
             }
             Err(frame) => match frame.into_trailers() {
@@ -129,7 +130,7 @@ impl Masker {
         self.trailers.take().map(|t| Frame::trailers(*t))
     }
 
-    fn data(&mut self, chunk: Bytes) -> Bytes {
+    fn data(&mut self, chunk: Bytes, last: bool) -> Bytes {
         let joined = if self.carry.is_empty() {
             chunk
         } else {
@@ -140,7 +141,7 @@ impl Masker {
             b.freeze()
         };
         let mut out = mask_bytes(joined, &self.secrets);
-        let hold = self.hold(&out);
+        let hold = if last { 0 } else { self.hold(&out) };
         if hold > 0 {
             self.carry = out.split_off(out.len() - hold);
         }
@@ -170,7 +171,7 @@ mod tests {
     fn run(m: &mut Masker, chunks: &[&str]) -> String {
         let mut out = Vec::new();
         for c in chunks {
-            if let Some(f) = m.frame(Frame::data(Bytes::copy_from_slice(c.as_bytes()))) {
+            if let Some(f) = m.frame(Frame::data(Bytes::copy_from_slice(c.as_bytes())), false) {
                 out.extend_from_slice(f.data_ref().unwrap());
             }
         }
@@ -205,14 +206,25 @@ mod tests {
     fn whole_lines_pass_at_once() {
         let mut m = masker(&["sk-ant-api03-some-key"]);
         let f = m
-            .frame(Frame::data(Bytes::from_static(b"event: x\ndata: {}\n\n")))
+            .frame(
+                Frame::data(Bytes::from_static(b"event: x\ndata: {}\n\n")),
+                false,
+            )
             .unwrap();
         assert_eq!(f.data_ref().unwrap().len(), 19);
         assert_eq!(m.held(), 0);
         // A line cut short holds back at most the longest secret less one.
-        let f = m.frame(Frame::data(Bytes::from(vec![b'a'; 100]))).unwrap();
+        let f = m
+            .frame(Frame::data(Bytes::from(vec![b'a'; 100])), false)
+            .unwrap();
         assert_eq!(f.data_ref().unwrap().len(), 100 - 20);
         assert_eq!(m.held(), 20);
+        // The peer's last frame is passed on whole, with what was held.
+        let f = m
+            .frame(Frame::data(Bytes::from(vec![b'b'; 50])), true)
+            .unwrap();
+        assert_eq!(f.data_ref().unwrap().len(), 70);
+        assert!(m.is_drained());
     }
 
     #[test]
