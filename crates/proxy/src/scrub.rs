@@ -76,29 +76,45 @@ pub(crate) fn mask_bytes(data: Bytes, secrets: &Scrubber) -> Bytes {
 /// of a secret the next frame ends.
 pub(crate) struct Masker {
     secrets: Arc<Scrubber>,
+    /// What is held back, boxed: rarely needed (an event stream's chunks end
+    /// with a line break, a body's last frame is never held), and every
+    /// response body carries a masker, so it must stay small.
+    held: Option<Box<Held>>,
+}
+
+#[derive(Default)]
+struct Held {
     /// The held-back end of the data so far (already masked as far as it goes).
     carry: Bytes,
     /// Trailers that arrived while bytes were held back; sent after them.
-    trailers: Option<Box<HeaderMap>>,
+    trailers: Option<HeaderMap>,
 }
 
 impl Masker {
     pub(crate) fn new(secrets: Arc<Scrubber>) -> Self {
         Masker {
             secrets,
-            carry: Bytes::new(),
-            trailers: None,
+            held: None,
         }
     }
 
     /// Bytes held back.
     pub(crate) fn held(&self) -> usize {
-        self.carry.len()
+        self.held.as_ref().map_or(0, |h| h.carry.len())
     }
 
     /// Whether nothing is held back (no data, no trailers).
     pub(crate) fn is_drained(&self) -> bool {
-        self.carry.is_empty() && self.trailers.is_none()
+        self.held
+            .as_ref()
+            .is_none_or(|h| h.carry.is_empty() && h.trailers.is_none())
+    }
+
+    fn take_carry(&mut self) -> Bytes {
+        self.held
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.carry))
+            .unwrap_or_default()
     }
 
     /// Masks a frame from the peer; returns what may go to the client now
@@ -111,10 +127,11 @@ impl Masker {
                 (!out.is_empty()).then(|| Frame::data(out))
             }
             Err(frame) => match frame.into_trailers() {
-                Ok(trailers) if self.carry.is_empty() => Some(Frame::trailers(trailers)),
+                Ok(trailers) if self.held() == 0 => Some(Frame::trailers(trailers)),
                 Ok(trailers) => {
-                    self.trailers = Some(Box::new(trailers));
-                    Some(Frame::data(std::mem::take(&mut self.carry)))
+                    let carry = self.take_carry();
+                    self.held.get_or_insert_default().trailers = Some(trailers);
+                    Some(Frame::data(carry))
                 }
                 // Neither data nor trailers: nothing to mask.
                 Err(_) => None,
@@ -124,26 +141,28 @@ impl Masker {
 
     /// What was held back, once the peer's body has ended.
     pub(crate) fn finish(&mut self) -> Option<Frame<Bytes>> {
-        if !self.carry.is_empty() {
-            return Some(Frame::data(std::mem::take(&mut self.carry)));
+        let carry = self.take_carry();
+        if !carry.is_empty() {
+            return Some(Frame::data(carry));
         }
-        self.trailers.take().map(|t| Frame::trailers(*t))
+        let trailers = self.held.as_mut().and_then(|h| h.trailers.take());
+        trailers.map(Frame::trailers)
     }
 
     fn data(&mut self, chunk: Bytes, last: bool) -> Bytes {
-        let joined = if self.carry.is_empty() {
+        let carry = self.take_carry();
+        let joined = if carry.is_empty() {
             chunk
         } else {
-            let mut b = BytesMut::with_capacity(self.carry.len() + chunk.len());
-            b.extend_from_slice(&self.carry);
+            let mut b = BytesMut::with_capacity(carry.len() + chunk.len());
+            b.extend_from_slice(&carry);
             b.extend_from_slice(&chunk);
-            self.carry = Bytes::new();
             b.freeze()
         };
         let mut out = mask_bytes(joined, &self.secrets);
         let hold = if last { 0 } else { self.hold(&out) };
         if hold > 0 {
-            self.carry = out.split_off(out.len() - hold);
+            self.held.get_or_insert_default().carry = out.split_off(out.len() - hold);
         }
         out
     }
