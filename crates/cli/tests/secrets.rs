@@ -524,7 +524,7 @@ mod adversarial {
         let mut sse = TcpStream::connect(("127.0.0.1", port)).unwrap();
         sse.write_all(
             format!(
-                "GET /_marathon/events HTTP/1.1\r\nhost: x\r\nx-marathon-key: {ACCESS}\r\n\r\n"
+                "GET /_marathon/events HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nx-marathon-key: {ACCESS}\r\n\r\n"
             )
             .as_bytes(),
         )
