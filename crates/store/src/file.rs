@@ -336,14 +336,25 @@ impl Store for FileStore {
         match std::fs::read(&self.hot_path) {
             // Hot state may be lost by design; an unreadable file (a crash
             // mid-write without fsync) starts over rather than blocking startup.
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_default()),
+            Ok(bytes) => Ok(parse_hot(&bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HotState::default()),
             Err(e) => Err(io_err("read", &self.hot_path)(e)),
         }
     }
 
     fn save_hot(&self, hot: &HotState) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(hot).unwrap_or_default();
-        write_atomic(&self.hot_path, &bytes, false)
+        write_atomic(&self.hot_path, &hot_bytes(hot), false)
     }
+}
+
+/// `hot.json` bytes → hot state. Hot state may be lost by design, so a file
+/// that does not parse is an empty state, not an error.
+pub(crate) fn parse_hot(bytes: &[u8]) -> HotState {
+    serde_json::from_slice(bytes).unwrap_or_default()
+}
+
+/// Hot state → `hot.json` bytes.
+pub(crate) fn hot_bytes(hot: &HotState) -> Vec<u8> {
+    // Serializing plain data (strings, numbers, maps) cannot fail.
+    serde_json::to_vec(hot).unwrap_or_default()
 }

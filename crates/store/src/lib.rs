@@ -43,6 +43,31 @@ pub mod serve_record;
 pub use file::{FileStore, PermissionFix};
 pub use memory::MemoryStore;
 
+/// The parsers behind [`FileStore`], without a file: entry points for the fuzz
+/// targets in `fuzz/` and for the tests that run their seeds. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use crate::{HotState, StoreError};
+
+    /// Reads `accounts.json` bytes as [`crate::FileStore`] does (migrating an
+    /// older version). On success: the bytes it would write back, and the
+    /// version the document was migrated from, if it was older.
+    pub fn accounts_file(bytes: &[u8]) -> Result<(Vec<u8>, Option<u64>), StoreError> {
+        let parsed = crate::doc::parse(bytes, Path::new("accounts.json"))?;
+        Ok((parsed.doc.to_bytes(), parsed.migrated_from))
+    }
+
+    /// Reads `hot.json` bytes as [`crate::Store::load_hot`] does for a file
+    /// store, and the bytes [`crate::Store::save_hot`] would write for the result.
+    pub fn hot_file(bytes: &[u8]) -> (HotState, Vec<u8>) {
+        let hot = crate::file::parse_hot(bytes);
+        let out = crate::file::hot_bytes(&hot);
+        (hot, out)
+    }
+}
+
 /// A JSON object, used for provider extras and preserved unknown fields.
 pub type Map = serde_json::Map<String, serde_json::Value>;
 
