@@ -137,6 +137,51 @@ fn unknown_fields_top_level_and_per_account_survive_a_rewrite() {
     assert_eq!(v["accounts"][1]["label"], "new");
 }
 
+/// Found by the `store_accounts` fuzz target: serde_json's default number
+/// parser is not correctly rounded, so a float in a field the store keeps
+/// as it was (extras, unknown fields) changed on every rewrite of the file:
+/// `18446744073715095615` was written as `1.8446744073715098e+19`, which read
+/// back and was written as `...094e+19`, and so on. Fixed by serde_json's
+/// `float_roundtrip` feature.
+#[test]
+fn numbers_in_kept_fields_do_not_drift_across_rewrites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("accounts.json");
+    std::fs::write(
+        &path,
+        r#"{"version": 1, "accounts": [
+  {"id": "acc_1", "provider": "openai", "label": "k", "kind": "api_key",
+   "credential": {"type": "api_key", "key": "sk-1"},
+   "extras": {"big": 18446744073715095615, "fine": 0.30000000000000004},
+   "future": 1.8446744073715098e19}],
+  "seats": 2.2250738585072011e-308}"#,
+    )
+    .unwrap();
+    let s = store(tmp.path());
+    let read_numbers = || {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let a = &v["accounts"][0];
+        [
+            a["extras"]["big"].as_f64().unwrap(),
+            a["extras"]["fine"].as_f64().unwrap(),
+            a["future"].as_f64().unwrap(),
+            v["seats"].as_f64().unwrap(),
+        ]
+    };
+    // The values as Rust's (correctly rounded) parser reads the original text.
+    let expected: [f64; 4] = [
+        "18446744073715095615".parse().unwrap(),
+        "0.30000000000000004".parse().unwrap(),
+        "1.8446744073715098e19".parse().unwrap(),
+        "2.2250738585072011e-308".parse().unwrap(),
+    ];
+    for n in 0..3 {
+        s.add(key("anthropic", &format!("a{n}"), &format!("sk-{n}")))
+            .unwrap();
+        assert_eq!(read_numbers(), expected, "after rewrite {}", n + 1);
+    }
+}
+
 fn assert_refused_and_untouched(contents: &[u8], expect: impl Fn(&StoreError) -> bool, hint: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("accounts.json");
