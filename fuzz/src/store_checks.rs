@@ -42,8 +42,7 @@ pub fn accounts(data: &[u8]) {
             });
             let masked = serde_json::to_vec(&masked).expect("a JSON value serializes");
             let masked_err = fuzzing::accounts_file(&masked)
-                .err()
-                .expect("masking credentials made a bad document valid");
+                .expect_err("masking credentials made a bad document valid");
             // Messages depend on the document's shape, never on a secret's value.
             assert_eq!(err.to_string(), masked_err.to_string());
         }
@@ -93,8 +92,7 @@ pub fn import(data: &[u8]) {
                 mask_strings(&mut masked, &|key| key != "type");
                 let masked = serde_json::to_string(&masked).expect("a JSON value serializes");
                 let masked_err = import::parse(format, &masked)
-                    .err()
-                    .expect("masking values made a bad file valid");
+                    .expect_err("masking values made a bad file valid");
                 assert_eq!(err.to_string(), masked_err.to_string(), "{format}");
             }
         }
