@@ -8,8 +8,10 @@
 
 use std::path::Path;
 
-use marathon_config::{ConfigError, load_str};
-use marathon_core::AccountKind;
+use marathon_config::{ConfigError, ProviderConfig, load_str};
+use marathon_core::cooldown::cooldown_for;
+use marathon_core::pool::PoolConfig;
+use marathon_core::{AccountKind, Class, Classification, UnixMillis};
 
 /// TOML text → `Config`: any text gives `Ok` or an error naming a position
 /// inside the file; an error never quotes an access key; a loaded config
@@ -31,6 +33,7 @@ pub fn config(data: &[u8]) {
                     p.auth.rules(AccountKind::ApiKey),
                     p.auth.rules(AccountKind::Oauth),
                 );
+                engine_accepts(p);
             }
             let _ = format!("{config:?}");
         }
@@ -48,6 +51,42 @@ pub fn config(data: &[u8]) {
                     !message.contains(key),
                     "an error quotes the access key {key:?}: {message}"
                 );
+            }
+        }
+    }
+}
+
+/// Whatever durations the file set, the engine can rest an account with them:
+/// the pool settings the proxy builds from a provider (as in
+/// `crates/proxy/src/settings.rs`) through every cooldown rule, at the
+/// extremes of streak and jitter.
+fn engine_accepts(p: &ProviderConfig) {
+    let cfg = PoolConfig {
+        strategy: p.strategy,
+        rate_limit_cooldown: p.rate_limit_cooldown,
+        auth_failure_cooldown: p.auth_failure_cooldown,
+        proactive_threshold: p.proactive_threshold,
+        ..PoolConfig::default()
+    };
+    for class in [
+        Class::RateLimited,
+        Class::Unusable,
+        Class::Auth,
+        Class::Forbidden,
+        Class::Transport,
+    ] {
+        let c = Classification {
+            class,
+            status: None,
+            reason: "fuzz".into(),
+            reset: None,
+            usage: Vec::new(),
+        };
+        for streak in [0, 1, 40, u32::MAX] {
+            for sample in [0.0, 0.5, 0.999_999] {
+                for now in [UnixMillis(1_764_331_200_000), UnixMillis(u64::MAX - 1)] {
+                    let _ = cooldown_for(&c, streak, &cfg, now, sample);
+                }
             }
         }
     }

@@ -273,7 +273,11 @@ pub fn sse(data: &[u8]) {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         // Mostly short chunks (line endings and BOMs split across them), sometimes long.
-        let len = if rng.is_multiple_of(8) { rng % 4096 } else { rng % 9 } as usize;
+        let len = if rng.is_multiple_of(8) {
+            rng % 4096
+        } else {
+            rng % 9
+        } as usize;
         let (a, b) = rest.split_at(len.min(rest.len()));
         chunks.push(a);
         rest = b;

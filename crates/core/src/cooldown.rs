@@ -40,7 +40,8 @@ pub fn backoff(base: Duration, streak: u32, cap: Duration, jitter: f64, sample: 
     if !stretched.is_finite() || stretched >= cap.as_secs_f64() {
         return cap;
     }
-    Duration::from_secs_f64(stretched.max(0.0))
+    // Below `cap` in f64 can still round past `Duration::MAX` when the cap is huge.
+    Duration::try_from_secs_f64(stretched.max(0.0)).unwrap_or(cap)
 }
 
 /// The provider's reset time plus up to `min(1 s, 10 % of the wait)` of
@@ -77,7 +78,7 @@ pub fn cooldown_for(
             hint: None,
         },
     };
-    let fixed = |d: Duration| d.mul_f64(1.0 + unit(cfg.jitter) * unit(sample));
+    let fixed = |d: Duration| stretch(d, 1.0 + unit(cfg.jitter) * unit(sample));
     match c.class {
         Class::RateLimited => Some(from_hint(backoff(
             cfg.rate_limit_cooldown,
@@ -94,6 +95,13 @@ pub fn cooldown_for(
         }),
         Class::Success | Class::Provider | Class::Request | Class::Cancelled => None,
     }
+}
+
+/// `d * factor`, saturating at `Duration::MAX`: a configured rest may be
+/// absurdly long ("18446744073709551615s" is a valid config value), and
+/// `Duration::mul_f64` would panic past the maximum.
+fn stretch(d: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 /// The splitmix64 increment.
@@ -146,6 +154,36 @@ mod tests {
         assert_eq!(backoff(base, 7, cap, 0.1, 0.0), cap, "30s * 128 > 1h");
         assert_eq!(backoff(base, u32::MAX, cap, 0.1, 0.99), cap);
         assert_eq!(backoff(base, 0, cap, f64::NAN, f64::INFINITY), base);
+    }
+
+    /// Found with the `config` fuzz target's check that a loaded config's
+    /// durations work in the engine (input: fuzz/seeds/config/
+    /// regress_huge_cooldown.toml): `auth_failure_cooldown =
+    /// "18446744073709551615s"` loads, and the first 401 or 403 then panicked
+    /// here ("cannot convert float seconds to Duration") when the jitter
+    /// stretched the rest past `Duration::MAX`, inside the pool's lock.
+    #[test]
+    fn absurd_configured_rests_saturate_instead_of_panicking() {
+        let cfg = PoolConfig {
+            auth_failure_cooldown: Duration::from_secs(u64::MAX),
+            rate_limit_cooldown: Duration::MAX,
+            max_cooldown: Duration::MAX,
+            ..PoolConfig::default()
+        };
+        for c in [Class::Auth, Class::Forbidden, Class::RateLimited] {
+            for sample in [0.0, 0.5, 0.999_999] {
+                let cd = cooldown_for(&class(c, None), 3, &cfg, NOW, sample).unwrap();
+                assert_eq!(
+                    cd.until,
+                    UnixMillis(u64::MAX),
+                    "{c:?} rests until the end of time"
+                );
+            }
+        }
+        assert_eq!(
+            stretch(Duration::from_secs(10), 1.5),
+            Duration::from_secs(15)
+        );
     }
 
     #[test]
