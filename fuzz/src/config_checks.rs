@@ -45,11 +45,16 @@ pub fn config(data: &[u8]) {
                 );
                 assert!(*column >= 1, "{err}");
             }
-            let message = err.to_string();
-            for key in access_key_candidates(src) {
-                assert!(
-                    !message.contains(key),
-                    "an error quotes the access key {key:?}: {message}"
+            // Each access key written in the file, changed to another of the
+            // same length: the message must not change, so it quotes no key.
+            for key in access_keys(src) {
+                let changed = src.replacen(key, &other_text(key), 1);
+                let again = load_str(&changed, Path::new("config.toml"))
+                    .expect_err("changing an access key made a bad file valid");
+                assert_eq!(
+                    err.to_string(),
+                    again.to_string(),
+                    "the message depends on the access key {key:?}"
                 );
             }
         }
@@ -92,26 +97,49 @@ fn engine_accepts(p: &ProviderConfig) {
     }
 }
 
-/// Quoted strings of 8 or more characters from the first `access_keys` line to
-/// the first line holding a `]`, read textually so that broken TOML counts
-/// too, and only those written once in the file (a string that appears
-/// elsewhere may be quoted for that other use).
-fn access_key_candidates(src: &str) -> Vec<&str> {
-    let Some(start) = src.find("access_keys") else {
+/// The access keys of a file that is valid TOML (its errors are about
+/// settings), when they are written once and look like keys (8 or more of
+/// `A-Za-z0-9_-`), so that [`other_text`] can replace them in the text without
+/// changing anything else.
+fn access_keys(src: &str) -> Vec<&str> {
+    let Ok(table) = src.parse::<toml::Table>() else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for line in src[start..].lines() {
-        let mut parts = line.split('"');
-        parts.next();
-        while let (Some(inside), Some(_)) = (parts.next(), parts.next()) {
-            if inside.chars().count() >= 8 && src.matches(inside).count() == 1 {
-                out.push(inside);
-            }
-        }
-        if line.contains(']') {
-            break;
-        }
+    let mut found = Vec::new();
+    if let Some(keys) = table.get("server").and_then(|s| s.get("access_keys")) {
+        // Whatever its shape: a mistyped value is where a quoting error would be.
+        collect_strings(keys, &mut found);
     }
-    out
+    found
+        .into_iter()
+        .filter(|k| {
+            k.len() >= 8
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .filter_map(|k| {
+            let at = src.find(k.as_str())?;
+            (src.matches(k.as_str()).count() == 1).then(|| &src[at..at + k.len()])
+        })
+        .collect()
+}
+
+fn collect_strings(value: &toml::Value, out: &mut Vec<String>) {
+    match value {
+        toml::Value::String(s) => out.push(s.clone()),
+        toml::Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        toml::Value::Table(t) => t.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
+}
+
+/// `key` with every letter and digit changed, same length and shape.
+fn other_text(key: &str) -> String {
+    key.chars()
+        .map(|c| match c {
+            'a' => 'b',
+            c if c.is_ascii_alphanumeric() => 'a',
+            c => c,
+        })
+        .collect()
 }

@@ -37,7 +37,7 @@ pub fn accounts(data: &[u8]) {
                 return;
             };
             let mut masked = doc.clone();
-            mask_strings(&mut masked, &|key| {
+            mask_strings(&mut masked, true, &|key| {
                 matches!(key, "key" | "access" | "refresh" | "id_token")
             });
             let masked = serde_json::to_vec(&masked).expect("a JSON value serializes");
@@ -89,7 +89,7 @@ pub fn import(data: &[u8]) {
                 // branch) replaced by one of the same length: the message
                 // must not change, so it quotes no value.
                 let mut masked = doc.clone();
-                mask_strings(&mut masked, &|key| key != "type");
+                mask_strings(&mut masked, false, &|key| key != "type");
                 let masked = serde_json::to_string(&masked).expect("a JSON value serializes");
                 let masked_err = import::parse(format, &masked)
                     .expect_err("masking values made a bad file valid");
@@ -99,22 +99,25 @@ pub fn import(data: &[u8]) {
     }
 }
 
-/// Replaces every non-empty string value under a key `mask` accepts (at any
-/// depth; array items count as under their array's key) with as many `x`s.
-fn mask_strings(v: &mut Value, mask: &dyn Fn(&str) -> bool) {
-    fn walk(v: &mut Value, key: Option<&str>, mask: &dyn Fn(&str) -> bool) {
+/// Replaces every non-empty string value under a key `mask` accepts (array
+/// items count as under their array's key; with `inherit`, so does everything
+/// nested below such a key) with as many `x`s.
+fn mask_strings(v: &mut Value, inherit: bool, mask: &dyn Fn(&str) -> bool) {
+    fn walk(v: &mut Value, masked: bool, inherit: bool, mask: &dyn Fn(&str) -> bool) {
         match v {
-            Value::String(s) if !s.is_empty() && key.is_some_and(mask) => {
+            Value::String(s) if masked && !s.is_empty() => {
                 *s = "x".repeat(s.chars().count());
             }
-            Value::Array(items) => items.iter_mut().for_each(|i| walk(i, key, mask)),
+            Value::Array(items) => items
+                .iter_mut()
+                .for_each(|i| walk(i, masked, inherit, mask)),
             Value::Object(map) => {
                 for (k, v) in map.iter_mut() {
-                    walk(v, Some(k), mask);
+                    walk(v, mask(k) || (inherit && masked), inherit, mask);
                 }
             }
             _ => {}
         }
     }
-    walk(v, None, mask);
+    walk(v, false, inherit, mask);
 }
