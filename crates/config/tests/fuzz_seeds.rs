@@ -34,10 +34,11 @@ fn config_seeds() {
     }
 }
 
-/// The example seed is the shipped example (kept in step by hand: a copy, so
-/// the fuzz corpus does not change when the example's comments do).
+/// The seeds hold valid files (a copy of the shipped example, a custom OAuth
+/// provider) and invalid ones, so both halves of the check run; the seed that
+/// once crashed the engine (a rest of 2^64 - 1 seconds) must keep loading.
 #[test]
-fn config_seeds_include_a_valid_and_an_invalid_file() {
+fn config_seeds_include_valid_and_invalid_files() {
     let all = seeds();
     let load = |n: &str| {
         let text = &all.iter().find(|(name, _)| name == n).unwrap().1;
@@ -45,5 +46,7 @@ fn config_seeds_include_a_valid_and_an_invalid_file() {
     };
     assert!(load("example.toml").is_ok());
     assert!(load("custom_provider_oauth.toml").is_ok());
+    assert!(load("regress_huge_cooldown.toml").is_ok());
     assert!(load("access_keys_wrong_type.toml").is_err());
+    assert!(load("access_keys_not_a_list.toml").is_err());
 }
