@@ -272,11 +272,13 @@ pub fn sse(data: &[u8]) {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        // Mostly short chunks (line endings and BOMs split across them), sometimes long.
+        // Mostly short chunks (line endings and BOMs split across them),
+        // sometimes long; a little longer on long streams, to stay fast.
+        let short = if stream.len() <= 4096 { 9 } else { 64 };
         let len = if rng.is_multiple_of(8) {
             rng % 4096
         } else {
-            rng % 9
+            rng % short
         } as usize;
         let (a, b) = rest.split_at(len.min(rest.len()));
         chunks.push(a);
@@ -333,7 +335,7 @@ fn scan(chunks: &[&[u8]]) -> (Option<Vec<u8>>, u64, bool) {
 }
 
 /// The longest stream the `sse` check builds: past both 64 KiB caps.
-pub const MAX_STREAM: usize = 160 * 1024;
+pub const MAX_STREAM: usize = 80 * 1024;
 
 fn expand(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
