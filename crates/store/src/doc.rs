@@ -71,7 +71,9 @@ pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, StoreError> {
         // Version 0: a bare array of accounts (the earliest format).
         Value::Array(accounts) => (0, accounts, Map::new()),
         Value::Object(mut obj) => {
-            let version = match obj.remove("version") {
+            // `shift_remove`: `remove` swaps the last field into the hole,
+            // which reordered the kept unknown fields on every rewrite.
+            let version = match obj.shift_remove("version") {
                 Some(Value::Number(n)) => n
                     .as_u64()
                     .ok_or_else(|| corrupt("`version` is not a non-negative integer".into()))?,
@@ -85,7 +87,7 @@ pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Parsed, StoreError> {
                     supported: CURRENT_VERSION,
                 });
             }
-            let accounts = match obj.remove("accounts") {
+            let accounts = match obj.shift_remove("accounts") {
                 Some(Value::Array(a)) => a,
                 Some(_) => return Err(corrupt("`accounts` is not a list".into())),
                 None => return Err(corrupt("no `accounts` list".into())),
@@ -374,6 +376,24 @@ mod tests {
             out,
             serde_json::json!({"version": 1, "accounts": [], "team": "core"})
         );
+    }
+
+    /// Found by the `store_accounts` fuzz target (parse → write → parse →
+    /// write was not stable): taking `version` and `accounts` out of the
+    /// top-level object swapped the last unknown field into their place, so
+    /// the fields a newer marathon (or a person) added changed order on every
+    /// rewrite of the file.
+    #[test]
+    fn unknown_top_level_fields_keep_their_order() {
+        let bytes = br#"{"version":1,"accounts":[],"b":1,"a":2,"c":3}"#;
+        let written = parse(bytes, p()).unwrap().doc.to_bytes();
+        let keys = |bytes: &[u8]| {
+            let v: Value = serde_json::from_slice(bytes).unwrap();
+            v.as_object().unwrap().keys().cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&written), ["version", "accounts", "b", "a", "c"]);
+        let again = parse(&written, p()).unwrap().doc.to_bytes();
+        assert_eq!(again, written);
     }
 
     #[test]
