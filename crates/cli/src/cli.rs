@@ -41,13 +41,15 @@ pub(crate) enum Command {
     #[command(after_help = "\
 Examples:
   marathon status
-  marathon status --json | jq '.[] | select(.state != \"active\")'
+  marathon status --json | jq -r '.providers[].accounts[] | select(.state != \"ready\") | .label'
 
 When `marathon serve` runs (on any port; it records where) or a proxy answers
 at the configured address, this shows its live view: cooldown countdowns,
 counters, the last error and quota bars. Otherwise (or with --offline) it shows
-the stored accounts and the last saved cooldowns. An invalid config is
-reported, not skipped.")]
+the stored accounts and the last saved cooldowns. --json prints the same
+document either way (\"source\": \"live\" or \"store\"); states are ready,
+cooling, probing, needs_login and disabled. An invalid config is reported, not
+skipped.")]
     Status(StatusArgs),
     /// Run the rotating proxy (point your tools at http://127.0.0.1:8787/<provider>)
     #[command(after_help = "\

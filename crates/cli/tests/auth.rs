@@ -381,7 +381,7 @@ fn status_shows_state_cooldowns_and_shared_tokens() {
     assert!(out.starts_with("accounts in "), "{out}");
     let work_line = out.lines().find(|l| l.contains(" work ")).unwrap();
     assert!(
-        work_line.contains("cooling for") && work_line.contains("(rate_limit)"),
+        work_line.contains("cooling") && work_line.contains("(rate_limit)"),
         "{work_line}"
     );
     let oauth_line = out.lines().find(|l| l.contains("oauth")).unwrap();
@@ -391,14 +391,17 @@ fn status_shows_state_cooldowns_and_shared_tokens() {
     );
     let status: serde_json::Value =
         serde_json::from_str(&home.ok(&["status", "--json"], "")).unwrap();
-    let w = status
+    let w = status["providers"]
         .as_array()
         .unwrap()
         .iter()
+        .flat_map(|p| p["accounts"].as_array().unwrap())
         .find(|a| a["label"] == "work")
         .unwrap();
+    assert_eq!(w["state"], "cooling");
     assert_eq!(w["cooling_until"], far);
-    assert_eq!(w["cooling_reason"], "rate_limit");
+    assert_eq!(w["last_reason"], "rate_limit");
+    assert_eq!(w["successes"], 1);
 }
 
 #[test]

@@ -376,12 +376,7 @@ fn a_revoked_grant_sends_the_account_to_needs_login_and_traffic_to_the_other() {
         .clone();
     let health = |label: &str| {
         let a = accounts.iter().find(|a| a["label"] == label).unwrap();
-        a["health"]["state"]
-            .as_str()
-            .or_else(|| a["health"].as_str())
-            .or_else(|| a["state"].as_str())
-            .unwrap_or_default()
-            .to_string()
+        a["state"].as_str().unwrap_or_default().to_string()
     };
     assert_eq!(health("alice@example.com"), "needs_login", "{status}");
     assert_eq!(health("bob@example.com"), "ready", "{status}");

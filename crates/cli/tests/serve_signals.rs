@@ -333,7 +333,7 @@ fn sigterm_lets_twenty_streams_finish_and_saves_cooldowns() {
         .iter()
         .find(|a| a["label"] == "limited")
         .unwrap();
-    assert_eq!(limited["health"]["state"], "cooling", "{limited}");
+    assert_eq!(limited["state"], "cooling", "{limited}");
     let (status, _) = http(port, "POST", "/anthropic/v1/messages", body);
     assert_eq!(status, 200);
     assert_eq!(sim.count("limited"), 1, "the restored cooldown kept it out");

@@ -38,6 +38,7 @@ pub mod pool;
 pub mod reason;
 pub mod secret;
 pub mod sse;
+pub mod status;
 pub mod strategy;
 
 pub use account::{AccountId, AccountKind, AccountMeta};

@@ -9,13 +9,18 @@ use http::{Response, StatusCode};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
+use marathon_core::status::{AccountReport, ProviderReport, STATUS_SCHEMA, Source, StatusReport};
+
 use crate::body::ProxyBody;
 use crate::state::AppState;
 
 pub(crate) fn route(state: &Arc<AppState>, path: &str) -> Response<ProxyBody> {
     match path {
         "health" => json(StatusCode::OK, &json!({"status": "ok"})),
-        "status" => json(StatusCode::OK, &status(state)),
+        "status" => json(
+            StatusCode::OK,
+            &serde_json::to_value(status(state)).unwrap_or_default(),
+        ),
         "metrics" => {
             let text = crate::metrics::render(
                 state
@@ -54,25 +59,37 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
 }
 
 /// The live view: every account's state, cooldown, counters, last error,
-/// quota utilisation and resets. Labels only; never a credential.
-pub(crate) fn status(state: &AppState) -> serde_json::Value {
+/// quota utilisation and resets, in the schema the offline view shares
+/// ([`StatusReport`]). Labels only; never a credential.
+pub(crate) fn status(state: &AppState) -> StatusReport {
     let now = state.now();
     let mut providers: Vec<_> = state.providers.iter().collect();
     providers.sort_by(|a, b| a.0.cmp(b.0));
-    let providers: Vec<serde_json::Value> = providers
+    let providers = providers
         .into_iter()
         .map(|(name, rt)| {
             let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
-            json!({
-                "name": name,
-                "upstream": rt.settings.upstream.to_string(),
-                "strategy": pool.config().strategy.to_string(),
-                "soonest_ready": pool.soonest_ready(now),
-                "accounts": pool.status(now),
-            })
+            ProviderReport {
+                name: name.clone(),
+                upstream: Some(rt.settings.upstream.to_string()),
+                strategy: Some(pool.config().strategy.to_string()),
+                soonest_ready: pool.soonest_ready(now),
+                capacity_until: None,
+                accounts: pool
+                    .status(now)
+                    .iter()
+                    .map(|a| AccountReport::live(a, now))
+                    .collect(),
+            }
         })
         .collect();
-    json!({"now": now, "version": env!("CARGO_PKG_VERSION"), "providers": providers})
+    StatusReport {
+        schema: STATUS_SCHEMA,
+        source: Source::Live,
+        now,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        providers,
+    }
 }
 
 fn events(state: &Arc<AppState>) -> Response<ProxyBody> {

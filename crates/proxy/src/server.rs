@@ -51,7 +51,7 @@ impl ProxyHandle {
 
     /// The live status view (as `/_marathon/status` serves it).
     pub fn status(&self) -> serde_json::Value {
-        ops::status(&self.state)
+        serde_json::to_value(ops::status(&self.state)).unwrap_or_default()
     }
 
     /// Every event from now on, as the JSON the SSE stream and webhooks carry

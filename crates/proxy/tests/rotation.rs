@@ -81,11 +81,11 @@ async fn rate_limit_rotates_until_window_end(
     );
 
     let (a1, now) = w.account("a1").await;
-    assert_eq!(a1["health"]["state"], "cooling", "{a1}");
-    let remaining = a1["cooldown_remaining_ms"].as_u64().unwrap();
+    assert_eq!(a1["state"], "cooling", "{a1}");
+    let remaining = a1["retry_in_ms"].as_u64().unwrap();
     assert!(
         (lo.saturating_sub(now)..=hi - now).contains(&remaining),
-        "cooldown_remaining_ms {remaining} not within [{}, {}]",
+        "retry_in_ms {remaining} not within [{}, {}]",
         lo.saturating_sub(now),
         hi - now
     );
@@ -214,8 +214,8 @@ async fn provider_error_passes_through_without_cooling(api: Api, status: u16) {
     // Nobody is benched for the provider's trouble.
     for label in ["a1", "a2"] {
         let (a, _) = w.account(label).await;
-        assert_eq!(a["health"]["state"], "ready", "{a}");
-        assert!(a["cooldown_remaining_ms"].is_null(), "{a}");
+        assert_eq!(a["state"], "ready", "{a}");
+        assert!(a["retry_in_ms"].is_null(), "{a}");
     }
 }
 
@@ -251,8 +251,8 @@ async fn unusable_account_rests_long(api: Api, a1: Account, reason: &str) {
     assert_eq!(cd["reason"], reason);
     // unusable_cooldown: 6 h, plus up to 10 % jitter.
     let (a, _) = w.account("a1").await;
-    assert_eq!(a["health"]["state"], "cooling");
-    let remaining = a["cooldown_remaining_ms"].as_u64().unwrap();
+    assert_eq!(a["state"], "cooling");
+    let remaining = a["retry_in_ms"].as_u64().unwrap();
     assert!(
         (6 * HOUR_MS - 5_000..=6 * HOUR_MS * 11 / 10).contains(&remaining),
         "{remaining}"
@@ -320,7 +320,7 @@ async fn request_error_passes_through_untouched(api: Api, status: u16) {
     }
     assert_eq!(r.header("content-type"), direct.header("content-type"));
     let (a, _) = w.account("a1").await;
-    assert_eq!(a["health"]["state"], "ready", "{a}");
+    assert_eq!(a["state"], "ready", "{a}");
     assert_eq!(a["failures"], 0, "{a}");
 }
 
@@ -351,7 +351,7 @@ async fn connection_reset_retries_same_account_once_then_rotates() {
     assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (2, 1));
     // Only a short penalty (transport_penalty, 2 s), never a real cooldown.
     let (a, _) = w.account("a1").await;
-    if let Some(ms) = a["cooldown_remaining_ms"].as_u64() {
+    if let Some(ms) = a["retry_in_ms"].as_u64() {
         assert!(ms <= 2_000, "{a}");
     }
 }
@@ -379,7 +379,7 @@ async fn client_cancel_before_response_is_no_penalty() {
     let gone = tokio::time::timeout(Duration::from_millis(300), w.call()).await;
     assert!(gone.is_err(), "the slow answer came early");
     let a = wait_idle(&w, "a1").await;
-    assert_eq!(a["health"]["state"], "ready", "{a}");
+    assert_eq!(a["state"], "ready", "{a}");
     assert_eq!(a["failures"], 0, "{a}");
     assert_eq!(w.sim.count("a2"), 0, "a cancel must not rotate");
     // Still the account of choice.
@@ -402,7 +402,7 @@ async fn client_cancel_mid_stream_is_no_penalty() {
     assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
     drop(body);
     let a = wait_idle(&w, "a1").await;
-    assert_eq!(a["health"]["state"], "ready", "{a}");
+    assert_eq!(a["state"], "ready", "{a}");
     assert_eq!(a["failures"], 0, "{a}");
     assert_eq!(w.sim.count("a2"), 0);
     w.sim.set_account(acct("a1")).unwrap();
@@ -906,7 +906,7 @@ async fn oauth_401_refreshes_and_retries_the_same_account() {
     assert_eq!(ev["account"], "a1");
     // Refreshed and working: not benched, and it keeps the traffic.
     let a = wait_idle(&w, "a1").await;
-    assert_eq!(a["health"]["state"], "ready", "{a}");
+    assert_eq!(a["state"], "ready", "{a}");
     let r = w.call().await;
     assert_eq!(
         (r.status, r.account()),
@@ -940,7 +940,7 @@ async fn oauth_refresh_failing_for_good_needs_login_and_rotates() {
         (Some("a1"), Some(true))
     );
     let a = wait_idle(&w, "a1").await;
-    assert_eq!(a["health"]["state"], "needs_login", "{a}");
+    assert_eq!(a["state"], "needs_login", "{a}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -955,7 +955,7 @@ async fn oauth_still_401_after_a_refresh_needs_login() {
         1
     );
     let a = wait_idle(&w, "a1").await;
-    assert_eq!(a["health"]["state"], "needs_login", "{a}");
+    assert_eq!(a["state"], "needs_login", "{a}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -969,7 +969,7 @@ async fn a_token_that_cannot_be_had_now_skips_the_account_and_frees_its_slot() {
     assert_eq!((r.status, r.account()), (200, Some("a2")), "{}", r.text());
     assert_eq!(w.sim.count("a1"), 0);
     let a = wait_idle(&w, "a1").await;
-    assert_eq!(a["health"]["state"], "ready", "{a}");
+    assert_eq!(a["state"], "ready", "{a}");
     // Still usable: with a2 out of quota, a1 serves.
     w.sim
         .set_account(acct("a2").quota(0, WINDOW, QuotaStyle::AnthropicApi))
@@ -1094,8 +1094,8 @@ async fn forbidden_403_rotates_and_rests_for_the_auth_failure_cooldown() {
     assert_eq!(attempt_heads(&r), ["a1=403", "a2=200"]);
     // auth_failure_cooldown: 5 min plus up to 10 % jitter; no refresh for an API key.
     let (a, _) = w.account("a1").await;
-    assert_eq!(a["health"]["state"], "cooling", "{a}");
-    let remaining = a["cooldown_remaining_ms"].as_u64().unwrap();
+    assert_eq!(a["state"], "cooling", "{a}");
+    let remaining = a["retry_in_ms"].as_u64().unwrap();
     assert!((295_000..=330_000).contains(&remaining), "{remaining}");
     assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (1, 1));
 }
@@ -1189,9 +1189,9 @@ async fn a_cooldown_survives_a_restart_of_the_proxy() {
         .find(|a| a["label"] == "a1")
         .unwrap()
         .clone();
-    assert_eq!(a1["health"]["state"], "cooling", "{a1}");
-    let left = a1["cooldown_remaining_ms"].as_u64().unwrap();
-    let was = before["cooldown_remaining_ms"].as_u64().unwrap();
+    assert_eq!(a1["state"], "cooling", "{a1}");
+    let left = a1["retry_in_ms"].as_u64().unwrap();
+    let was = before["retry_in_ms"].as_u64().unwrap();
     assert!(
         left <= was && left + 10_000 > was,
         "restored {left} ms, had {was} ms"

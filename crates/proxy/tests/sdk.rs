@@ -282,7 +282,7 @@ async fn anthropic_sdk_survives_a_429_without_seeing_it() {
     // alice: her quota, plus the one 429 that benched her; never asked again.
     assert_counts(&w.sim, 3, 3);
     assert_eq!(
-        account_state(&w.proxy, "anthropic", "alice")["health"]["state"],
+        account_state(&w.proxy, "anthropic", "alice")["state"],
         "cooling",
         "{}",
         w.proxy.status()
@@ -427,7 +427,7 @@ async fn openai_sdk_survives_a_429_without_seeing_it() {
     assert_eq!(call(&summary, 2)["response_status"], "completed");
     assert_counts(&w.sim, 4, 4);
     assert_eq!(
-        account_state(&w.proxy, "openai", "alice")["health"]["state"],
+        account_state(&w.proxy, "openai", "alice")["state"],
         "cooling",
         "{}",
         w.proxy.status()

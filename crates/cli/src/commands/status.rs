@@ -2,14 +2,17 @@
 //! proxy (found through its record, on whatever port), else from the store.
 
 use marathon_core::fmt::HumanDuration;
-use marathon_core::{Clock, SystemClock, UnixMillis};
-use marathon_store::{HotAccount, Store};
+use marathon_core::status::{
+    AccountReport, AccountState, ProviderReport, STATUS_SCHEMA, Source, StatusReport, WindowReport,
+};
+use marathon_core::{AccountId, AccountKind, Clock, SystemClock, UnixMillis};
+use marathon_store::{HotState, Store, StoredAccount};
 
 use http_body_util::Full;
 use marathon_config::Config;
 
 use super::Context;
-use super::auth::{NO_ACCOUNTS, account_json, kind_name, sort_accounts, state_cell};
+use super::auth::NO_ACCOUNTS;
 use super::proxy_client::ProxyClient;
 use crate::cli::StatusArgs;
 use crate::output::{Style, Table, cell, errln, out, outln};
@@ -29,84 +32,125 @@ pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
         "as asked".to_owned()
     } else {
         match live_status(ctx, config.as_ref().ok()) {
-            Live::View(v) => return print_live(&v, args.json),
+            Live::View(report) => return print_report(&report, args.json, None),
             Live::NotRunning => "no marathon proxy is running".to_owned(),
             Live::NoAnswer(whom) => format!("{whom} did not answer"),
         }
     };
     let store = ctx.store()?;
-    let mut accounts = store.list()?;
-    sort_accounts(&mut accounts);
+    let accounts = store.list()?;
     let hot = store.load_hot()?;
-    let now = SystemClock.now();
-    if args.json {
-        let rows: Vec<serde_json::Value> = accounts
+    let report = offline_report(&accounts, &hot, SystemClock.now());
+    let offline = Offline {
+        path: store.path().display().to_string(),
+        why: why_offline,
+        imported: accounts
             .iter()
-            .map(|a| {
-                let mut v = account_json(a);
-                let h = hot.cooldowns.get(&a.id).filter(|h| is_cooling(h, now));
-                v["cooling_until"] = serde_json::json!(h.and_then(|h| h.cooling_until));
-                v["cooling_reason"] = serde_json::json!(h.and_then(|h| h.reason.clone()));
-                v
+            .filter_map(|a| {
+                let source = a.source.as_deref()?.strip_prefix("import:")?;
+                Some((a.id.clone(), source.to_string()))
             })
-            .collect();
-        outln!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    outln!(
-        "accounts in {} (offline view: {why_offline})",
-        store.path().display()
-    );
-    if accounts.is_empty() {
-        outln!("{NO_ACCOUNTS}");
-        return Ok(());
-    }
-    let style = Style::stdout();
-    let mut table = Table::new(&[
-        "PROVIDER", "LABEL", "KIND", "STATE", "PRIORITY", "ENABLED", "NOTE",
-    ]);
-    for a in &accounts {
-        let mut notes = Vec::new();
-        if let Some(h) = hot.cooldowns.get(&a.id).filter(|h| is_cooling(h, now)) {
-            let until = h.cooling_until.unwrap_or(now);
-            let reason = h
-                .reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default();
-            notes.push(format!(
-                "cooling for {}{reason}",
-                short_duration(now, until)
-            ));
+            .collect(),
+    };
+    print_report(&report, args.json, Some(&offline))
+}
+
+/// What the offline view says besides the report.
+struct Offline {
+    /// The accounts file.
+    path: String,
+    /// Why the live view was not shown.
+    why: String,
+    /// Accounts imported from another tool (sharing its refresh token), by id.
+    imported: Vec<(AccountId, String)>,
+}
+
+/// The status report from the store alone: accounts.json, and the cooldowns
+/// and counters the last proxy saved. Same schema as the live one; what only
+/// a running proxy knows (in-flight requests, the last outcome's class) is null.
+pub(crate) fn offline_report(
+    accounts: &[StoredAccount],
+    hot: &HotState,
+    now: UnixMillis,
+) -> StatusReport {
+    let mut accounts: Vec<&StoredAccount> = accounts.iter().collect();
+    accounts.sort_by(|a, b| {
+        (a.provider.as_str(), a.priority, a.label.as_str()).cmp(&(
+            b.provider.as_str(),
+            b.priority,
+            b.label.as_str(),
+        ))
+    });
+    let mut providers: Vec<ProviderReport> = Vec::new();
+    for a in accounts {
+        let h = hot.cooldowns.get(&a.id);
+        let cooling_until = h.and_then(|h| h.cooling_until).filter(|t| *t > now);
+        let state = if !a.enabled {
+            AccountState::Disabled
+        } else if a.state == marathon_store::AccountState::NeedsLogin {
+            AccountState::NeedsLogin
+        } else if cooling_until.is_some() {
+            AccountState::Cooling
+        } else {
+            AccountState::Ready
+        };
+        let cooling_until = cooling_until.filter(|_| state == AccountState::Cooling);
+        let report = AccountReport {
+            id: a.id.clone(),
+            label: a.label.clone(),
+            kind: a.kind,
+            priority: a.priority,
+            enabled: a.enabled,
+            state,
+            cooling_until,
+            retry_in_ms: cooling_until.map(|t| now.until(t).as_millis() as u64),
+            last_reason: h
+                .and_then(|h| h.reason.clone())
+                .filter(|_| cooling_until.is_some()),
+            last_class: None,
+            failure_streak: None,
+            successes: h.map(|h| h.successes),
+            failures: h.map(|h| h.failures),
+            in_flight: None,
+            requests_per_minute: None,
+            windows: Vec::new(),
+            tokens: None,
+        };
+        match providers.last_mut() {
+            Some(p) if p.name == a.provider => p.accounts.push(report),
+            _ => providers.push(ProviderReport {
+                name: a.provider.clone(),
+                upstream: None,
+                strategy: None,
+                soonest_ready: None,
+                capacity_until: None,
+                accounts: vec![report],
+            }),
         }
-        if a.state == marathon_store::AccountState::NeedsLogin {
-            notes.push("log in again".to_string());
-        }
-        if let Some(source) = a.source.as_deref().and_then(|s| s.strip_prefix("import:")) {
-            notes.push(format!("shares its refresh token with {source}"));
-        }
-        let note = notes.join("; ");
-        table.row(vec![
-            cell(&a.provider),
-            cell(&a.label),
-            cell(kind_name(a)),
-            state_cell(a, style),
-            cell(a.priority.to_string()),
-            if a.enabled {
-                cell("yes")
-            } else {
-                (String::from("no"), style.dim("no"))
-            },
-            cell(note),
-        ]);
     }
-    out!("{}", table.render(style));
-    Ok(())
+    for p in &mut providers {
+        p.soonest_ready = p
+            .accounts
+            .iter()
+            .filter_map(|a| match a.state {
+                AccountState::Ready | AccountState::Probing => Some(now),
+                AccountState::Cooling => a.cooling_until,
+                AccountState::NeedsLogin | AccountState::Disabled => None,
+            })
+            .min();
+    }
+    StatusReport {
+        schema: STATUS_SCHEMA,
+        source: Source::Store,
+        now,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        providers,
+    }
 }
 
 /// What asking for the live view found.
 enum Live {
-    View(serde_json::Value),
+    View(StatusReport),
     NotRunning,
     /// Which proxy was asked (and did not answer).
     NoAnswer(String),
@@ -136,7 +180,7 @@ fn live_status(ctx: &Context, config: Option<&Config>) -> Live {
 }
 
 /// `GET /_marathon/status` at `addr`, with the access key when one is set.
-fn fetch_status(addr: std::net::SocketAddr, config: Option<&Config>) -> Option<serde_json::Value> {
+fn fetch_status(addr: std::net::SocketAddr, config: Option<&Config>) -> Option<StatusReport> {
     let mut request = http::Request::get(format!("http://{addr}/_marathon/status"));
     if let Some(key) = config.and_then(|c| c.server.access_keys.first()) {
         request = request.header("x-marathon-key", key.expose());
@@ -152,91 +196,106 @@ fn fetch_status(addr: std::net::SocketAddr, config: Option<&Config>) -> Option<s
     if reply.status != http::StatusCode::OK {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
-    v.get("providers").is_some().then_some(v)
+    serde_json::from_slice(&reply.body).ok()
 }
 
-fn print_live(live: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+fn print_report(
+    report: &StatusReport,
+    json: bool,
+    offline: Option<&Offline>,
+) -> anyhow::Result<()> {
     if json {
-        outln!("{}", serde_json::to_string_pretty(live)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
-    let style = Style::stdout();
-    let now = UnixMillis(live["now"].as_u64().unwrap_or_default());
-    outln!("live view from the running proxy");
-    let mut table = Table::new(&[
-        "PROVIDER",
-        "LABEL",
-        "KIND",
-        "STATE",
-        "RETRY IN",
-        "OK",
-        "FAILED",
-        "LAST ERROR",
-        "QUOTA",
-    ]);
-    let mut any = false;
-    for p in live["providers"].as_array().into_iter().flatten() {
-        for a in p["accounts"].as_array().into_iter().flatten() {
-            any = true;
-            let state = a["health"]["state"].as_str().unwrap_or("?");
-            let state_cell = match state {
-                "ready" => (state.to_string(), style.green(state)),
-                "cooling" | "probing" => (state.to_string(), style.yellow(state)),
-                _ => (state.to_string(), style.red(state)),
-            };
-            let retry = a["cooldown_remaining_ms"]
-                .as_u64()
-                .map(|ms| short_duration(now, UnixMillis(now.0 + ms)))
-                .unwrap_or_default();
-            let quota: Vec<String> = a["usage"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|w| {
-                    let u = w["utilization"].as_f64().unwrap_or(0.0);
-                    let resets = w["resets_at"]
-                        .as_u64()
-                        .filter(|t| *t > now.0)
-                        .map(|t| format!(" resets in {}", short_duration(now, UnixMillis(t))))
-                        .unwrap_or_default();
-                    format!(
-                        "{} {} {:>3.0}%{resets}",
-                        w["name"].as_str().unwrap_or("?"),
-                        bar(u),
-                        u * 100.0
-                    )
-                })
-                .collect();
-            table.row(vec![
-                cell(p["name"].as_str().unwrap_or("?")),
-                cell(a["label"].as_str().unwrap_or("?")),
-                cell(a["kind"].as_str().unwrap_or("?")),
-                state_cell,
-                cell(retry),
-                cell(a["successes"].to_string()),
-                cell(a["failures"].to_string()),
-                cell(a["last_reason"].as_str().unwrap_or("")),
-                cell(quota.join(", ")),
-            ]);
-        }
+    match offline {
+        Some(o) => outln!("accounts in {} (offline view: {})", o.path, o.why),
+        None => outln!("live view from the running proxy"),
     }
-    if !any {
+    if report.providers.iter().all(|p| p.accounts.is_empty()) {
         outln!("{NO_ACCOUNTS}");
         return Ok(());
     }
+    let style = Style::stdout();
+    let now = report.now;
+    let mut table = Table::new(&[
+        "PROVIDER", "LABEL", "KIND", "STATE", "RETRY IN", "OK", "FAILED", "QUOTA", "NOTE",
+    ]);
+    for p in &report.providers {
+        for a in &p.accounts {
+            let state = a.state.as_str().replace('_', " ");
+            let state_cell = match a.state {
+                AccountState::Ready => (state.clone(), style.green(&state)),
+                AccountState::Cooling | AccountState::Probing => {
+                    (state.clone(), style.yellow(&state))
+                }
+                AccountState::NeedsLogin => (state.clone(), style.red(&state)),
+                AccountState::Disabled => (state.clone(), style.dim(&state)),
+            };
+            let retry = a
+                .retry_in_ms
+                .map(|ms| short_duration(now, UnixMillis(now.0 + ms)))
+                .unwrap_or_default();
+            let count = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            let quota: Vec<String> = a.windows.iter().map(|w| window_cell(w, now)).collect();
+            table.row(vec![
+                cell(&p.name),
+                cell(&a.label),
+                cell(kind_label(a.kind)),
+                state_cell,
+                cell(retry),
+                cell(count(a.successes)),
+                cell(count(a.failures)),
+                cell(quota.join(", ")),
+                cell(notes(a, offline)),
+            ]);
+        }
+    }
     out!("{}", table.render(style));
     Ok(())
+}
+
+/// The NOTE column: the last error, what to do, where the credential came from.
+fn notes(a: &AccountReport, offline: Option<&Offline>) -> String {
+    let mut notes = Vec::new();
+    if let Some(r) = &a.last_reason {
+        notes.push(format!("({r})"));
+    }
+    if a.state == AccountState::NeedsLogin {
+        notes.push("log in again".to_string());
+    }
+    if let Some((_, source)) = offline.and_then(|o| o.imported.iter().find(|(id, _)| id == &a.id)) {
+        notes.push(format!("shares its refresh token with {source}"));
+    }
+    notes.join("; ")
+}
+
+/// `5h [####......]  42% resets in 2h10m`.
+fn window_cell(w: &WindowReport, now: UnixMillis) -> String {
+    let resets = w
+        .resets_at
+        .filter(|t| *t > now)
+        .map(|t| format!(" resets in {}", short_duration(now, t)))
+        .unwrap_or_default();
+    format!(
+        "{} {} {:>3.0}%{resets}",
+        w.name,
+        bar(w.utilization),
+        w.utilization * 100.0
+    )
+}
+
+pub(crate) fn kind_label(kind: AccountKind) -> &'static str {
+    match kind {
+        AccountKind::Oauth => "oauth",
+        AccountKind::ApiKey => "api key",
+    }
 }
 
 /// `[#####.....]`: ten cells of utilisation.
 fn bar(u: f64) -> String {
     let filled = (u.clamp(0.0, 1.0) * 10.0).round() as usize;
     format!("[{}{}]", "#".repeat(filled), ".".repeat(10 - filled))
-}
-
-fn is_cooling(h: &HotAccount, now: UnixMillis) -> bool {
-    h.cooling_until.is_some_and(|t| t > now)
 }
 
 /// How long from `now` until `until`, as everywhere else in marathon.

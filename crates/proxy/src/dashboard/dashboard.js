@@ -39,9 +39,9 @@ function percent(u) {
 }
 
 function accountRow(a) {
-  const state = (a.health && a.health.state) || '';
-  const retry = a.cooldown_remaining_ms ? `${Math.ceil(a.cooldown_remaining_ms / 1000)}s` : '';
-  const quota = (a.usage || []).map((w) => `${w.name} ${percent(w.utilization)}`).join(', ');
+  const state = a.state || '';
+  const retry = a.retry_in_ms ? `${Math.ceil(a.retry_in_ms / 1000)}s` : '';
+  const quota = (a.windows || []).map((w) => `${w.name} ${percent(w.utilization)}`).join(', ');
   return el('tr', '',
     el('td', '', a.label),
     el('td', STATES.includes(state) ? state : '', state),

@@ -416,7 +416,7 @@ impl World {
 
     /// The account's health state (`ready`, `cooling`, ...).
     pub async fn health(&self, label: &str) -> String {
-        self.account(label).await.0["health"]["state"]
+        self.account(label).await.0["state"]
             .as_str()
             .unwrap()
             .to_owned()

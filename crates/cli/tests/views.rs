@@ -1,0 +1,266 @@
+//! The views of the accounts, as a user runs them: `status --json` live and
+//! offline (one schema, the README's jq example against both), `status
+//! --watch` in a real terminal (tmux), and `statusline` fed the JSON Claude
+//! Code gives it.
+
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use marathon_sim::{Account, Options, Scenario, SimHandle};
+
+/// A MARATHON_HOME, temporary.
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new(config: &str) -> Home {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        Home { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn marathon(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_marathon"));
+        cmd.env("MARATHON_HOME", self.path())
+            .env("HOME", self.path())
+            .env("NO_COLOR", "1")
+            .env_remove("MARATHON_LOG")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.marathon().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    fn add_key(&self, provider: &str, label: &str, key: &str, priority: i32) {
+        let mut add = self
+            .marathon()
+            .args(["auth", "add", provider, "--label", label])
+            .args(["--priority", &priority.to_string()])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        add.stdin.take().unwrap().write_all(key.as_bytes()).unwrap();
+        assert!(add.wait().unwrap().success());
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `marathon serve` as a child; killed if the test ends early.
+struct Serve {
+    child: Child,
+    addr: String,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Serve {
+    fn start(home: &Home) -> Serve {
+        let mut child = home
+            .marathon()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                url = Some(rest.trim().to_owned());
+            }
+            if line.contains("dashboard") {
+                break;
+            }
+        }
+        let log =
+            std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+        let url = url.expect("serve prints its address");
+        Serve {
+            child,
+            addr: url.trim_start_matches("http://").to_owned(),
+            log: Some(log),
+        }
+    }
+
+    /// One HTTP/1.1 request, the whole answer as text.
+    fn request(&self, method: &str, path: &str, headers: &str, body: &str) -> String {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{headers}\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    fn message(&self, headers: &str) -> String {
+        self.request(
+            "POST",
+            "/anthropic/v1/messages",
+            &format!("x-api-key: whatever\r\n{headers}"),
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+    }
+
+    /// Stops it as a service manager would (SIGTERM): it saves its hot state.
+    fn terminate(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(self.child.wait().unwrap().success());
+        self.log.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sim(accounts: Vec<Account>) -> (tokio::runtime::Runtime, SimHandle) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt
+        .block_on(marathon_sim::start_with(
+            Scenario::new(accounts),
+            Options::default(),
+        ))
+        .unwrap();
+    (rt, sim)
+}
+
+/// Two accounts of a simulated Anthropic: `spare` (preferred) always answers
+/// 429 with an hour's retry-after, `work` answers.
+fn two_accounts() -> (tokio::runtime::Runtime, SimHandle, Home) {
+    let (rt, sim) = sim(vec![
+        Account::ok("alice", "sk-views-alice-secret"),
+        Account::ok("bob", "sk-views-bob-secret")
+            .status(429)
+            .retry_after(3600),
+    ]);
+    let home = Home::new(&format!(
+        "[providers.anthropic]\nupstream = \"{}\"\nstrategy = \"priority\"\n",
+        sim.url()
+    ));
+    home.add_key("anthropic", "spare", "sk-views-bob-secret", 0);
+    home.add_key("anthropic", "work", "sk-views-alice-secret", 1);
+    (rt, sim, home)
+}
+
+/// The README's jq example, run by a shell as the user would, on `json`.
+fn readme_jq(json: &str) -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("marathon status --json | jq"))
+        .expect("the README shows a jq example");
+    let pipeline = line.split_once(" | ").unwrap().1;
+    let mut sh = Command::new("sh")
+        .args(["-c", pipeline])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    sh.stdin.take().unwrap().write_all(json.as_bytes()).unwrap();
+    let out = sh.wait_with_output().unwrap();
+    assert!(out.status.success(), "{pipeline}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The field names of every account object, sorted.
+fn account_fields(report: &serde_json::Value) -> Vec<Vec<String>> {
+    report["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["accounts"].as_array().unwrap().iter())
+        .map(|a| {
+            let mut keys: Vec<String> = a.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        })
+        .collect()
+}
+
+/// Guards the bug of issue 13: `status --json` was an object live and an
+/// array offline, with `ready` in one and `active` in the other, so the
+/// README's jq example failed against a running proxy; the dashboard's
+/// "retry in" read a field the JSON did not have.
+#[test]
+fn status_json_is_one_schema_live_and_offline() {
+    let (_rt, _sim, home) = two_accounts();
+    let serve = Serve::start(&home);
+    let reply = serve.message("");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    let live_text = home.ok(&["status", "--json"]);
+    let live: serde_json::Value = serde_json::from_str(&live_text).unwrap();
+    assert_eq!(live["schema"], 1, "{live}");
+    assert_eq!(live["source"], "live");
+    let anthropic = live["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "anthropic")
+        .unwrap();
+    let spare = &anthropic["accounts"][0];
+    assert_eq!(spare["label"], "spare");
+    assert_eq!(spare["state"], "cooling", "{spare}");
+    let retry = spare["retry_in_ms"].as_u64().expect("retry_in_ms");
+    assert!((3_500_000..=3_700_000).contains(&retry), "{retry}");
+    assert_eq!(readme_jq(&live_text), "spare cooling\n");
+
+    // Without a proxy: the same document from the store (and the cooldown
+    // the proxy saved when it stopped).
+    serve.terminate();
+    let offline_text = home.ok(&["status", "--json"]);
+    let offline: serde_json::Value = serde_json::from_str(&offline_text).unwrap();
+    assert_eq!(offline["schema"], 1, "{offline}");
+    assert_eq!(offline["source"], "store");
+    let spare = &offline["providers"][0]["accounts"][0];
+    assert_eq!(spare["state"], "cooling", "{spare}");
+    assert!(spare["retry_in_ms"].as_u64().unwrap() <= retry);
+    assert_eq!(readme_jq(&offline_text), "spare cooling\n");
+    assert_eq!(account_fields(&offline), account_fields(&live));
+
+    // The table says the same, with the countdown.
+    let table = home.ok(&["status"]);
+    let line = table.lines().find(|l| l.contains("spare")).unwrap();
+    assert!(line.contains("cooling"), "{line}");
+    assert!(line.contains(" 59m") || line.contains(" 1h00m"), "{line}");
+    for t in [&live_text, &offline_text, &table] {
+        assert!(!t.contains("sk-views"), "a secret in the status: {t}");
+    }
+}
