@@ -819,6 +819,14 @@ impl Pool {
         live.into_iter().map(|s| s.status(now)).collect()
     }
 
+    /// The account session affinity holds for `session`, if any. A read for
+    /// the views (`marathon statusline`): it does not count as a use of the
+    /// session's entry.
+    pub fn session_account(&self, session: SessionKey) -> Option<&AccountId> {
+        let idx = self.sessions.peek(session, &self.generations)?;
+        self.slots.get(idx)?.as_ref().map(|s| &s.meta.id)
+    }
+
     /// One account's status.
     pub fn account_status(&self, id: &AccountId, now: UnixMillis) -> Option<AccountStatus> {
         let i = self.find(id)?;
@@ -1484,6 +1492,11 @@ impl Sessions {
             map: HashMap::default(),
             ring: VecDeque::new(),
         }
+    }
+
+    fn peek(&self, session: SessionKey, generations: &[u32]) -> Option<usize> {
+        let e = self.map.get(&session)?;
+        (generations.get(e.idx) == Some(&e.generation)).then_some(e.idx)
     }
 
     fn get(&mut self, session: SessionKey, generations: &[u32]) -> Option<usize> {

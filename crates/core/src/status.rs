@@ -209,6 +209,28 @@ pub struct TokenTotals {
     pub cache_write: u64,
 }
 
+/// Which account serves a client's session (`/_marathon/session`, read by
+/// `marathon statusline`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SessionReport {
+    /// [`STATUS_SCHEMA`] of the writer.
+    pub schema: u32,
+    /// The instant the report describes.
+    pub now: UnixMillis,
+    /// Every provider whose session affinity holds the session, with the
+    /// account it is pinned to; empty when none does (yet).
+    pub accounts: Vec<SessionAccount>,
+}
+
+/// One provider's account for a session.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SessionAccount {
+    /// The provider's name.
+    pub provider: String,
+    /// The account.
+    pub account: AccountReport,
+}
+
 impl From<&UsageWindow> for WindowReport {
     fn from(w: &UsageWindow) -> Self {
         WindowReport {

@@ -14,6 +14,7 @@ use marathon_core::events::Event;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 
+use crate::activity::Activity;
 use crate::body::ProxyBody;
 use crate::upstream::{Endpoint, UpstreamClient};
 
@@ -31,6 +32,8 @@ pub struct EventSinks {
 #[derive(Clone)]
 pub(crate) struct EventBus {
     tx: broadcast::Sender<Arc<EventJson>>,
+    /// The last events and per-account counts, for the views.
+    pub(crate) activity: Arc<Activity>,
 }
 
 /// An event, serialized once for every sink.
@@ -42,6 +45,7 @@ impl EventBus {
     pub(crate) fn new() -> Self {
         EventBus {
             tx: broadcast::channel(1024).0,
+            activity: Arc::default(),
         }
     }
 
@@ -52,6 +56,7 @@ impl EventBus {
         }
         let json = value.to_string();
         tracing::info!(target: "marathon::event", provider = %event.provider, "{event}");
+        self.activity.record_event(event, &json);
         let _ = self.tx.send(Arc::new(EventJson { json }));
     }
 

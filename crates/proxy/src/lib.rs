@@ -26,6 +26,8 @@
 //!
 //! Only this crate knows hyper; the decisions are `marathon-core`'s.
 
+mod actions;
+mod activity;
 mod body;
 mod browser;
 mod connections;

@@ -9,13 +9,27 @@ use http::{Response, StatusCode};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use marathon_core::status::{AccountReport, ProviderReport, STATUS_SCHEMA, Source, StatusReport};
+use marathon_core::status::{
+    AccountReport, ProviderReport, STATUS_SCHEMA, SessionAccount, SessionReport, Source,
+    StatusReport,
+};
 
 use crate::body::ProxyBody;
 use crate::state::AppState;
 
-pub(crate) fn route(state: &Arc<AppState>, path: &str) -> Response<ProxyBody> {
+pub(crate) fn route(
+    state: &Arc<AppState>,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Response<ProxyBody> {
     match path {
+        "events/recent" => json(StatusCode::OK, &recent_events(state)),
+        "activity" => json(StatusCode::OK, &activity(state)),
+        "session" => session(state, headers),
+        p if p.starts_with("accounts/") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "account actions are POST requests"}),
+        ),
         "health" => json(StatusCode::OK, &json!({"status": "ok"})),
         "status" => json(
             StatusCode::OK,
@@ -47,7 +61,7 @@ pub(crate) fn route(state: &Arc<AppState>, path: &str) -> Response<ProxyBody> {
     }
 }
 
-fn json(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
+pub(crate) fn json(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(html_safe_json(v)));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -78,7 +92,11 @@ pub(crate) fn status(state: &AppState) -> StatusReport {
                 accounts: pool
                     .status(now)
                     .iter()
-                    .map(|a| AccountReport::live(a, now))
+                    .map(|a| {
+                        let mut r = AccountReport::live(a, now);
+                        r.requests_per_minute = state.bus.activity.per_minute(name, &a.label, now);
+                        r
+                    })
                     .collect(),
             }
         })
@@ -90,6 +108,85 @@ pub(crate) fn status(state: &AppState) -> StatusReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         providers,
     }
+}
+
+/// The last events (oldest first), so a view opened now shows what just happened.
+fn recent_events(state: &AppState) -> serde_json::Value {
+    let events: Vec<serde_json::Value> = state
+        .bus
+        .activity
+        .recent()
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect();
+    json!({"events": events})
+}
+
+/// Requests and failovers per account and minute over the last hour.
+fn activity(state: &AppState) -> serde_json::Value {
+    let now = state.now();
+    let mut providers: Vec<_> = state.providers.iter().collect();
+    providers.sort_by(|a, b| a.0.cmp(b.0));
+    let providers: Vec<serde_json::Value> = providers
+        .into_iter()
+        .map(|(name, rt)| {
+            let labels: Vec<String> = {
+                let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
+                pool.status(now).into_iter().map(|a| a.label).collect()
+            };
+            let accounts: Vec<serde_json::Value> = labels
+                .iter()
+                .map(|label| {
+                    let h = state.bus.activity.hour(name, label, now);
+                    json!({"label": h.label, "requests": h.requests, "failovers": h.failovers})
+                })
+                .collect();
+            json!({"name": name, "accounts": accounts})
+        })
+        .collect();
+    json!({"now": now, "minutes": crate::activity::MINUTES, "providers": providers})
+}
+
+/// The header `marathon statusline` names a client session in.
+pub(crate) const SESSION_HEADER: &str = "x-marathon-session";
+
+/// Which account serves the session named in [`SESSION_HEADER`]: the id is
+/// hashed with the proxy's key exactly as a request's session header is, and
+/// looked up without touching the affinity map.
+fn session(state: &AppState, headers: &http::HeaderMap) -> Response<ProxyBody> {
+    let Some(id) = headers.get(SESSION_HEADER).filter(|v| !v.is_empty()) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": format!("name the session in the {SESSION_HEADER} header")}),
+        );
+    };
+    let key = crate::guard::session_key(&state.session_keys, id.as_bytes());
+    let now = state.now();
+    let mut providers: Vec<_> = state.providers.iter().collect();
+    providers.sort_by(|a, b| a.0.cmp(b.0));
+    let accounts = providers
+        .into_iter()
+        .filter_map(|(name, rt)| {
+            let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let id = pool.session_account(key)?.clone();
+            let status = pool.account_status(&id, now)?;
+            let mut account = AccountReport::live(&status, now);
+            account.requests_per_minute = state.bus.activity.per_minute(name, &status.label, now);
+            Some(SessionAccount {
+                provider: name.clone(),
+                account,
+            })
+        })
+        .collect();
+    let report = SessionReport {
+        schema: STATUS_SCHEMA,
+        now,
+        accounts,
+    };
+    json(
+        StatusCode::OK,
+        &serde_json::to_value(report).unwrap_or_default(),
+    )
 }
 
 fn events(state: &Arc<AppState>) -> Response<ProxyBody> {

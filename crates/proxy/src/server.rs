@@ -173,6 +173,7 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
 
     let (shutdown, rx) = watch::channel(false);
     tokio::spawn(background(state.clone(), rx.clone()));
+    tokio::spawn(crate::activity::sample_pools(state.clone(), rx.clone()));
     let task = tokio::spawn(accept_loop(listener, state.clone(), rx));
     Ok(ProxyHandle {
         addr,
@@ -269,6 +270,15 @@ async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<Pr
         Verdict::Preflight(answer) => return answer,
         Verdict::Refuse(status, why) => return refused(&state, req.uri().path(), status, &why),
     };
+    // Another site's page may use the providers (allowed_origins) but not
+    // change marathon's accounts.
+    if cors.is_some()
+        && req.method() != http::Method::GET
+        && req.uri().path().starts_with("/_marathon/")
+    {
+        let why = "only marathon's own page may change accounts";
+        return refused(&state, req.uri().path(), StatusCode::FORBIDDEN, why);
+    }
     // A page's request. Its Origin is between the browser and marathon: the
     // provider would take it for a browser calling it directly (and Anthropic
     // refuses those).
@@ -308,7 +318,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBo
     // Health and the dashboard's static files hold no data: no key needed
     // (the dashboard's script asks for it and sends it with each fetch).
     if first == "_marathon" && ops::is_public(tail.trim_start_matches('/')) {
-        return ops::route(&state, tail.trim_start_matches('/'));
+        return ops::route(&state, tail.trim_start_matches('/'), req.headers());
     }
     if !state.settings.access_keys.is_empty() {
         let ok = presented_keys(req.headers())
@@ -327,7 +337,10 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBo
     }
     if first == "_marathon" {
         let tail = tail.trim_start_matches('/').to_string();
-        return ops::route(&state, &tail);
+        if req.method() == http::Method::POST {
+            return crate::actions::handle(state, &tail, req).await;
+        }
+        return ops::route(&state, &tail, req.headers());
     }
     let Some(rt) = state.providers.get(first).cloned() else {
         return not_found_provider(&state, first);

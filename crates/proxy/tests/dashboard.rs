@@ -163,3 +163,114 @@ async fn a_hostile_label_comes_back_escaped_in_the_status_json() {
         HOSTILE_LABEL
     );
 }
+
+async fn post(client: &Http, url: String, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut req = http::Request::post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(client, req.body(body.to_owned().into()).unwrap()).await
+}
+
+/// Guards the account actions against being a way in: without the key, from
+/// another site's page (even one allowed to use the providers), as a "simple"
+/// cross-site request (text/plain) or as a GET, nothing changes; with the key
+/// from the proxy's own page they change the store and the pool at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_actions_need_the_key_and_the_proxys_own_page() {
+    let store = Arc::new(MemoryStore::new());
+    let id = store
+        .add(NewAccount::api_key(
+            "anthropic",
+            Some("work".to_owned()),
+            Secret::new("sk-ant-dash-actions"),
+        ))
+        .unwrap()
+        .account()
+        .id
+        .clone();
+    let mut settings = test_settings("http://127.0.0.1:9");
+    settings.access_keys = vec![Secret::new(ACCESS)];
+    settings.allowed_origins = vec!["http://tools.example".to_owned()];
+    let proxy = marathon_proxy::start(settings, StartOptions::new(store.clone()))
+        .await
+        .unwrap();
+    let client = http_client();
+    let url = format!("{}/_marathon/accounts/{}/disable", proxy.url(), id.as_str());
+    let own = format!("http://{}", proxy.local_addr());
+    let json = ("content-type", "application/json");
+    let refused = [
+        (vec![json], 401),
+        (vec![json, ("x-marathon-key", "wrong")], 401),
+        (
+            vec![
+                json,
+                ("x-marathon-key", ACCESS),
+                ("origin", "http://tools.example"),
+            ],
+            403,
+        ),
+        (
+            vec![
+                json,
+                ("x-marathon-key", ACCESS),
+                ("origin", "http://evil.example"),
+            ],
+            403,
+        ),
+        (
+            vec![("content-type", "text/plain"), ("x-marathon-key", ACCESS)],
+            415,
+        ),
+    ];
+    for (headers, status) in refused {
+        let r = post(&client, url.clone(), &headers, "{}").await;
+        assert_eq!(r.status, status, "{headers:?}: {}", r.text());
+    }
+    let r = get_with(&client, url.clone(), Some(ACCESS)).await;
+    assert_eq!(r.status, 405);
+    assert!(
+        store.get(&id).unwrap().unwrap().enabled,
+        "nothing changed yet"
+    );
+
+    let key = ("x-marathon-key", ACCESS);
+    let r = post(&client, url.clone(), &[json, key, ("origin", &own)], "{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "disabled");
+    assert!(!store.get(&id).unwrap().unwrap().enabled, "saved");
+    assert_eq!(
+        proxy.status()["providers"][0]["accounts"][0]["state"],
+        "disabled"
+    );
+
+    let base = format!("{}/_marathon/accounts/{}", proxy.url(), id.as_str());
+    let r = post(
+        &client,
+        format!("{base}/priority"),
+        &[json, key],
+        r#"{"priority":7}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(store.get(&id).unwrap().unwrap().priority, 7);
+    let r = post(
+        &client,
+        format!("{base}/priority"),
+        &[json, key],
+        r#"{"priority":"x"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = post(&client, format!("{base}/enable"), &[json, key], "").await;
+    assert_eq!(r.json()["state"], "ready");
+    assert!(store.get(&id).unwrap().unwrap().enabled);
+    let r = post(
+        &client,
+        format!("{}/_marathon/accounts/nobody/enable", proxy.url()),
+        &[json, key],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}
