@@ -51,6 +51,9 @@ document either way (\"source\": \"live\" or \"store\"); states are ready,
 cooling, probing, needs_login and disabled. An invalid config is reported, not
 skipped.")]
     Status(StatusArgs),
+    /// One line for Claude Code's status line: the account serving this session and its windows
+    #[command(after_help = STATUSLINE_HELP)]
+    Statusline(StatuslineArgs),
     /// Run the rotating proxy (point your tools at http://127.0.0.1:8787/<provider>)
     #[command(after_help = "\
 Examples:
@@ -87,6 +90,20 @@ Examples:
     Demo(DemoArgs),
 }
 
+const STATUSLINE_HELP: &str = "\
+Reads the JSON Claude Code gives a statusLine command on stdin (its
+session_id) and prints one line: the account the running proxy has pinned
+that session to and its quota windows, e.g. `work 5h 42% · 7d 12%`. Before
+the session's first request it shows the provider's accounts at a glance;
+without a proxy, `marathon: not running`. Never waits more than a second.
+
+In ~/.claude/settings.json:
+  {\"statusLine\": {\"type\": \"command\", \"command\": \"marathon statusline\"}}
+
+Examples:
+  echo '{\"session_id\":\"abc\"}' | marathon statusline
+  marathon statusline --provider corp < session.json";
+
 const CONNECT_HELP: &str = "\
 Prints the environment variables (and, for Codex, opencode and Gemini CLI,
 the config file settings) that point the client at the running proxy, or at
@@ -115,6 +132,14 @@ Examples:
   marathon run codex exec \"fix the failing test\"
   marathon run gemini-cli -- -p \"summarise this repository\"
   marathon run openai-sdk -- python app.py";
+
+/// `marathon statusline`.
+#[derive(Debug, Args)]
+pub(crate) struct StatuslineArgs {
+    /// The provider whose accounts to show when the session has none yet
+    #[arg(long, default_value = "anthropic")]
+    pub(crate) provider: String,
+}
 
 /// `marathon connect`.
 #[derive(Debug, Args)]

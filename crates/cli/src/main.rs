@@ -29,6 +29,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Auth(auth) => commands::auth::run(&ctx, auth.command),
         cli::Command::Status(args) => commands::status::run(&ctx, &args),
+        cli::Command::Statusline(args) => commands::statusline::run(&ctx, &args),
         cli::Command::Serve(args) => commands::serve::run(&ctx, &args),
         cli::Command::Connect(args) => commands::connect::run(&ctx, &args),
         // The client's own exit code.

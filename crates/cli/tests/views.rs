@@ -264,3 +264,94 @@ fn status_json_is_one_schema_live_and_offline() {
         assert!(!t.contains("sk-views"), "a secret in the status: {t}");
     }
 }
+
+/// `marathon statusline` fed `json` on stdin, as Claude Code runs it.
+fn statusline(home: &Home, json: &str) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let mut child = home
+        .marathon()
+        .arg("statusline")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(json.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (text(&out.stdout), started.elapsed())
+}
+
+/// Guards the status line showing the wrong account (or none): it must name
+/// the account the proxy pinned Claude Code's session to (the session id in
+/// the statusLine JSON is the x-claude-code-session-id header's value), with
+/// its quota windows; and print something sensible, at once, without a proxy.
+#[test]
+fn statusline_names_the_account_serving_the_session() {
+    let window = Duration::from_secs(5 * 3600);
+    let (_rt, _sim) = sim(vec![
+        Account::ok("alice", "sk-views-alice-secret").quota(
+            100,
+            window,
+            marathon_sim::QuotaStyle::AnthropicUnified,
+        ),
+        Account::ok("bob", "sk-views-bob-secret").quota(
+            100,
+            window,
+            marathon_sim::QuotaStyle::AnthropicUnified,
+        ),
+    ]);
+    let home = Home::new(&format!(
+        "[providers.anthropic]\nupstream = \"{}\"\nstrategy = \"round-robin\"\n",
+        _sim.url()
+    ));
+    home.add_key("anthropic", "work", "sk-views-alice-secret", 0);
+    home.add_key("anthropic", "personal", "sk-views-bob-secret", 0);
+
+    // No proxy: a line, at once.
+    let session = r#"{"session_id":"sess-views-1","model":{"display_name":"Opus"},"workspace":{"current_dir":"/tmp"}}"#;
+    let (line, took) = statusline(&home, session);
+    assert_eq!(line, "marathon: not running\n");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    let serve = Serve::start(&home);
+    // Before the session's first request: the accounts at a glance.
+    let (line, _) = statusline(&home, session);
+    assert!(line.starts_with("marathon 2/2 ready"), "{line}");
+
+    // The session's requests stick to one account; the line names it.
+    let mut served = Vec::new();
+    for _ in 0..3 {
+        let reply = serve.message("x-claude-code-session-id: sess-views-1\r\n");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        let label = reply
+            .lines()
+            .find_map(|l| l.strip_prefix("x-marathon-account: "))
+            .unwrap()
+            .trim()
+            .to_owned();
+        served.push(label);
+    }
+    assert!(served.windows(2).all(|w| w[0] == w[1]), "{served:?}");
+    let (line, took) = statusline(&home, session);
+    assert!(
+        line.starts_with(&format!("{} 5h ", served[0])) && line.contains("% · 7d "),
+        "{line} (served by {})",
+        served[0]
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Another session (round-robin) went to the other account.
+    let reply = serve.message("x-claude-code-session-id: sess-views-2\r\n");
+    let other = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("x-marathon-account: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (line, _) = statusline(&home, r#"{"session_id":"sess-views-2"}"#);
+    assert!(line.starts_with(&format!("{other} ")), "{line}");
+    // Not JSON, or no session: still one line.
+    let (line, _) = statusline(&home, "not json");
+    assert!(line.starts_with("marathon "), "{line}");
+    drop(serve);
+}

@@ -10,6 +10,7 @@ pub(crate) mod proxy_client;
 pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod status;
+pub(crate) mod statusline;
 
 use std::path::Path;
 

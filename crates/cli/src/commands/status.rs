@@ -156,43 +156,79 @@ enum Live {
     NoAnswer(String),
 }
 
-/// The running proxy's `/_marathon/status`: the proxy `serve` recorded, else
-/// one at the configured address (started another way).
-fn live_status(ctx: &Context, config: Option<&Config>) -> Live {
+/// Where to find the running proxy: the one `serve` recorded (and who it
+/// is, for messages), else the configured address.
+pub(crate) fn proxy_addr(
+    ctx: &Context,
+    config: Option<&Config>,
+) -> Option<(std::net::SocketAddr, Option<String>)> {
     let recorded = marathon_store::serve_record::find(&ctx.paths.data_dir);
-    let (addr, whom) = match (&recorded, config) {
-        (Some(r), _) => (r.addr, format!("the proxy at {} (pid {})", r.url(), r.pid)),
+    match (&recorded, config) {
+        (Some(r), _) => Some((
+            r.addr,
+            Some(format!("the proxy at {} (pid {})", r.url(), r.pid)),
+        )),
         (None, Some(c)) => {
             let mut addr = c.server.listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            (addr, String::new())
+            Some((addr, None))
         }
-        (None, None) => return Live::NotRunning,
-    };
-    match fetch_status(addr, config) {
-        Some(v) => Live::View(v),
-        // Nothing recorded and nothing at the configured address.
-        None if recorded.is_none() => Live::NotRunning,
-        None => Live::NoAnswer(whom),
+        (None, None) => None,
     }
 }
 
-/// `GET /_marathon/status` at `addr`, with the access key when one is set.
-fn fetch_status(addr: std::net::SocketAddr, config: Option<&Config>) -> Option<StatusReport> {
-    let mut request = http::Request::get(format!("http://{addr}/_marathon/status"));
-    if let Some(key) = config.and_then(|c| c.server.access_keys.first()) {
-        request = request.header("x-marathon-key", key.expose());
-    }
-    let request = request.body(Full::default()).ok()?;
+/// The running proxy's `/_marathon/status`: the proxy `serve` recorded, else
+/// one at the configured address (started another way).
+fn live_status(ctx: &Context, config: Option<&Config>) -> Live {
+    let Some((addr, recorded)) = proxy_addr(ctx, config) else {
+        return Live::NotRunning;
+    };
     // `status` is a one-shot command: a runtime of its own for one request.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .ok()?;
+    else {
+        return Live::NotRunning;
+    };
     let client = ProxyClient::new(std::time::Duration::from_millis(500));
-    let reply = runtime.block_on(client.send(request)).ok()?;
+    let key = access_key(config);
+    match runtime.block_on(get_json(&client, addr, key, "status", &[])) {
+        Some(v) => Live::View(v),
+        // Nothing recorded and nothing at the configured address.
+        None => match recorded {
+            None => Live::NotRunning,
+            Some(whom) => Live::NoAnswer(whom),
+        },
+    }
+}
+
+/// The access key to present, when the config sets one.
+pub(crate) fn access_key(config: Option<&Config>) -> Option<&str> {
+    config
+        .and_then(|c| c.server.access_keys.first())
+        .map(|k| k.expose())
+}
+
+/// `GET /_marathon/<path>` at `addr` as `T`, with the access key when one
+/// is set; `None` for no answer, a refusal or another document.
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &ProxyClient,
+    addr: std::net::SocketAddr,
+    key: Option<&str>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<T> {
+    let mut request = http::Request::get(format!("http://{addr}/_marathon/{path}"));
+    if let Some(key) = key {
+        request = request.header("x-marathon-key", key);
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(Full::default()).ok()?;
+    let reply = client.send(request).await.ok()?;
     if reply.status != http::StatusCode::OK {
         return None;
     }
