@@ -42,6 +42,7 @@ pub(crate) enum Command {
 Examples:
   marathon status
   marathon status --json | jq -r '.providers[].accounts[] | select(.state != \"ready\") | .label'
+  marathon status --watch            # live: countdowns, window bars, requests/min, events; q quits
 
 When `marathon serve` runs (on any port; it records where) or a proxy answers
 at the configured address, this shows its live view: cooldown countdowns,
@@ -460,4 +461,7 @@ pub(crate) struct StatusArgs {
     /// Show the stored accounts even when a proxy is running
     #[arg(long)]
     pub(crate) offline: bool,
+    /// A live terminal view, updated every second (q quits)
+    #[arg(long, short = 'w', conflicts_with = "json")]
+    pub(crate) watch: bool,
 }

@@ -159,13 +159,13 @@ fn sim(accounts: Vec<Account>) -> (tokio::runtime::Runtime, SimHandle) {
 }
 
 /// Two accounts of a simulated Anthropic: `spare` (preferred) always answers
-/// 429 with an hour's retry-after, `work` answers.
-fn two_accounts() -> (tokio::runtime::Runtime, SimHandle, Home) {
+/// 429 with a retry-after of `retry_after` seconds, `work` answers.
+fn two_accounts(retry_after: u64) -> (tokio::runtime::Runtime, SimHandle, Home) {
     let (rt, sim) = sim(vec![
         Account::ok("alice", "sk-views-alice-secret"),
         Account::ok("bob", "sk-views-bob-secret")
             .status(429)
-            .retry_after(3600),
+            .retry_after(retry_after),
     ]);
     let home = Home::new(&format!(
         "[providers.anthropic]\nupstream = \"{}\"\nstrategy = \"priority\"\n",
@@ -220,7 +220,7 @@ fn account_fields(report: &serde_json::Value) -> Vec<Vec<String>> {
 /// "retry in" read a field the JSON did not have.
 #[test]
 fn status_json_is_one_schema_live_and_offline() {
-    let (_rt, _sim, home) = two_accounts();
+    let (_rt, _sim, home) = two_accounts(3600);
     let serve = Serve::start(&home);
     let reply = serve.message("");
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
@@ -359,4 +359,135 @@ fn statusline_names_the_account_serving_the_session() {
     let (line, _) = statusline(&home, "not json");
     assert!(line.starts_with("marathon "), "{line}");
     drop(serve);
+}
+
+/// A tmux server of the test's own (its own socket), killed at the end.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(home: &Home, width: u16, args: &str) -> Tmux {
+        let socket = format!("marathon-views-{}-{width}", std::process::id());
+        let command = format!(
+            "env MARATHON_HOME={} HOME={} NO_COLOR=1 {} {args}",
+            home.path().display(),
+            home.path().display(),
+            env!("CARGO_BIN_EXE_marathon")
+        );
+        let ok = Command::new("tmux")
+            .args(["-L", &socket, "new-session", "-d", "-s", "watch"])
+            .args(["-x", &width.to_string(), "-y", "30", &command])
+            .status()
+            .expect("tmux is installed (scripts/test installs it)");
+        assert!(ok.success());
+        Tmux { socket }
+    }
+
+    fn capture(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "watch"])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+
+    fn running(&self) -> bool {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "has-session", "-t", "watch"])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    fn keys(&self, keys: &str) {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "watch", keys])
+            .status()
+            .unwrap();
+    }
+
+    /// Polls the screen until `pred` holds; the screen then.
+    fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            let screen = self.capture();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{what} not within {limit:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn line_of<'a>(screen: &'a str, label: &str) -> &'a str {
+    screen.lines().find(|l| l.contains(label)).unwrap_or("")
+}
+
+/// Guards issue 13's "`status` prints once": `--watch` is a live view in a
+/// real terminal whose countdown moves by itself, shows the failover that
+/// happened, fits a narrow terminal, and quits on `q` — live and offline.
+#[test]
+fn status_watch_is_live_in_a_terminal_and_quits_on_q() {
+    let (_rt, _sim, home) = two_accounts(120);
+    let serve = Serve::start(&home);
+    assert!(serve.message("").starts_with("HTTP/1.1 200"));
+
+    for (width, mode) in [(120, "live"), (60, "narrow")] {
+        let tmux = Tmux::start(&home, width, "status --watch");
+        let first = tmux.wait_for("the cooling account", Duration::from_secs(5), |s| {
+            line_of(s, "spare").contains("cooling")
+        });
+        assert!(first.contains("live from http://"), "{mode}: {first}");
+        if mode == "live" {
+            assert!(first.contains("failover"), "the event is shown: {first}");
+            assert!(line_of(&first, "spare").contains("/1"), "counters: {first}");
+        }
+        for line in first.lines() {
+            assert!(line.chars().count() <= width as usize, "{mode}: {line}");
+        }
+        let before = line_of(&first, "spare").to_owned();
+        let after = tmux.wait_for("the countdown to move", Duration::from_millis(2500), |s| {
+            line_of(s, "spare") != before
+        });
+        assert!(line_of(&after, "spare").contains("cooling"), "{after}");
+        tmux.keys("q");
+        let started = std::time::Instant::now();
+        while tmux.running() {
+            assert!(started.elapsed() < Duration::from_secs(3), "q did not quit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // Offline: the store and the cooldown the proxy saved.
+    serve.terminate();
+    let tmux = Tmux::start(&home, 120, "status --watch");
+    let first = tmux.wait_for("the stored cooldown", Duration::from_secs(5), |s| {
+        line_of(s, "spare").contains("cooling")
+    });
+    assert!(first.contains("stored accounts"), "{first}");
+    let before = line_of(&first, "spare").to_owned();
+    tmux.wait_for("the countdown to move", Duration::from_millis(2500), |s| {
+        line_of(s, "spare") != before
+    });
+    tmux.keys("q");
+    let started = std::time::Instant::now();
+    while tmux.running() {
+        assert!(started.elapsed() < Duration::from_secs(3), "q did not quit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -11,6 +11,7 @@ pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod status;
 pub(crate) mod statusline;
+pub(crate) mod watch;
 
 use std::path::Path;
 

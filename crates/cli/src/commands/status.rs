@@ -18,6 +18,9 @@ use crate::cli::StatusArgs;
 use crate::output::{Style, Table, cell, errln, out, outln};
 
 pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
+    if args.watch {
+        return super::watch::run(ctx, args.offline);
+    }
     // A broken config must not pass for "no proxy is running": say so, and
     // show what can be shown without it.
     let config = ctx.config();
