@@ -134,7 +134,16 @@ async fn no_secret_in_logs_events_endpoints_or_responses() {
             .unwrap(),
     );
     seen.push_str(&send(&w.client, bad).await.dump());
-    for path in ["status", "metrics", "health", "dashboard", "unknown"] {
+    for path in [
+        "status",
+        "metrics",
+        "health",
+        "dashboard",
+        "unknown",
+        "events/recent",
+        "activity",
+        "session",
+    ] {
         let req = keyed(
             http::Request::get(format!("{}/_marathon/{path}", w.proxy.url()))
                 .body(Default::default())
@@ -259,7 +268,7 @@ async fn an_upstream_echoing_keys_gets_them_nowhere() {
             "no {mode} served: {modes:?}"
         );
     }
-    for path in ["status", "metrics"] {
+    for path in ["status", "metrics", "events/recent", "activity"] {
         let req = http::Request::get(format!("{}/_marathon/{path}", proxy.url()))
             .header("x-marathon-key", ACCESS)
             .body(Default::default())
