@@ -19,6 +19,8 @@
 //! - `upstream`: the pooled hyper-util client (kept off reqwest on purpose: the
 //!   hot path must not re-parse URLs per request);
 //! - `ops`: `/_marathon/{health,status,events,metrics}` and the dashboard;
+//! - `probe`: connectivity probes (`HEAD`, `GET` of the base URL) answered
+//!   without touching an account;
 //! - `events`: the event bus and its sinks (log, SSE, webhook, command hook);
 //! - `errors`: answers in each provider's own error format;
 //! - `scrub`: the last line before a client: known secrets masked in every
@@ -38,6 +40,7 @@ mod guard;
 mod headers;
 mod metrics;
 mod ops;
+mod probe;
 mod scrub;
 pub mod server;
 mod settings;

@@ -320,6 +320,12 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBo
     if first == "_marathon" && ops::is_public(tail.trim_start_matches('/')) {
         return ops::route(&state, tail.trim_start_matches('/'), req.headers());
     }
+    // A client's connectivity probe is answered here, before the access key
+    // and before any account: it must not spend or judge one (probe.rs).
+    let known_route = first.is_empty() || state.providers.contains_key(first);
+    if known_route && crate::probe::is_probe(req.method(), req.headers(), tail) {
+        return crate::probe::answer();
+    }
     if !state.settings.access_keys.is_empty() {
         let ok = presented_keys(req.headers())
             .any(|k| state.settings.access_keys.iter().any(|a| a.matches(k)));
