@@ -4,9 +4,13 @@ Run by crates/proxy/tests/sdk.rs against an in-process simulator and proxy:
 
     python anthropic_sdk.py failover  <proxy>/anthropic
     python anthropic_sdk.py exhausted <proxy>/anthropic
+    python anthropic_sdk.py spent     <proxy>/anthropic
+    python anthropic_sdk.py wait      <proxy>/anthropic
 
 The SDK's own retries are off (`max_retries=0`), so any failover seen here was
-marathon's. The script records what the SDK saw (texts, the proxy's
+marathon's — except in `spent` and `wait`, which are about them: every account
+spent for an hour must make the SDK raise at once, a reset seconds away must
+make it wait and succeed. The script records what the SDK saw (texts, the proxy's
 `x-marathon-*` headers, the error it raised) and prints it as one line
 `SUMMARY {json}` for the Rust test to assert on. Anything unexpected — an
 exception in `failover`, a missing exception or another error class in
@@ -15,6 +19,7 @@ exception in `failover`, a missing exception or another error class in
 
 import json
 import sys
+import time
 
 import anthropic
 
@@ -91,13 +96,36 @@ def exhausted(client):
     ]}
 
 
+def spent(client):
+    # Every account spent for an hour: with the SDK's own retries on (its
+    # defaults), the call must fail at once with marathon's message, not
+    # retry for minutes.
+    started = time.monotonic()
+    result = expect_rate_limit("create", lambda: client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES))
+    result["elapsed"] = time.monotonic() - started
+    return {"errors": [result]}
+
+
+def wait(client):
+    # The soonest account is back in seconds: the SDK waits (its own
+    # retries, honouring retry-after) and the call succeeds.
+    started = time.monotonic()
+    client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+    return {"elapsed": time.monotonic() - started}
+
+
+SCENARIOS = {"failover": failover, "exhausted": exhausted, "spent": spent, "wait": wait}
+
+
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("failover", "exhausted"):
-        sys.exit("usage: anthropic_sdk.py failover|exhausted <proxy base URL>/anthropic")
+    if len(sys.argv) != 3 or sys.argv[1] not in SCENARIOS:
+        sys.exit("usage: anthropic_sdk.py failover|exhausted|spent|wait <proxy base URL>/anthropic")
     scenario, base_url = sys.argv[1], sys.argv[2]
-    client = anthropic.Anthropic(base_url=base_url, api_key="anything", max_retries=0, timeout=15)
+    # The SDK's own retries are off except where the scenario is about them.
+    retries = {} if scenario in ("spent", "wait") else {"max_retries": 0}
+    client = anthropic.Anthropic(base_url=base_url, api_key="anything", timeout=60, **retries)
     summary = {"sdk": "anthropic", "version": anthropic.__version__, "scenario": scenario}
-    summary.update(failover(client) if scenario == "failover" else exhausted(client))
+    summary.update(SCENARIOS[scenario](client))
     print("SUMMARY " + json.dumps(summary), flush=True)
 
 
