@@ -15,6 +15,8 @@
 //! - [`cooldown`]: how long an account rests (hint-driven, else backoff with jitter);
 //! - [`decision`]: the retry decision as a pure function, bounded by [`budget`];
 //! - [`events`]: what happened, for logs, SSE, webhooks — labels, never secrets;
+//! - [`forecast`]: burn rates of usage windows, "runs out at" and a
+//!   provider's "capacity until" (EWMA over time, `now` passed in);
 //! - [`fmt`]: the one way a duration is written for people;
 //! - [`reason`]: the short words shown for why something happened, safe by
 //!   construction (untrusted text is sanitized, known secrets refused);
@@ -32,6 +34,7 @@ pub mod decision;
 pub mod defaults;
 pub mod events;
 pub mod fmt;
+pub mod forecast;
 pub mod hints;
 pub mod outcome;
 pub mod pool;

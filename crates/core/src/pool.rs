@@ -56,6 +56,7 @@ use crate::account::{AccountId, AccountKind, AccountMeta};
 use crate::clock::UnixMillis;
 use crate::cooldown::{self, cooldown_for};
 use crate::events::{Event, EventKind};
+use crate::forecast::{self, Tracker, WindowForecast};
 use crate::outcome::{Class, Classification, UsageWindow};
 use crate::reason::Reason;
 use crate::strategy::Strategy;
@@ -226,8 +227,11 @@ pub struct AccountStatus {
     pub last_class: Option<crate::outcome::Class>,
     /// The reason of the last failure (cleared by a success).
     pub last_reason: Option<Reason>,
-    /// Quota windows from the latest usage headers.
+    /// Quota windows from the latest usage headers or usage poll.
     pub usage: Vec<UsageWindow>,
+    /// Each window's burn-rate forecast ("runs out at" beside "resets at").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forecast: Vec<WindowForecast>,
     /// Requests on this account right now.
     pub in_flight: u32,
 }
@@ -305,6 +309,13 @@ struct Slot {
     last_class: Option<Class>,
     last_reason: Option<Reason>,
     usage: Vec<UsageWindow>,
+    /// Burn rates of the usage windows.
+    tracker: Tracker,
+    /// Drain-soonest: picked at least once, so an account without usage
+    /// data is no longer explored first.
+    explored: bool,
+    /// Headroom: rank of the headroom for the time left (0 = most).
+    headroom_rank: u64,
     in_flight: u32,
     last_pick: u64,
     last_cooled: Option<UnixMillis>,
@@ -419,6 +430,9 @@ impl Pool {
             last_class: None,
             last_reason: None,
             usage: Vec::new(),
+            tracker: Tracker::default(),
+            explored: false,
+            headroom_rank: 0,
             in_flight: 0,
             last_pick: 0,
             last_cooled: None,
@@ -514,6 +528,7 @@ impl Pool {
         };
         s.in_flight = s.in_flight.saturating_add(1);
         s.last_pick = pick_seq;
+        s.explored = true;
         let probe = s.state == State::Probing { taken: false };
         if probe {
             s.state = State::Probing { taken: true };
@@ -565,7 +580,7 @@ impl Pool {
         };
         self.promote(now);
         let mut events = Vec::new();
-        let threshold = self.config.proactive_threshold;
+        let rules = UsageRules::of(&self.config);
         let Some(s) = self.slots[i].as_mut() else {
             return events;
         };
@@ -574,7 +589,7 @@ impl Pool {
             s.end_probe_if_idle();
         }
         if !c.usage.is_empty() {
-            s.merge_usage(&c.usage, now, threshold);
+            s.merge_usage(&c.usage, now, rules);
         }
         if c.class != Class::Cancelled {
             s.last_class = Some(c.class);
@@ -833,6 +848,32 @@ impl Pool {
         self.slots[i].as_ref().map(|s| s.status(now))
     }
 
+    /// Usage windows learnt outside a request (the usage poller): merged
+    /// like those of a response, without touching health or counters.
+    pub fn observe_usage(&mut self, id: &AccountId, windows: &[UsageWindow], now: UnixMillis) {
+        let Some(i) = self.find(id) else { return };
+        self.promote(now);
+        let rules = UsageRules::of(&self.config);
+        if let Some(s) = self.slots[i].as_mut() {
+            s.merge_usage(windows, now, rules);
+        }
+        self.sync(i);
+    }
+
+    /// Until when the provider's enabled accounts last at their combined
+    /// pace (see [`forecast::capacity_until`]); `None` while nothing is
+    /// being used up or no window is known.
+    pub fn capacity_until(&self, now: UnixMillis) -> Option<UnixMillis> {
+        let accounts: Vec<forecast::AccountCapacity> = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.meta.enabled && s.state != State::NeedsLogin)
+            .filter_map(|s| forecast::AccountCapacity::of(&s.tracker, &s.usage))
+            .collect();
+        forecast::capacity_until(&accounts, now)
+    }
+
     /// The earliest time any enabled account that does not need a login can
     /// take a request: `now` when one can already (including an account whose
     /// probe is in flight: it will be free shortly), else the end of the
@@ -870,9 +911,10 @@ impl Pool {
                 break;
             }
             self.hot.pop_first();
+            let rules = UsageRules::of(&self.config);
             if let Some(s) = self.slots[i].as_mut() {
                 s.hot_entry = None;
-                s.refresh_usage(now, self.config.proactive_threshold);
+                s.refresh_usage(now, rules);
             }
             self.sync(i);
         }
@@ -1035,6 +1077,31 @@ impl Pool {
     }
 }
 
+/// The headroom strategy's threshold when `proactive_threshold` is off.
+pub const HEADROOM_THRESHOLD: f64 = 0.9;
+/// How far ahead the headroom strategy looks for a window's forecast to
+/// cross its threshold.
+pub const HEADROOM_LOOKAHEAD: Duration = Duration::from_secs(5 * 60);
+/// How far below the threshold a demoted account's forecast must fall to be
+/// preferred again before its window resets.
+pub const HEADROOM_HYSTERESIS: f64 = 0.1;
+
+/// What the usage windows are compared with.
+#[derive(Clone, Copy, Debug)]
+struct UsageRules {
+    strategy: Strategy,
+    threshold: Option<f64>,
+}
+
+impl UsageRules {
+    fn of(cfg: &PoolConfig) -> Self {
+        UsageRules {
+            strategy: cfg.strategy,
+            threshold: cfg.proactive_threshold,
+        }
+    }
+}
+
 /// The slot's place in the usable set, or `None` if it may not be picked.
 fn key_for(cfg: &PoolConfig, s: &Slot, idx: usize) -> Option<Key> {
     if !s.meta.enabled || !matches!(s.state, State::Ready | State::Probing { taken: false }) {
@@ -1059,26 +1126,41 @@ fn key_for(cfg: &PoolConfig, s: &Slot, idx: usize) -> Option<Key> {
             let last = u128::from(s.last_pick.min((1 << 51) - 1));
             (in_flight << 115) | (last << 64)
         }
-        // drain_at:63 | prio:32
-        Strategy::DrainSoonest => (u128::from(s.drain_at.min(M63)) << 64) | (prio << 32),
+        // drain_at:63 | prio:32. An account nobody knows the windows of is
+        // tried first, once: it may reset soonest of all.
+        Strategy::DrainSoonest => {
+            let drain_at = if s.usage.is_empty() && !s.explored {
+                0
+            } else {
+                s.drain_at.min(M63)
+            };
+            (u128::from(drain_at) << 64) | (prio << 32)
+        }
+        // headroom_rank:63 | prio:32
+        Strategy::Headroom => (u128::from(s.headroom_rank.min(M63)) << 64) | (prio << 32),
     };
     Some(Key((u128::from(s.hot) << 127) | fields | idx as u128))
 }
 
 impl Slot {
-    fn merge_usage(&mut self, fresh: &[UsageWindow], now: UnixMillis, threshold: Option<f64>) {
+    fn merge_usage(&mut self, fresh: &[UsageWindow], now: UnixMillis, rules: UsageRules) {
         for w in fresh {
             match self.usage.iter_mut().find(|old| old.name == w.name) {
                 Some(old) => *old = w.clone(),
                 None => self.usage.push(w.clone()),
             }
         }
-        self.refresh_usage(now, threshold);
+        self.tracker.observe(fresh, now);
+        self.refresh_usage(now, rules);
     }
 
     /// Drops windows that have reset and recomputes the drain key and the
     /// proactive demotion from what is left.
-    fn refresh_usage(&mut self, now: UnixMillis, threshold: Option<f64>) {
+    fn refresh_usage(&mut self, now: UnixMillis, rules: UsageRules) {
+        if rules.strategy == Strategy::Headroom {
+            return self.refresh_headroom(now, rules);
+        }
+        let threshold = rules.threshold;
         // A window whose reset has passed says nothing about now.
         self.usage.retain(|w| w.resets_at.is_none_or(|r| r > now));
         self.drain_at = self
@@ -1097,6 +1179,46 @@ impl Slot {
         // time keeps the account demoted until fresh usage says otherwise.
         self.hot_until = if hot.iter().all(|w| w.resets_at.is_some()) {
             hot.iter().filter_map(|w| w.resets_at).max()
+        } else {
+            None
+        };
+    }
+
+    /// The headroom strategy's view of the windows: the rank that orders
+    /// accounts (most headroom for the time left first) and the demotion
+    /// that moves sessions. An account is demoted when the forecast of one
+    /// of its windows crosses the threshold within [`HEADROOM_LOOKAHEAD`],
+    /// and stays demoted until that window resets (or, for a window with no
+    /// reset time, until its forecast falls [`HEADROOM_HYSTERESIS`] below
+    /// the threshold): a session moves once per crossing, never back and
+    /// forth as the burn rate cools after it left.
+    fn refresh_headroom(&mut self, now: UnixMillis, rules: UsageRules) {
+        self.usage.retain(|w| w.resets_at.is_none_or(|r| r > now));
+        self.drain_at = u64::MAX;
+        let headroom = self.tracker.headroom(&self.usage, now).clamp(-1.0, 1.0);
+        self.headroom_rank = ((1.0 - headroom) * 1e9) as u64;
+        if self.hot && self.hot_until.is_some_and(|t| t > now) {
+            return;
+        }
+        let threshold = rules.threshold.unwrap_or(HEADROOM_THRESHOLD);
+        let was_hot = self.hot;
+        let mut crossed = Vec::new();
+        for w in &self.usage {
+            let peak =
+                self.tracker
+                    .projected_peak(std::slice::from_ref(w), now, HEADROOM_LOOKAHEAD);
+            let floor = if was_hot {
+                threshold - HEADROOM_HYSTERESIS
+            } else {
+                threshold
+            };
+            if peak >= floor {
+                crossed.push(w.resets_at);
+            }
+        }
+        self.hot = !crossed.is_empty();
+        self.hot_until = if crossed.iter().all(Option::is_some) {
+            crossed.into_iter().flatten().max()
         } else {
             None
         };
@@ -1146,6 +1268,7 @@ impl Slot {
             last_class: self.last_class,
             last_reason: self.last_reason.clone(),
             usage: self.usage.clone(),
+            forecast: self.tracker.forecast(&self.usage),
             in_flight: self.in_flight,
         }
     }
@@ -1178,7 +1301,7 @@ impl Order {
                 q: Queues::new(),
                 by_in_flight: true,
             },
-            Strategy::Sticky | Strategy::Priority | Strategy::DrainSoonest => {
+            Strategy::Sticky | Strategy::Priority | Strategy::DrainSoonest | Strategy::Headroom => {
                 Order::Tree(BTreeSet::new())
             }
         }

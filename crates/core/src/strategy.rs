@@ -32,18 +32,25 @@ pub enum Strategy {
     Priority,
     /// The account whose quota window resets soonest (from usage headers):
     /// spend quota that is about to be renewed anyway. Accounts without usage
-    /// data come after.
+    /// data are tried first, once each (they may reset soonest of all).
     DrainSoonest,
+    /// The account with the most headroom for the time left: the share of
+    /// its tightest window expected still free at that window's reset, at
+    /// the current burn rate ([`crate::forecast`]). A session stays on its
+    /// account and moves once, when that account's forecast crosses the
+    /// threshold (`proactive_threshold`, else 0.9), never back and forth.
+    Headroom,
 }
 
 impl Strategy {
     /// Every strategy, in documentation order.
-    pub const ALL: [Strategy; 5] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Sticky,
         Strategy::RoundRobin,
         Strategy::LeastUsed,
         Strategy::Priority,
         Strategy::DrainSoonest,
+        Strategy::Headroom,
     ];
 
     /// The name used in configuration and on the command line.
@@ -54,6 +61,7 @@ impl Strategy {
             Strategy::LeastUsed => "least-used",
             Strategy::Priority => "priority",
             Strategy::DrainSoonest => "drain-soonest",
+            Strategy::Headroom => "headroom",
         }
     }
 }
@@ -127,7 +135,7 @@ mod tests {
         let err = "roundrobin".parse::<Strategy>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown strategy \"roundrobin\"; valid strategies: sticky, round-robin, least-used, priority, drain-soonest"
+            "unknown strategy \"roundrobin\"; valid strategies: sticky, round-robin, least-used, priority, drain-soonest, headroom"
         );
         assert!(serde_json::from_str::<Strategy>("\"fastest\"").is_err());
     }
