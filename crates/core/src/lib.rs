@@ -22,6 +22,7 @@
 //!   construction (untrusted text is sanitized, known secrets refused);
 //! - [`secret`]: the redacting newtype for keys and tokens, and the matcher
 //!   over the ones this process holds;
+//! - [`usage_api`]: the subscription usage endpoints' answers as usage windows;
 //! - [`defaults`]: the default of every per-provider setting, read by the
 //!   engine, the config and the OAuth refresher alike.
 
@@ -43,6 +44,7 @@ pub mod secret;
 pub mod sse;
 pub mod status;
 pub mod strategy;
+pub mod usage_api;
 
 pub use account::{AccountId, AccountKind, AccountMeta};
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};

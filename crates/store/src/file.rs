@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use marathon_core::{Clock, SystemClock};
+use marathon_core::{Clock, SystemClock, UnixMillis};
 
 use crate::doc::{self, Document};
 use crate::lock::{io_err, lock_exclusive, temp_prefix, write_atomic};
@@ -281,6 +281,15 @@ impl FileStore {
         }
         Ok(self.locks_dir.join(format!("{}.lock", id.0)))
     }
+
+    /// `locks/<id>.<what>.lease`: the lease's end, in ms since the epoch.
+    fn lease_path(&self, id: &AccountId, what: &str) -> Result<PathBuf, StoreError> {
+        let lock = self.account_lock_path(id)?;
+        if what.is_empty() || !what.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+            return Err(StoreError::Invalid(format!("lease name {what:?}")));
+        }
+        Ok(lock.with_extension(format!("{what}.lease")))
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
@@ -330,6 +339,24 @@ impl Store for FileStore {
         let path = self.account_lock_path(id)?;
         create_private_dir(&self.locks_dir)?;
         Ok(AccountLock::new(lock_exclusive(&path, wait)?))
+    }
+
+    fn try_lease(
+        &self,
+        id: &AccountId,
+        what: &str,
+        now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let path = self.lease_path(id, what)?;
+        create_private_dir(&self.locks_dir)?;
+        crate::lock::try_lease(&path, now, until, false)
+    }
+
+    fn set_lease(&self, id: &AccountId, what: &str, until: UnixMillis) -> Result<(), StoreError> {
+        let path = self.lease_path(id, what)?;
+        create_private_dir(&self.locks_dir)?;
+        crate::lock::try_lease(&path, UnixMillis(0), until, true).map(|_| ())
     }
 
     fn load_hot(&self) -> Result<HotState, StoreError> {

@@ -462,4 +462,26 @@ pub trait Store: Send + Sync {
     fn load_hot(&self) -> Result<HotState, StoreError>;
     /// Saves hot state.
     fn save_hot(&self, hot: &HotState) -> Result<(), StoreError>;
+    /// Claims the lease `what` (e.g. `usage-poll`) on one account until
+    /// `until`, unless another holder's lease runs past `now` or another
+    /// process is claiming it this instant: whether the caller got it. Never
+    /// blocks. Shared between processes by [`FileStore`], so one poll per
+    /// account and interval happens across every proxy on the machine. The
+    /// default, for stores shared with no one, always grants it.
+    fn try_lease(
+        &self,
+        id: &AccountId,
+        what: &str,
+        now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let _ = (id, what, now, until);
+        Ok(true)
+    }
+    /// Moves the lease `what` on one account to `until`, held or not (a
+    /// throttled endpoint asked everyone to wait that long).
+    fn set_lease(&self, id: &AccountId, what: &str, until: UnixMillis) -> Result<(), StoreError> {
+        let _ = (id, what, until);
+        Ok(())
+    }
 }

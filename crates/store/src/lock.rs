@@ -61,6 +61,36 @@ pub(crate) fn lock_exclusive(path: &Path, wait: Duration) -> Result<File, StoreE
     }
 }
 
+/// The lease in `path` (its end, as decimal ms since the epoch): taken
+/// until `until` when it has ended by `now` (or `force`), under a
+/// non-blocking lock of the file itself, so two processes never both get
+/// it. A busy or unreadable file is "not granted" / "ended" respectively.
+pub(crate) fn try_lease(
+    path: &Path,
+    now: marathon_core::UnixMillis,
+    until: marathon_core::UnixMillis,
+    force: bool,
+) -> Result<bool, StoreError> {
+    use std::io::{Read, Seek};
+    let mut file = open_lock_file(path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", path)(e)),
+    }
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let held_until = text.trim().parse::<u64>().unwrap_or(0);
+    if !force && held_until > now.0 {
+        return Ok(false);
+    }
+    file.set_len(0).map_err(io_err("write", path))?;
+    file.rewind().map_err(io_err("write", path))?;
+    file.write_all(until.0.to_string().as_bytes())
+        .map_err(io_err("write", path))?;
+    Ok(true)
+}
+
 /// Makes sure a file we created is 0600 whatever the umask said.
 fn ensure_mode(file: &File, path: &Path) -> Result<(), StoreError> {
     let meta = file.metadata().map_err(io_err("inspect", path))?;

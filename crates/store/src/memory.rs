@@ -17,6 +17,7 @@ pub struct MemoryStore {
     accounts: Mutex<Vec<StoredAccount>>,
     hot: Mutex<HotState>,
     locks: Arc<(Mutex<HashSet<AccountId>>, Condvar)>,
+    leases: Mutex<std::collections::HashMap<(AccountId, String), marathon_core::UnixMillis>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -44,6 +45,7 @@ impl MemoryStore {
             accounts: Mutex::new(Vec::new()),
             hot: Mutex::new(HotState::default()),
             locks: Arc::new((Mutex::new(HashSet::new()), Condvar::new())),
+            leases: Mutex::default(),
             clock,
         }
     }
@@ -133,6 +135,33 @@ impl Store for MemoryStore {
 
     fn save_hot(&self, hot: &HotState) -> Result<(), StoreError> {
         *self.hot.lock().unwrap_or_else(|p| p.into_inner()) = hot.clone();
+        Ok(())
+    }
+
+    fn try_lease(
+        &self,
+        id: &AccountId,
+        what: &str,
+        now: marathon_core::UnixMillis,
+        until: marathon_core::UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let held = leases.entry((id.clone(), what.to_owned())).or_default();
+        if *held > now {
+            return Ok(false);
+        }
+        *held = until;
+        Ok(true)
+    }
+
+    fn set_lease(
+        &self,
+        id: &AccountId,
+        what: &str,
+        until: marathon_core::UnixMillis,
+    ) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.insert((id.clone(), what.to_owned()), until);
         Ok(())
     }
 }
