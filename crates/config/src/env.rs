@@ -29,7 +29,7 @@ pub const GLOBAL_VARS: [&str; 15] = [
 
 /// Provider settings: `MARATHON_<PROVIDER>_<SUFFIX>`, where `<PROVIDER>` is the
 /// provider name upper-cased with `-` as `_` (`my-llm` → `MY_LLM`).
-pub const PROVIDER_SUFFIXES: [&str; 11] = [
+pub const PROVIDER_SUFFIXES: [&str; 13] = [
     "UPSTREAM",
     "STRATEGY",
     "MAX_ATTEMPTS",
@@ -40,6 +40,8 @@ pub const PROVIDER_SUFFIXES: [&str; 11] = [
     "REFRESH_LEAD",
     "PROACTIVE_THRESHOLD",
     "SESSION_HEADERS",
+    "USAGE_POLL",
+    "USAGE_URL",
     // The older spelling: one header.
     "SESSION_HEADER",
 ];
@@ -183,6 +185,8 @@ fn set(p: &mut ProviderConfig, suffix: &str, value: &str) -> Result<(), String> 
         "MAX_WAIT" => p.max_wait = values::optional_duration(value)?,
         "REFRESH_LEAD" => p.refresh_lead = values::duration(value)?,
         "PROACTIVE_THRESHOLD" => p.proactive_threshold = values::threshold_str(value)?,
+        "USAGE_POLL" => p.usage_poll = values::usage_poll(value)?,
+        "USAGE_URL" => p.usage_url = Some(values::upstream_url(value)?),
         // Comma-separated; empty for no session affinity.
         "SESSION_HEADERS" | "SESSION_HEADER" => {
             let mut names: Vec<String> = Vec::new();

@@ -241,6 +241,13 @@ pub struct ProviderConfig {
     /// no session affinity. By default the session headers of Claude Code,
     /// Codex and opencode ([`ProviderConfig::DEFAULT_SESSION_HEADERS`]).
     pub session_headers: Vec<String>,
+    /// How often each OAuth account's subscription usage is polled; `None`
+    /// = never. Only providers with a usage endpoint poll (see
+    /// [`ProviderConfig::usage_endpoint`]).
+    pub usage_poll: Option<Duration>,
+    /// The usage endpoint's URL, when set (`usage_url`); otherwise the
+    /// preset's, relative to `upstream`.
+    pub usage_url: Option<String>,
     /// How the upstream request carries the account's credential.
     pub auth: AuthStyle,
     /// `[providers.<name>.oauth]`: how accounts of this provider log in and
@@ -264,6 +271,18 @@ impl ProviderConfig {
             .as_ref()
             .and_then(|o| o.preset.as_deref())
             .or_else(|| crate::presets::default_oauth_preset(self.kind))
+    }
+
+    /// Where and in which shape this provider reports an OAuth account's
+    /// subscription usage: `usage_url`, else the preset's endpoint for its
+    /// kind resolved against `upstream`; `None` when it has none.
+    pub fn usage_endpoint(&self) -> Option<(String, marathon_core::usage_api::UsageFormat)> {
+        let preset = crate::presets::usage_endpoint(self.kind)?;
+        let url = match &self.usage_url {
+            Some(u) => u.clone(),
+            None => preset.resolve(&self.upstream),
+        };
+        Some((url, preset.format))
     }
 
     /// Whether accounts of this provider can log in with OAuth.

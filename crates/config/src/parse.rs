@@ -125,6 +125,8 @@ struct RawProvider {
     max_wait: Field,
     refresh_lead: Field,
     proactive_threshold: Field,
+    usage_poll: Field,
+    usage_url: Field,
     session_headers: Option<Spanned<Vec<Spanned<String>>>>,
     /// The older spelling: one header, `""` for none.
     session_header: Field,
@@ -679,6 +681,26 @@ fn provider(
         },
         None => defaults::PROACTIVE_THRESHOLD,
     };
+    let usage_poll = match pick(|r| &r.usage_poll, "usage_poll") {
+        Some((v, key)) => with_str(
+            cx,
+            &v,
+            &key,
+            "a duration such as \"2m\", or \"off\"",
+            values::usage_poll,
+        )?,
+        None => defaults::USAGE_POLL,
+    };
+    let usage_url = match &own.usage_url {
+        Some(v) => Some(with_str(
+            cx,
+            v,
+            &format!("{own_path}.usage_url"),
+            "a URL",
+            values::upstream_url,
+        )?),
+        None => None,
+    };
     let session_headers = session_headers(cx, &[(own, &own_path), (defaults, "defaults")])?;
 
     let mut auth = presets::default_auth(kind);
@@ -702,6 +724,8 @@ fn provider(
         max_wait,
         refresh_lead,
         proactive_threshold,
+        usage_poll,
+        usage_url,
         session_headers,
         auth,
         oauth,

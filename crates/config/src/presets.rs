@@ -1,6 +1,8 @@
 //! Built-in providers: public facts about each provider's API (base URL and
 //! how it takes a credential). `[providers.<name>]` overrides any of them.
 
+use marathon_core::usage_api::UsageFormat;
+
 use crate::model::{AuthStyle, HeaderRule, HeaderSource, ProviderKind};
 
 /// The built-in provider names, each with its kind.
@@ -67,6 +69,54 @@ pub fn default_upstream(kind: ProviderKind) -> Option<&'static str> {
     }
 }
 
+/// A provider's subscription usage endpoint (DESIGN §10), polled with the
+/// account's own OAuth credential headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageEndpoint {
+    /// A reference resolved against the upstream base URL: `/path` on the
+    /// upstream's origin, `../path` next to the base's last segment.
+    pub path: &'static str,
+    /// The answer's shape.
+    pub format: UsageFormat,
+}
+
+impl UsageEndpoint {
+    /// The absolute URL for an upstream base (no trailing slash).
+    pub fn resolve(&self, upstream: &str) -> String {
+        let upstream = upstream.trim_end_matches('/');
+        let origin_end = upstream
+            .find("://")
+            .and_then(|i| upstream[i + 3..].find('/').map(|j| i + 3 + j))
+            .unwrap_or(upstream.len());
+        if let Some(rest) = self.path.strip_prefix("../") {
+            let parent = match upstream[origin_end..].rfind('/') {
+                Some(i) => &upstream[..origin_end + i],
+                None => upstream,
+            };
+            format!("{parent}/{rest}")
+        } else {
+            format!("{}{}", &upstream[..origin_end], self.path)
+        }
+    }
+}
+
+/// The usage endpoint of a provider of this kind, if it has one.
+pub fn usage_endpoint(kind: ProviderKind) -> Option<UsageEndpoint> {
+    match kind {
+        // https://api.anthropic.com/api/oauth/usage
+        ProviderKind::Anthropic => Some(UsageEndpoint {
+            path: "/api/oauth/usage",
+            format: UsageFormat::AnthropicOauth,
+        }),
+        // https://chatgpt.com/backend-api/codex → .../backend-api/wham/usage
+        ProviderKind::Codex => Some(UsageEndpoint {
+            path: "../wham/usage",
+            format: UsageFormat::ChatgptWham,
+        }),
+        _ => None,
+    }
+}
+
 /// How a provider of this kind takes a credential.
 pub fn default_auth(kind: ProviderKind) -> AuthStyle {
     let bearer = || vec![HeaderRule::credential("authorization", "Bearer ")];
@@ -124,6 +174,30 @@ fn strings(names: &[&str]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_endpoints_resolve_against_the_upstream() {
+        let anthropic = usage_endpoint(ProviderKind::Anthropic).unwrap();
+        let codex = usage_endpoint(ProviderKind::Codex).unwrap();
+        assert_eq!(
+            anthropic.resolve("https://api.anthropic.com"),
+            "https://api.anthropic.com/api/oauth/usage"
+        );
+        assert_eq!(
+            codex.resolve("https://chatgpt.com/backend-api/codex"),
+            "https://chatgpt.com/backend-api/wham/usage"
+        );
+        // The simulator under a route prefix, and with no path at all.
+        assert_eq!(
+            anthropic.resolve("http://127.0.0.1:9/anthropic/"),
+            "http://127.0.0.1:9/api/oauth/usage"
+        );
+        assert_eq!(
+            codex.resolve("http://127.0.0.1:9"),
+            "http://127.0.0.1:9/wham/usage"
+        );
+        assert!(usage_endpoint(ProviderKind::Openai).is_none());
+    }
 
     #[test]
     fn aliases_resolve_to_builtin_providers() {

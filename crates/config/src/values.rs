@@ -25,6 +25,21 @@ pub(crate) fn optional_duration(s: &str) -> Result<Option<Duration>, String> {
     Ok((!d.is_zero()).then_some(d))
 }
 
+/// The usage poll interval: a duration of at least a minute (the usage
+/// endpoints are throttled), or `"off"`.
+pub(crate) fn usage_poll(s: &str) -> Result<Option<Duration>, String> {
+    let d = optional_duration(s)?;
+    if let Some(d) = d
+        && d < Duration::from_secs(60)
+    {
+        return Err(format!(
+            "usage_poll {s:?} is too often: the usage endpoints are throttled; \
+             give at least \"1m\", or \"off\""
+        ));
+    }
+    Ok(d)
+}
+
 /// A duration above zero (a timeout of zero would refuse everything).
 pub(crate) fn positive_duration(s: &str) -> Result<Duration, String> {
     let d = duration(s)?;

@@ -250,7 +250,8 @@ fn the_examples_documented_defaults_are_the_codes_defaults() {
             format!(
                 "strategy={:?} max_attempts={:?} rate_limit_cooldown={:?} \
                  auth_failure_cooldown={:?} network_retry_attempts={} max_wait={:?} \
-                 refresh_lead={:?} proactive_threshold={:?} session_headers={:?}",
+                 refresh_lead={:?} proactive_threshold={:?} session_headers={:?} \
+                 usage_poll={:?}",
                 p.strategy,
                 p.max_attempts,
                 p.rate_limit_cooldown,
@@ -260,6 +261,7 @@ fn the_examples_documented_defaults_are_the_codes_defaults() {
                 p.refresh_lead,
                 p.proactive_threshold,
                 p.session_headers,
+                p.usage_poll,
             )
         };
         assert_eq!(
@@ -282,6 +284,7 @@ fn the_examples_documented_defaults_are_the_codes_defaults() {
         );
         assert_eq!(b.refresh_lead, defaults::REFRESH_LEAD, "{name}");
         assert_eq!(b.max_wait, defaults::MAX_WAIT, "{name}");
+        assert_eq!(b.usage_poll, defaults::USAGE_POLL, "{name}");
     }
 }
 
@@ -408,7 +411,7 @@ fn unknown_strategy() {
     assert_eq!(
         error(src),
         "config.toml:7:12: providers.anthropic.strategy: unknown strategy \"fastest\" \
-         (expected one of sticky, round-robin, least-used, priority, drain-soonest)"
+         (expected one of sticky, round-robin, least-used, priority, drain-soonest, headroom)"
     );
 }
 
@@ -417,7 +420,7 @@ fn unknown_strategy_in_defaults_names_the_defaults_key() {
     assert_eq!(
         error("[defaults]\nstrategy = \"random\""),
         "config.toml:2:12: defaults.strategy: unknown strategy \"random\" \
-         (expected one of sticky, round-robin, least-used, priority, drain-soonest)"
+         (expected one of sticky, round-robin, least-used, priority, drain-soonest, headroom)"
     );
 }
 
@@ -978,7 +981,7 @@ fn env_errors_name_the_variable() {
     assert_eq!(
         e.to_string(),
         "environment variable MARATHON_ANTHROPIC_STRATEGY: unknown strategy \"fastest\" \
-         (expected one of sticky, round-robin, least-used, priority, drain-soonest)"
+         (expected one of sticky, round-robin, least-used, priority, drain-soonest, headroom)"
     );
     let e = env("", &[("MARATHON_LISTEN", "8787")]).unwrap_err();
     assert!(
@@ -1214,4 +1217,37 @@ fn security_and_limit_settings_from_the_environment() {
             .starts_with("environment variable MARATHON_ALLOWED_ORIGINS: invalid origin"),
         "{e}"
     );
+}
+
+/// The usage poll: a setting per provider with an env override; a poll
+/// more often than once a minute is refused (the endpoints are throttled),
+/// and the usage URL follows `upstream` unless set.
+#[test]
+fn usage_poll_and_url() {
+    let c = parse(
+        r#"
+[providers.anthropic]
+upstream = "http://127.0.0.1:9/sim"
+usage_poll = "5m"
+
+[providers.codex]
+usage_poll = "off"
+usage_url = "http://127.0.0.1:9/wham/usage"
+"#,
+    );
+    let a = &c.providers["anthropic"];
+    assert_eq!(a.usage_poll, Some(Duration::from_secs(300)));
+    assert_eq!(
+        a.usage_endpoint().unwrap().0,
+        "http://127.0.0.1:9/api/oauth/usage"
+    );
+    let codex = &c.providers["codex"];
+    assert_eq!(codex.usage_poll, None);
+    assert_eq!(
+        codex.usage_endpoint().unwrap().0,
+        "http://127.0.0.1:9/wham/usage"
+    );
+    assert!(c.providers["openai"].usage_endpoint().is_none());
+    let err = error("[defaults]\nusage_poll = \"10s\"\n");
+    assert!(err.contains("usage_poll") && err.contains("1m"), "{err}");
 }

@@ -36,6 +36,11 @@ pub const REFRESH_LEAD: Duration = Duration::from_secs(300);
 /// fraction; `None`: only on a limit (moving early costs the prompt cache).
 pub const PROACTIVE_THRESHOLD: Option<f64> = None;
 
+/// How often the subscription usage of each OAuth account is read from the
+/// provider's usage endpoint (both are throttled: at most about once a
+/// minute); `None`: never.
+pub const USAGE_POLL: Option<Duration> = Some(Duration::from_secs(120));
+
 /// When every account is resting, wait up to this long for one instead of
 /// answering 429 at once; `None`: answer at once.
 pub const MAX_WAIT: Option<Duration> = None;
