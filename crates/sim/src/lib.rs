@@ -49,6 +49,7 @@ pub mod scenario;
 mod server;
 mod shapes;
 mod timefmt;
+mod usage;
 mod world;
 mod ws;
 
@@ -62,6 +63,7 @@ use tokio::task::JoinHandle;
 pub use scenario::{
     Account, Credential, ErrorKind, Quota, QuotaStyle, Scenario, SimDuration, StreamErrorKind,
 };
+pub use usage::UsageCalls;
 
 /// What can go wrong setting up or changing the simulator.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,17 @@ impl SimHandle {
     /// Requests made by one account (0 if none or unknown).
     pub fn count(&self, name: &str) -> u64 {
         self.counts().get(name).copied().unwrap_or(0)
+    }
+
+    /// Calls to the usage endpoints so far.
+    pub fn usage_calls(&self) -> UsageCalls {
+        self.shared.usage.calls()
+    }
+
+    /// Throttles the usage endpoints (every call answered 429 with this
+    /// `retry-after`, in seconds), or opens them again with `None`.
+    pub fn throttle_usage(&self, retry_after: Option<u64>) {
+        self.shared.usage.set_throttle(retry_after);
     }
 
     /// Sets every count to zero.

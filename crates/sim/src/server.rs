@@ -64,6 +64,8 @@ pub(crate) struct Current {
 pub(crate) struct Shared {
     current: RwLock<Arc<Current>>,
     pub(crate) counts: Counts,
+    /// The usage endpoints' call counts and throttle.
+    pub(crate) usage: crate::usage::UsageDesk,
     ids: AtomicU64,
     pub(crate) log: bool,
 }
@@ -76,6 +78,7 @@ impl Shared {
         Ok(Shared {
             current: RwLock::new(Arc::new(current)),
             counts,
+            usage: Default::default(),
             ids: AtomicU64::new(1),
             log,
         })
@@ -379,6 +382,8 @@ enum Route {
     Api(Api),
     Gemini(gemini::Call),
     Models,
+    /// `GET …/api/oauth/usage` or `GET …/wham/usage`.
+    Usage(crate::usage::Endpoint),
     Admin,
     /// `HEAD /` or `HEAD …/api/hello`: a client's credential-less warm-up.
     Warmup,
@@ -404,6 +409,9 @@ fn route(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Route {
             Route::ResponsesSocket
         }
         Method::GET if p.ends_with("/models") => Route::Models,
+        Method::GET if crate::usage::Endpoint::from_path(p).is_some() => {
+            crate::usage::Endpoint::from_path(p).map_or(Route::Unknown, Route::Usage)
+        }
         Method::HEAD if p.is_empty() || p.ends_with("/api/hello") => Route::Warmup,
         _ => Route::Unknown,
     }
@@ -579,6 +587,7 @@ async fn handle(
             return admin(shared, parts, body).await;
         }
         Route::Models => return models(shared, &req.into_parts().0).await,
+        Route::Usage(endpoint) => return usage(shared, endpoint, &req.into_parts().0).await,
         // Nothing to check and nothing to count: any answer will do, and a
         // fast empty 200 is what a real edge sends.
         Route::Warmup => {
@@ -690,6 +699,47 @@ async fn handle(
         tokio::time::sleep(Duration::from_millis(a.slow_ms)).await;
     }
     resp
+}
+
+/// A usage endpoint: the caller's windows, not counted as a generation nor
+/// held to the quota; 429 while throttled (counted either way).
+async fn usage(
+    shared: &Shared,
+    endpoint: crate::usage::Endpoint,
+    parts: &http::request::Parts,
+) -> Response<SimBody> {
+    let cur = shared.current();
+    let who = identify(&cur, credential(&parts.headers, parts.uri.query())).await;
+    let name = who.as_ref().ok().map(|w| w.name().to_owned());
+    if let Some(retry_after) = shared.usage.count(name.as_deref()) {
+        let mut r = json_response(
+            429,
+            r#"{"error":{"type":"rate_limit_error","message":"Rate limited. Please try again later."}}"#
+                .into(),
+        );
+        add_headers(&mut r, &[("retry-after", retry_after.to_string())]);
+        return r;
+    }
+    let Ok(who) = who else {
+        return json_response(
+            401,
+            r#"{"error":{"type":"authentication_error","message":"OAuth token is invalid or expired"}}"#
+                .into(),
+        );
+    };
+    if let Some(header) = crate::usage::missing_header(endpoint, &parts.headers) {
+        return json_response(
+            400,
+            format!(
+                r#"{{"error":{{"type":"invalid_request_error","message":"missing {header}"}}}}"#
+            ),
+        );
+    }
+    let view = match &who {
+        Who::Listed(l) => crate::usage::view_of(l),
+        Who::Introspected(_) => None,
+    };
+    json_response(200, crate::usage::body(endpoint, view.as_ref()))
 }
 
 /// `:countTokens`: needs a known credential; not a generation, so neither
@@ -876,6 +926,23 @@ async fn admin(shared: &Shared, parts: http::request::Parts, body: Incoming) -> 
         ),
         (&Method::POST, "/_sim/reset-counts") => {
             shared.counts.reset();
+            shared.usage.reset();
+            ok()
+        }
+        (&Method::GET, "/_sim/usage-calls") => json_response(
+            200,
+            serde_json::to_string(&shared.usage.calls()).unwrap_or_else(|_| "{}".into()),
+        ),
+        // {"retry_after": 30} throttles the usage endpoints; {"retry_after": null} opens them.
+        (&Method::PUT, "/_sim/usage-throttle") => {
+            let bytes = match read(body).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            shared
+                .usage
+                .set_throttle(v.get("retry_after").and_then(serde_json::Value::as_u64));
             ok()
         }
         (&Method::PUT, "/_sim/scenario") => {

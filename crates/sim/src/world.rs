@@ -137,6 +137,26 @@ fn admit(q: &Quota, st: &mut AccountState, now: Instant, wall: SystemTime) -> Qu
     }
 }
 
+/// The quota's state now, as [`admit`] would report it, without counting a
+/// request (the usage endpoints).
+pub(crate) fn peek(q: &Quota, st: &mut AccountState, now: Instant, wall: SystemTime) -> QuotaView {
+    let window = q.window.0;
+    let p = *Window::current(&mut st.primary, window, now, wall);
+    let w = *Window::current(&mut st.week, WEEK, now, wall);
+    QuotaView {
+        style: q.style,
+        rejected: p.used >= q.requests,
+        limit: q.requests,
+        used: p.used,
+        window,
+        reset_wall: p.start_wall + window,
+        reset_in: (p.start + window).saturating_duration_since(now),
+        week_used: w.used,
+        week_limit: q.requests.saturating_mul(WEEK_FACTOR),
+        week_reset_wall: w.start_wall + WEEK,
+    }
+}
+
 /// The rule for one request; see [`Account`] for the order of effects.
 pub(crate) fn decide(
     a: &Account,
