@@ -18,6 +18,8 @@
 //!   prefix, credential query parameters, session ids as fixed-size keys;
 //! - `upstream`: the pooled hyper-util client (kept off reqwest on purpose: the
 //!   hot path must not re-parse URLs per request);
+//! - `usage`: the usage poller (subscription windows of OAuth accounts,
+//!   off the hot path, one poll per account and interval across processes);
 //! - `ops`: `/_marathon/{health,status,events,metrics}` and the dashboard;
 //! - `probe`: connectivity probes (`HEAD`, `GET` of the base URL) answered
 //!   without touching an account;
@@ -46,6 +48,7 @@ pub mod server;
 mod settings;
 mod state;
 mod upstream;
+mod usage;
 
 pub use connections::{ConnectionLimits, auto_max_connections, raise_nofile_limit};
 pub use events::EventSinks;
@@ -54,6 +57,7 @@ pub use server::{EventSubscription, ProxyHandle, StartOptions, start};
 pub use settings::SettingsError;
 pub use state::{BoxFuture, ProviderSettings, ProxySettings, TokenError, TokenSource};
 pub use upstream::{BadUpstream, UpstreamBase};
+pub use usage::UsagePollSettings;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

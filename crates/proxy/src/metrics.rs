@@ -24,6 +24,9 @@ pub(crate) struct ProviderMetrics {
     pub retries: AtomicU64,
     pub stream_errors: AtomicU64,
     pub refreshes: AtomicU64,
+    pub usage_polls: AtomicU64,
+    pub usage_throttled: AtomicU64,
+    pub usage_errors: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -60,7 +63,7 @@ pub(crate) fn render<'a>(
 ) -> String {
     let providers: BTreeMap<&str, &ProviderMetrics> = providers.collect();
     let mut out = String::with_capacity(4096);
-    let counters: [(&str, &str, Counter); 8] = [
+    let counters: [(&str, &str, Counter); 11] = [
         (
             "marathon_requests_total",
             "Client requests received.",
@@ -95,6 +98,21 @@ pub(crate) fn render<'a>(
             "marathon_refreshes_total",
             "OAuth access-token refreshes.",
             |m| &m.refreshes,
+        ),
+        (
+            "marathon_usage_polls_total",
+            "Subscription usage polls answered with the account's windows.",
+            |m| &m.usage_polls,
+        ),
+        (
+            "marathon_usage_polls_throttled_total",
+            "Subscription usage polls the provider throttled (429), then waited out.",
+            |m| &m.usage_throttled,
+        ),
+        (
+            "marathon_usage_poll_errors_total",
+            "Subscription usage polls that failed otherwise (backed off).",
+            |m| &m.usage_errors,
         ),
         (
             "marathon_responses_2xx_total",

@@ -174,6 +174,7 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     let (shutdown, rx) = watch::channel(false);
     tokio::spawn(background(state.clone(), rx.clone()));
     tokio::spawn(crate::activity::sample_pools(state.clone(), rx.clone()));
+    crate::usage::spawn(state.clone(), rx.clone());
     let task = tokio::spawn(accept_loop(listener, state.clone(), rx));
     Ok(ProxyHandle {
         addr,

@@ -75,6 +75,13 @@ impl ProxySettings {
                 max_wait: p.max_wait,
                 session_headers,
                 credentials,
+                usage: p.usage_poll.and_then(|interval| {
+                    Some(crate::usage::UsagePollSettings {
+                        endpoint: marathon_config::presets::usage_endpoint(p.kind)?,
+                        url: p.usage_url.clone(),
+                        interval,
+                    })
+                }),
             });
         }
         Ok(ProxySettings {

@@ -44,6 +44,8 @@ pub struct ProviderSettings {
     pub session_headers: Vec<http::HeaderName>,
     /// How upstream requests carry the account's credential.
     pub credentials: CredentialStyle,
+    /// How OAuth accounts' subscription usage is polled (`None`: never).
+    pub usage: Option<crate::usage::UsagePollSettings>,
 }
 
 /// The whole proxy's settings.

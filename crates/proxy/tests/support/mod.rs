@@ -237,6 +237,8 @@ pub fn test_settings(upstream: &str) -> ProxySettings {
         p.upstream = UpstreamBase::parse(upstream).unwrap();
         p.retry.provider_backoff = Duration::from_millis(10);
         p.retry.provider_backoff_max = Duration::from_secs(5);
+        // Tests that poll usage turn it on with a short interval.
+        p.usage = None;
     }
     s
 }
