@@ -185,6 +185,10 @@ pub struct WindowReport {
     /// it resets; `null` when it will not or nobody estimated it.
     #[serde(default)]
     pub runs_out_at: Option<UnixMillis>,
+    /// Forecast: the burn rate, as a share of the window per hour, once
+    /// measured (see [`crate::forecast`]); `null` before.
+    #[serde(default)]
+    pub burn_per_hour: Option<f64>,
     /// The window's length in minutes, when known.
     #[serde(default)]
     pub window_minutes: Option<u64>,
@@ -238,6 +242,7 @@ impl From<&UsageWindow> for WindowReport {
             utilization: w.utilization,
             resets_at: w.resets_at,
             runs_out_at: None,
+            burn_per_hour: None,
             window_minutes: w.window_minutes,
             status: w.status.clone(),
         }
@@ -267,7 +272,18 @@ impl AccountReport {
             failures: Some(s.failures),
             in_flight: Some(s.in_flight),
             requests_per_minute: None,
-            windows: s.usage.iter().map(WindowReport::from).collect(),
+            windows: s
+                .usage
+                .iter()
+                .map(|w| {
+                    let mut report = WindowReport::from(w);
+                    if let Some(f) = s.forecast.iter().find(|f| f.name == w.name) {
+                        report.burn_per_hour = f.burn_per_hour;
+                        report.runs_out_at = f.runs_out_at.filter(|_| f.runs_out_before_reset);
+                    }
+                    report
+                })
+                .collect(),
             tokens: None,
         }
     }
@@ -311,6 +327,7 @@ mod tests {
             last_class: None,
             last_reason: None,
             usage: vec![],
+            forecast: vec![],
             in_flight: 0,
         };
         let v = serde_json::to_value(AccountReport::live(&status, now)).unwrap();

@@ -88,7 +88,7 @@ pub(crate) fn status(state: &AppState) -> StatusReport {
                 upstream: Some(rt.settings.upstream.to_string()),
                 strategy: Some(pool.config().strategy.to_string()),
                 soonest_ready: pool.soonest_ready(now),
-                capacity_until: None,
+                capacity_until: pool.capacity_until(now),
                 accounts: pool
                     .status(now)
                     .iter()

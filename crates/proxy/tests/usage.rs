@@ -49,7 +49,7 @@ fn polling(every: Duration) -> impl FnOnce(&mut marathon_proxy::ProxySettings) +
 }
 
 fn window<'a>(account: &'a Value, name: &str) -> Option<&'a Value> {
-    account["usage"]
+    account["windows"]
         .as_array()?
         .iter()
         .find(|w| w["name"] == name)
@@ -318,14 +318,9 @@ async fn the_forecast_of_a_steady_burn_is_within_ten_percent() {
     }
     // 42 of 100 used at t0+20 min at 2/min: the real wall is at t0+49 min.
     let actual = t0.plus(Duration::from_secs(49 * 60)).0 as f64;
-    let status = proxy.status();
+    let status = serde_json::to_value(proxy.status()).unwrap();
     let a = &accounts(&status, "anthropic")[0];
-    let f = a["forecast"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == "5h")
-        .unwrap_or_else(|| panic!("a 5h forecast: {a}"));
+    let f = window(a, "5h").unwrap_or_else(|| panic!("a 5h window: {a}"));
     let predicted = f["runs_out_at"].as_u64().unwrap_or_else(|| panic!("{f}")) as f64;
     let span = actual - t0.0 as f64;
     assert!(
@@ -333,6 +328,15 @@ async fn the_forecast_of_a_steady_burn_is_within_ten_percent() {
         "predicted {:.1} min, actual 49 min",
         (predicted - t0.0 as f64) / 60_000.0
     );
-    assert_eq!(f["runs_out_before_reset"], true);
+    assert!(f["burn_per_hour"].as_f64().unwrap() > 1.0, "{f}");
+    let cap = status["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "anthropic")
+        .unwrap()["capacity_until"]
+        .as_u64()
+        .expect("a provider capacity");
+    assert!((cap as f64 - actual).abs() <= 0.10 * span, "capacity {cap}");
     proxy.shutdown(Duration::from_secs(1)).await;
 }

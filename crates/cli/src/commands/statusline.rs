@@ -171,6 +171,7 @@ mod tests {
                     utilization: *u,
                     resets_at: None,
                     runs_out_at: None,
+                    burn_per_hour: None,
                     window_minutes: None,
                     status: None,
                 })

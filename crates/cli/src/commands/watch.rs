@@ -349,6 +349,7 @@ mod tests {
             utilization: 0.4,
             resets_at: Some(UnixMillis(10_000_000)),
             runs_out_at: Some(UnixMillis(5_000_000)),
+            burn_per_hour: None,
             window_minutes: Some(300),
             status: None,
         };
