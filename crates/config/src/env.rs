@@ -5,11 +5,11 @@
 use marathon_core::Secret;
 
 use crate::ConfigError;
-use crate::model::{Config, ProviderConfig};
+use crate::model::{AccessKey, Config, ProviderConfig};
 use crate::values;
 
 /// Server and event settings, by variable name.
-pub const GLOBAL_VARS: [&str; 15] = [
+pub const GLOBAL_VARS: [&str; 17] = [
     "MARATHON_LISTEN",
     "MARATHON_ACCESS_KEYS",
     "MARATHON_ACCESS_KEY",
@@ -23,6 +23,8 @@ pub const GLOBAL_VARS: [&str; 15] = [
     "MARATHON_MAX_CONNECTIONS",
     "MARATHON_ERROR_BODY_TIMEOUT",
     "MARATHON_SHUTDOWN_GRACE",
+    "MARATHON_UPSTREAM_PROXY",
+    "MARATHON_EXTRA_CA_FILE",
     "MARATHON_WEBHOOK",
     "MARATHON_EVENT_COMMAND",
 ];
@@ -73,12 +75,14 @@ pub(crate) fn apply(
             }
             // The singular is accepted too: with one key it is the natural spelling.
             "MARATHON_ACCESS_KEYS" | "MARATHON_ACCESS_KEY" => {
-                // Comma-separated; a key itself never contains a comma in practice.
+                // Comma-separated; a key itself never contains a comma in
+                // practice. Named by position (key-1, ...): names need the file.
                 config.server.access_keys = value
                     .split(',')
                     .map(str::trim)
                     .filter(|k| !k.is_empty())
-                    .map(Secret::new)
+                    .enumerate()
+                    .map(|(i, k)| AccessKey::unnamed(i, Secret::new(k)))
                     .collect();
             }
             "MARATHON_MAX_BODY" => config.server.max_body = values::bytes(value).map_err(err)?,
@@ -110,6 +114,16 @@ pub(crate) fn apply(
             }
             "MARATHON_SHUTDOWN_GRACE" => {
                 config.server.shutdown_grace = values::duration(value).map_err(err)?
+            }
+            "MARATHON_UPSTREAM_PROXY" => {
+                config.server.upstream_proxy = values::upstream_proxy(value).map_err(err)?
+            }
+            "MARATHON_EXTRA_CA_FILE" => {
+                config.server.extra_ca = if value.trim().is_empty() {
+                    None
+                } else {
+                    Some(values::extra_ca(std::path::Path::new("."), value).map_err(err)?)
+                }
             }
             "MARATHON_MAX_CONNECTIONS" => {
                 config.server.max_connections = values::max_connections_str(value).map_err(err)?

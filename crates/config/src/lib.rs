@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 
 pub use env::{GLOBAL_VARS, PROVIDER_SUFFIXES, provider_prefix};
 pub use model::{
-    AuthStyle, Config, EventsConfig, HeaderRule, HeaderSource, OAuthConfig, ProviderConfig,
-    ProviderKind, ServerConfig,
+    AccessKey, AuthStyle, Config, EventsConfig, ExtraCa, HeaderRule, HeaderSource, OAuthConfig,
+    ProviderConfig, ProviderKind, ServerConfig, UpstreamProxy,
 };
 
 /// Where marathon keeps its files.

@@ -38,8 +38,9 @@ pub struct ServerConfig {
     /// Address to bind; `127.0.0.1:8787` by default.
     pub listen: SocketAddr,
     /// Keys clients must present (as `Authorization: Bearer`, `x-api-key` or
-    /// `x-marathon-key`) when non-empty. Required for a non-loopback bind.
-    pub access_keys: Vec<Secret>,
+    /// `x-marathon-key`) when non-empty, each with the name its requests are
+    /// counted under. Required for a non-loopback bind.
+    pub access_keys: Vec<AccessKey>,
     /// Request bodies up to this many bytes are buffered so they can be replayed
     /// on another account; larger ones stream through without retry. 32 MiB by default.
     pub max_body: u64,
@@ -69,6 +70,60 @@ pub struct ServerConfig {
     pub error_body_timeout: Duration,
     /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
+    /// The forward proxy upstream connections go through.
+    pub upstream_proxy: UpstreamProxy,
+    /// CA certificates trusted for upstream TLS besides the OS store and the
+    /// bundled roots (a TLS-inspecting gateway's CA).
+    pub extra_ca: Option<ExtraCa>,
+}
+
+/// A key clients present, and the name its requests are counted under (in
+/// status and metrics; the key itself is never shown).
+#[derive(Clone, Debug)]
+pub struct AccessKey {
+    /// `[A-Za-z0-9_.@-]`, at most 64 characters: safe as a metrics label.
+    pub name: String,
+    /// The key.
+    pub key: Secret,
+}
+
+impl AccessKey {
+    /// A named key.
+    pub fn new(name: impl Into<String>, key: Secret) -> Self {
+        AccessKey {
+            name: name.into(),
+            key,
+        }
+    }
+
+    /// A key given without a name (the list form, `MARATHON_ACCESS_KEYS`):
+    /// named by its position, `key-1`, `key-2`, ...
+    pub fn unnamed(index: usize, key: Secret) -> Self {
+        AccessKey::new(format!("key-{}", index + 1), key)
+    }
+}
+
+/// Where upstream connections go first (`server.upstream_proxy`).
+#[derive(Clone, Debug, Default)]
+pub enum UpstreamProxy {
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY` (and their
+    /// lower-case spellings), as curl reads them. The default.
+    #[default]
+    Env,
+    /// Straight to the upstream, whatever the environment says.
+    Off,
+    /// Every upstream through this `http://[user:password@]host:port` proxy
+    /// (`NO_PROXY` still applies). A secret: it may hold a password.
+    Url(Secret),
+}
+
+/// `server.extra_ca_file`, read when the config loads.
+#[derive(Clone, Debug)]
+pub struct ExtraCa {
+    /// Where it was read from (for messages).
+    pub path: std::path::PathBuf,
+    /// Its PEM text (one or more certificates).
+    pub pem: Vec<u8>,
 }
 
 impl ServerConfig {
@@ -115,6 +170,8 @@ impl Default for ServerConfig {
             max_connections: None,
             error_body_timeout: Self::DEFAULT_ERROR_BODY_TIMEOUT,
             shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
+            upstream_proxy: UpstreamProxy::Env,
+            extra_ca: None,
         }
     }
 }
@@ -253,6 +310,10 @@ pub struct ProviderConfig {
     /// `[providers.<name>.oauth]`: how accounts of this provider log in and
     /// refresh, when the section is written. See [`ProviderConfig::oauth_preset`].
     pub oauth: Option<OAuthConfig>,
+    /// Accounts (by label) whose upstream traffic leaves through their own
+    /// forward proxy (`http://[user:password@]host:port`), e.g. one egress IP
+    /// per account. Secrets: the URLs may hold passwords.
+    pub account_proxies: BTreeMap<String, Secret>,
 }
 
 impl ProviderConfig {

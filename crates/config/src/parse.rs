@@ -17,8 +17,8 @@ use toml::Spanned;
 
 use crate::ConfigError;
 use crate::model::{
-    AuthStyle, Config, EventsConfig, HeaderRule, OAuthConfig, ProviderConfig, ProviderKind,
-    ServerConfig,
+    AccessKey, AuthStyle, Config, EventsConfig, HeaderRule, OAuthConfig, ProviderConfig,
+    ProviderKind, ServerConfig,
 };
 use crate::presets;
 use crate::values;
@@ -92,7 +92,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Field,
-    access_keys: Option<Vec<Spanned<Secret>>>,
+    access_keys: Option<RawAccessKeys>,
     max_body: Field,
     peek_first_event: Field,
     upstream_timeout: Field,
@@ -103,6 +103,46 @@ struct RawServer {
     max_connections: Field,
     error_body_timeout: Field,
     shutdown_grace: Field,
+    upstream_proxy: Field,
+    extra_ca_file: Field,
+}
+
+/// `access_keys`: a list of keys (named `key-1`, `key-2`, ... by position)
+/// or a table of name = key.
+#[derive(Default)]
+struct RawAccessKeys(Vec<(Option<Spanned<String>>, Spanned<Secret>)>);
+
+impl<'de> Deserialize<'de> for RawAccessKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawAccessKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of keys or a table of name = key")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = seq.next_element::<Spanned<Secret>>()? {
+                    keys.push((None, k));
+                }
+                Ok(RawAccessKeys(keys))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((name, k)) = map.next_entry::<Spanned<String>, Spanned<Secret>>()? {
+                    keys.push((Some(name), k));
+                }
+                Ok(RawAccessKeys(keys))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -130,6 +170,7 @@ struct RawProvider {
     session_headers: Option<Spanned<Vec<Spanned<String>>>>,
     /// The older spelling: one header, `""` for none.
     session_header: Field,
+    account_proxies: Option<BTreeMap<Spanned<String>, Spanned<Secret>>>,
     auth: Option<Spanned<RawAuth>>,
     oauth: Option<Spanned<RawOAuth>>,
 }
@@ -181,6 +222,18 @@ pub(crate) fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
             auth.span(),
             "defaults.auth",
             "auth is set per provider, not in [defaults]".to_owned(),
+        ));
+    }
+    if let Some(proxies) = raw
+        .defaults
+        .account_proxies
+        .as_ref()
+        .and_then(|p| p.keys().next())
+    {
+        return Err(cx.err(
+            proxies.span(),
+            "defaults.account_proxies",
+            "account_proxies is set per provider, not in [defaults]".to_owned(),
         ));
     }
     if let Some(oauth) = &raw.defaults.oauth {
@@ -328,7 +381,15 @@ fn from_toml(mut e: toml::de::Error, src: &str, file: &Path) -> ConfigError {
         .as_deref()
         .is_some_and(|k| k.starts_with("server.access_keys"))
     {
-        "expected a list of strings, e.g. access_keys = [\"<key>\"]".to_owned()
+        "expected a list of keys, e.g. access_keys = [\"<key>\"], or a table of name = key, \
+         e.g. access_keys = { alice = \"<key>\" }"
+            .to_owned()
+    } else if key
+        .as_deref()
+        .is_some_and(|k| k.starts_with("server.upstream_proxy") || k.contains(".account_proxies"))
+    {
+        // Proxy URLs may hold a password.
+        "expected a proxy URL such as \"http://proxy.example:3128\"".to_owned()
     } else {
         message
     };
@@ -371,17 +432,9 @@ fn server(cx: &Cx<'_>, mut raw: RawServer) -> Result<ServerConfig, ConfigError> 
         )?;
     }
     if let Some(keys) = raw.access_keys.take() {
-        for k in &keys {
-            if k.get_ref().expose().trim().is_empty() {
-                return Err(cx.err(
-                    k.span(),
-                    "server.access_keys",
-                    "an access key must not be empty".to_owned(),
-                ));
-            }
-        }
-        s.access_keys = keys.into_iter().map(Spanned::into_inner).collect();
+        s.access_keys = access_keys(cx, keys)?;
     }
+    network(cx, &raw, &mut s)?;
     if let Some(v) = &raw.max_body {
         s.max_body = match v.get_ref() {
             Scalar::Int(n) => u64::try_from(*n).map_err(|_| {
@@ -430,6 +483,74 @@ fn server(cx: &Cx<'_>, mut raw: RawServer) -> Result<ServerConfig, ConfigError> 
         return Err(cx.err(span, "server.listen", m));
     }
     Ok(s)
+}
+
+/// `server.access_keys`: no empty key, no two keys alike, names fit for a metrics label.
+fn access_keys(cx: &Cx<'_>, raw: RawAccessKeys) -> Result<Vec<AccessKey>, ConfigError> {
+    let mut keys: Vec<AccessKey> = Vec::with_capacity(raw.0.len());
+    for (i, (name, key)) in raw.0.into_iter().enumerate() {
+        let span = key.span();
+        let key = key.into_inner();
+        let err = |m: &str| cx.err(span.clone(), "server.access_keys", m.to_owned());
+        if key.expose().trim().is_empty() {
+            return Err(err("an access key must not be empty"));
+        }
+        if keys.iter().any(|k| k.key.same_as(&key)) {
+            return Err(err(
+                "the same access key is listed twice; give each client its own",
+            ));
+        }
+        let named = match name {
+            Some(name) => {
+                let n = values::access_key_name(name.get_ref())
+                    .map_err(|m| cx.err(name.span(), "server.access_keys", m))?;
+                AccessKey::new(n, key)
+            }
+            None => AccessKey::unnamed(i, key),
+        };
+        keys.push(named);
+    }
+    Ok(keys)
+}
+
+/// `server.upstream_proxy` and `server.extra_ca_file`.
+fn network(cx: &Cx<'_>, raw: &RawServer, s: &mut ServerConfig) -> Result<(), ConfigError> {
+    if let Some(v) = &raw.upstream_proxy {
+        s.upstream_proxy = with_str(
+            cx,
+            v,
+            "server.upstream_proxy",
+            "\"env\", \"off\" or a URL such as \"http://proxy.example:3128\"",
+            values::upstream_proxy,
+        )?;
+    }
+    if let Some(v) = &raw.extra_ca_file {
+        let dir = cx.file.parent().unwrap_or(Path::new("."));
+        s.extra_ca = Some(with_str(
+            cx,
+            v,
+            "server.extra_ca_file",
+            "the path of a PEM file",
+            |p| values::extra_ca(dir, p),
+        )?);
+    }
+    Ok(())
+}
+
+/// `providers.<name>.account_proxies`: account label → proxy URL.
+fn account_proxies(
+    cx: &Cx<'_>,
+    raw: &RawProvider,
+    path: &str,
+) -> Result<BTreeMap<String, Secret>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (label, url) in raw.account_proxies.iter().flatten() {
+        let key = format!("{path}.account_proxies");
+        let url =
+            values::proxy_url(url.get_ref().expose()).map_err(|m| cx.err(url.span(), &key, m))?;
+        out.insert(label.get_ref().clone(), url);
+    }
+    Ok(out)
 }
 
 /// Timeouts and the connection cap of `[server]`.
@@ -711,6 +832,7 @@ fn provider(
         Some(raw) => Some(oauth(cx, kind, raw, &format!("{own_path}.oauth"))?),
         None => None,
     };
+    let account_proxies = account_proxies(cx, own, &own_path)?;
 
     Ok(ProviderConfig {
         name: name.to_owned(),
@@ -729,6 +851,7 @@ fn provider(
         session_headers,
         auth,
         oauth,
+        account_proxies,
     })
 }
 

@@ -317,7 +317,12 @@ session_headers = ["X-Session-Id", "x-other"]
 "#,
     );
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:9999");
-    let keys: Vec<&str> = c.server.access_keys.iter().map(|k| k.expose()).collect();
+    let keys: Vec<&str> = c
+        .server
+        .access_keys
+        .iter()
+        .map(|k| k.key.expose())
+        .collect();
     assert_eq!(keys, ["team-key-1", "team-key-2"]);
     assert_eq!(c.server.max_body, 1_048_576);
     assert!(!c.server.peek_first_event);
@@ -1023,7 +1028,12 @@ fn env_cannot_open_the_proxy_without_access_keys() {
         ],
     )
     .unwrap();
-    let keys: Vec<&str> = c.server.access_keys.iter().map(|k| k.expose()).collect();
+    let keys: Vec<&str> = c
+        .server
+        .access_keys
+        .iter()
+        .map(|k| k.key.expose())
+        .collect();
     assert_eq!(keys, ["k1", "k2"]);
     let c = env(
         "",
@@ -1034,7 +1044,7 @@ fn env_cannot_open_the_proxy_without_access_keys() {
     )
     .unwrap();
     assert_eq!(c.server.access_keys.len(), 1);
-    assert_eq!(c.server.access_keys[0].expose(), "solo");
+    assert_eq!(c.server.access_keys[0].key.expose(), "solo");
 }
 
 #[test]
@@ -1250,4 +1260,134 @@ usage_url = "http://127.0.0.1:9/wham/usage"
     assert!(c.providers["openai"].usage_endpoint().is_none());
     let err = error("[defaults]\nusage_poll = \"10s\"\n");
     assert!(err.contains("usage_poll") && err.contains("1m"), "{err}");
+}
+
+/// Named access keys: a table of name = key, counted per name in status and
+/// metrics. The list form still works, named by position.
+#[test]
+fn access_keys_can_be_named() {
+    let c = parse("[server]\naccess_keys = { alice = \"k-alice\", ci-bot = \"k-ci\" }");
+    let keys: Vec<(&str, &str)> = c
+        .server
+        .access_keys
+        .iter()
+        .map(|k| (k.name.as_str(), k.key.expose()))
+        .collect();
+    assert_eq!(keys, [("alice", "k-alice"), ("ci-bot", "k-ci")]);
+    let c = parse("[server.access_keys]\nbob = \"k-bob\"");
+    assert_eq!(c.server.access_keys[0].name, "bob");
+    let c = parse("[server]\naccess_keys = [\"a\", \"b\"]");
+    let names: Vec<&str> = c
+        .server
+        .access_keys
+        .iter()
+        .map(|k| k.name.as_str())
+        .collect();
+    assert_eq!(names, ["key-1", "key-2"]);
+}
+
+/// A name is a metrics label: no quotes or spaces that would break the
+/// exposition format; one key under two names would count under either.
+#[test]
+fn bad_access_key_names_and_duplicate_keys_are_refused_without_quoting_the_key() {
+    let e = error("[server]\naccess_keys = { \"al ice\" = \"k-secret-1\" }");
+    assert!(
+        e.contains("server.access_keys: invalid access key name"),
+        "{e}"
+    );
+    assert!(!e.contains("k-secret-1"), "{e}");
+    let e = error("[server]\naccess_keys = { a = \"k-secret-2\", b = \"k-secret-2\" }");
+    assert!(e.contains("listed twice"), "{e}");
+    assert!(!e.contains("k-secret-2"), "{e}");
+    let e = error("[server]\naccess_keys = { a = 42 }");
+    assert!(e.contains("server.access_keys"), "{e}");
+}
+
+#[test]
+fn upstream_proxy_and_extra_ca_file_are_read() {
+    use marathon_config::UpstreamProxy;
+    assert!(matches!(
+        parse("").server.upstream_proxy,
+        UpstreamProxy::Env
+    ));
+    let c = parse("[server]\nupstream_proxy = \"off\"");
+    assert!(matches!(c.server.upstream_proxy, UpstreamProxy::Off));
+    let c = parse("[server]\nupstream_proxy = \"http://u:pw-secret@proxy.corp:3128\"");
+    match &c.server.upstream_proxy {
+        UpstreamProxy::Url(u) => assert_eq!(u.expose(), "http://u:pw-secret@proxy.corp:3128"),
+        other => panic!("{other:?}"),
+    }
+    // The password never reaches an error message.
+    for bad in [
+        "https://u:pw-secret@proxy.corp:3128",
+        "http://u:pw-secret@proxy.corp:3128/path",
+    ] {
+        let e = error(&format!("[server]\nupstream_proxy = \"{bad}\""));
+        assert!(
+            e.contains("server.upstream_proxy: invalid proxy URL"),
+            "{e}"
+        );
+        assert!(!e.contains("pw-secret"), "{e}");
+    }
+    let e = error("[server]\nupstream_proxy = 3128");
+    assert!(e.contains("server.upstream_proxy"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(&file, "[server]\nextra_ca_file = \"ca.pem\"\n").unwrap();
+    let paths = Paths {
+        config_file: file.clone(),
+        data_dir: dir.path().join("data"),
+    };
+    let c = load_with_env(&paths, std::iter::empty()).unwrap();
+    let ca = c.server.extra_ca.unwrap();
+    assert_eq!(
+        ca.path,
+        dir.path().join("ca.pem"),
+        "relative to the config file"
+    );
+    std::fs::write(&file, "[server]\nextra_ca_file = \"missing.pem\"\n").unwrap();
+    let e = load_with_env(&paths, std::iter::empty())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":2:17: server.extra_ca_file: cannot read"),
+        "{e}"
+    );
+    std::fs::write(dir.path().join("not.pem"), "hello").unwrap();
+    std::fs::write(&file, "[server]\nextra_ca_file = \"not.pem\"\n").unwrap();
+    let e = load_with_env(&paths, std::iter::empty())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds no PEM certificate"), "{e}");
+}
+
+#[test]
+fn account_proxies_are_read_per_provider() {
+    let c =
+        parse("[providers.anthropic]\naccount_proxies = { work = \"http://egress-1.corp:3128\" }");
+    let p = &c.providers["anthropic"].account_proxies;
+    assert_eq!(p["work"].expose(), "http://egress-1.corp:3128");
+    let e = error("[providers.anthropic]\naccount_proxies = { work = \"socks5://u:pw-x@h:1\" }");
+    assert!(
+        e.contains("providers.anthropic.account_proxies: invalid proxy URL"),
+        "{e}"
+    );
+    assert!(!e.contains("pw-x"), "{e}");
+    let e = error("[defaults]\naccount_proxies = { work = \"http://h:1\" }");
+    assert!(e.contains("defaults.account_proxies"), "{e}");
+}
+
+#[test]
+fn network_settings_from_the_environment() {
+    use marathon_config::UpstreamProxy;
+    let c = env("", &[("MARATHON_UPSTREAM_PROXY", "http://proxy.corp:8080")]).unwrap();
+    assert!(matches!(c.server.upstream_proxy, UpstreamProxy::Url(_)));
+    let e = env("", &[("MARATHON_EXTRA_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+    assert!(e.to_string().contains("MARATHON_EXTRA_CA_FILE"), "{e}");
 }
