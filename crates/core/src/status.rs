@@ -38,6 +38,23 @@ pub struct StatusReport {
     /// Providers by name. Live: every configured provider; offline: every
     /// provider with a stored account.
     pub providers: Vec<ProviderReport>,
+    /// Requests and tokens per named access key (`server.access_keys`):
+    /// live only; empty offline and when the proxy has no keys. Names only.
+    #[serde(default)]
+    pub access_keys: Vec<AccessKeyReport>,
+}
+
+/// What one access key's clients used since the proxy started.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccessKeyReport {
+    /// The key's name (never the key).
+    pub name: String,
+    /// Provider requests made with it.
+    pub requests: u64,
+    /// Input tokens its requests used (as counted by token accounting).
+    pub input_tokens: u64,
+    /// Output tokens its requests used.
+    pub output_tokens: u64,
 }
 
 /// Where a [`StatusReport`] comes from.

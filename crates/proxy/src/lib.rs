@@ -30,6 +30,7 @@
 //!
 //! Only this crate knows hyper; the decisions are `marathon-core`'s.
 
+mod access;
 mod actions;
 mod activity;
 mod body;
@@ -50,9 +51,11 @@ mod state;
 mod upstream;
 mod usage;
 
+pub use access::ClientKey;
 pub use connections::{ConnectionLimits, auto_max_connections, raise_nofile_limit};
 pub use events::EventSinks;
 pub use headers::{BadAuthStyle, CredentialStyle};
+pub use marathon_config::AccessKey;
 pub use server::{EventSubscription, ProxyHandle, StartOptions, start};
 pub use settings::SettingsError;
 pub use state::{BoxFuture, ProviderSettings, ProxySettings, TokenError, TokenSource};

@@ -36,12 +36,13 @@ pub(crate) fn route(
             &serde_json::to_value(status(state)).unwrap_or_default(),
         ),
         "metrics" => {
-            let text = crate::metrics::render(
+            let mut text = crate::metrics::render(
                 state
                     .providers
                     .iter()
                     .map(|(n, p)| (n.as_str(), &p.metrics)),
             );
+            state.access.render_metrics(&mut text);
             let mut r = Response::new(ProxyBody::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -107,6 +108,7 @@ pub(crate) fn status(state: &AppState) -> StatusReport {
         now,
         version: env!("CARGO_PKG_VERSION").to_string(),
         providers,
+        access_keys: state.access.status(),
     }
 }
 

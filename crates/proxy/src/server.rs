@@ -147,7 +147,9 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
         crate::headers::ClientHeaders::new(settings.providers.iter().map(|p| &p.credentials));
     let browser =
         crate::browser::Guard::new(addr, &settings.allowed_hosts, &settings.allowed_origins);
+    let access = crate::access::AccessKeys::new(&settings.access_keys);
     let state = Arc::new(AppState {
+        access,
         client_headers,
         session_keys: Default::default(),
         settings,
@@ -307,7 +309,7 @@ fn refused(state: &AppState, path: &str, status: StatusCode, why: &str) -> Respo
     r
 }
 
-async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn route(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path();
     let Some(rest) = path.strip_prefix('/') else {
         return not_found();
@@ -327,10 +329,9 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBo
     if known_route && crate::probe::is_probe(req.method(), req.headers(), tail) {
         return crate::probe::answer();
     }
-    if !state.settings.access_keys.is_empty() {
-        let ok = presented_keys(req.headers())
-            .any(|k| state.settings.access_keys.iter().any(|a| a.matches(k)));
-        if !ok {
+    let mut client_key = None;
+    if !state.access.is_empty() {
+        let Some(key) = state.access.check(presented_keys(req.headers())) else {
             let flavor = state
                 .providers
                 .get(first)
@@ -340,7 +341,8 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBo
                 StatusCode::UNAUTHORIZED,
                 "this proxy needs an access key: send it as the API key (x-api-key or Authorization: Bearer) or in x-marathon-key",
             );
-        }
+        };
+        client_key = Some(key.clone());
     }
     if first == "_marathon" {
         let tail = tail.trim_start_matches('/').to_string();
@@ -352,8 +354,15 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBo
     let Some(rt) = state.providers.get(first).cloned() else {
         return not_found_provider(&state, first);
     };
+
     // `/` + the provider's name: forward reads the rest of the path itself.
     let route_len = 1 + first.len();
+    // Who is asking, for the per-key counters (and token accounting later
+    // in the request: `req.extensions().get::<ClientKey>()`).
+    if let Some(key) = client_key {
+        key.count_request();
+        req.extensions_mut().insert(key);
+    }
     crate::forward::forward(state, rt, req, route_len).await
 }
 

@@ -55,7 +55,7 @@ pub struct ProxySettings {
     pub listen: SocketAddr,
     /// Keys clients must present (any of `x-marathon-key`, `x-api-key`,
     /// `authorization: Bearer`). Required for a non-loopback bind.
-    pub access_keys: Vec<Secret>,
+    pub access_keys: Vec<marathon_config::AccessKey>,
     /// Request bodies up to this size are buffered and can be replayed on
     /// another account; larger ones stream through once.
     pub max_body: usize,
@@ -193,6 +193,8 @@ pub(crate) struct AppState {
     pub session_keys: foldhash::quality::RandomState,
     /// Host and Origin checks (web pages).
     pub browser: crate::browser::Guard,
+    /// The access keys and each one's counters.
+    pub access: crate::access::AccessKeys,
 }
 
 impl AppState {

@@ -27,7 +27,7 @@ async fn proxy_with_access_key() -> (marathon_proxy::ProxyHandle, Http) {
         ))
         .unwrap();
     let mut settings = test_settings("http://127.0.0.1:9");
-    settings.access_keys = vec![Secret::new(ACCESS)];
+    settings.access_keys = vec![marathon_proxy::AccessKey::new("test", Secret::new(ACCESS))];
     let proxy = marathon_proxy::start(settings, StartOptions::new(store))
         .await
         .unwrap();

@@ -42,7 +42,7 @@ async fn echo_proxy() -> (Echo, ProxyHandle) {
             .unwrap();
     }
     let mut settings = test_settings(&echo.url());
-    settings.access_keys = vec![Secret::new(ACCESS)];
+    settings.access_keys = vec![marathon_proxy::AccessKey::new("test", Secret::new(ACCESS))];
     for p in &mut settings.providers {
         p.session_headers = vec![http::HeaderName::from_static("x-session-id")];
     }

@@ -657,8 +657,12 @@ const ACCESS: &str = "mk-access-7f3a9c21e4";
 async fn access_key_is_required_and_never_forwarded() {
     let w = world_with(
         Scenario::new([acct("a1")]),
-        Opts::new(Api::Anthropic)
-            .settings(|s| s.access_keys = vec![marathon_core::Secret::new(ACCESS)]),
+        Opts::new(Api::Anthropic).settings(|s| {
+            s.access_keys = vec![marathon_proxy::AccessKey::new(
+                "test",
+                marathon_core::Secret::new(ACCESS),
+            )]
+        }),
     )
     .await;
     let health = get(&w.client, &format!("{}/_marathon/health", w.proxy.url())).await;
@@ -692,7 +696,10 @@ async fn upstream_sees_the_accounts_key_and_not_the_access_key() {
     let w = world_with(
         Scenario::new([acct("a1")]),
         Opts::new(Api::Anthropic).settings(move |s| {
-            s.access_keys = vec![marathon_core::Secret::new(ACCESS)];
+            s.access_keys = vec![marathon_proxy::AccessKey::new(
+                "test",
+                marathon_core::Secret::new(ACCESS),
+            )];
             s.provider_mut("anthropic").unwrap().upstream =
                 marathon_proxy::UpstreamBase::parse(&url).unwrap();
         }),

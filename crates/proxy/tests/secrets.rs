@@ -65,7 +65,9 @@ async fn no_secret_in_logs_events_endpoints_or_responses() {
             acct("a3").status(529).fail_first(1),
             acct("a4"),
         ]),
-        Opts::new(Api::Anthropic).settings(|s| s.access_keys = vec![Secret::new(ACCESS)]),
+        Opts::new(Api::Anthropic).settings(|s| {
+            s.access_keys = vec![marathon_proxy::AccessKey::new("test", Secret::new(ACCESS))]
+        }),
     )
     .await;
     let mut secrets: Vec<String> = w.accounts.iter().map(|(_, k)| k.clone()).collect();
@@ -176,7 +178,7 @@ async fn no_secret_in_logs_events_endpoints_or_responses() {
     );
     seen.push_str(&logs);
     let mut settings = test_settings("http://127.0.0.1:9");
-    settings.access_keys = vec![Secret::new(ACCESS)];
+    settings.access_keys = vec![marathon_proxy::AccessKey::new("test", Secret::new(ACCESS))];
     seen.push_str(&format!("{settings:?}"));
 
     for secret in &secrets {
@@ -222,7 +224,7 @@ async fn an_upstream_echoing_keys_gets_them_nowhere() {
         store.add(a).unwrap();
     }
     let mut settings = test_settings(&upstream.url());
-    settings.access_keys = vec![Secret::new(ACCESS)];
+    settings.access_keys = vec![marathon_proxy::AccessKey::new("test", Secret::new(ACCESS))];
     settings.peek_first_event = false;
     settings.provider_mut("anthropic").unwrap().pool.strategy = Strategy::Priority;
     let proxy = marathon_proxy::start(settings, marathon_proxy::StartOptions::new(store))

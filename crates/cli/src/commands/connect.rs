@@ -26,7 +26,7 @@ pub(crate) fn target(ctx: &Context, config: &Config) -> (Target, Option<Running>
             format!("http://{addr}")
         }
     };
-    let access_key = config.server.access_keys.first();
+    let access_key = config.server.access_keys.first().map(|k| &k.key);
     let target = Target {
         url,
         key: access_key.map_or_else(|| "marathon".to_owned(), |k| k.expose().to_owned()),

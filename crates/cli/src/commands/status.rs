@@ -148,6 +148,7 @@ pub(crate) fn offline_report(
         now,
         version: env!("CARGO_PKG_VERSION").to_string(),
         providers,
+        access_keys: Vec::new(),
     }
 }
 
@@ -211,7 +212,7 @@ fn live_status(ctx: &Context, config: Option<&Config>) -> Live {
 pub(crate) fn access_key(config: Option<&Config>) -> Option<&str> {
     config
         .and_then(|c| c.server.access_keys.first())
-        .map(|k| k.expose())
+        .map(|k| k.key.expose())
 }
 
 /// `GET /_marathon/<path>` at `addr` as `T`, with the access key when one
@@ -290,6 +291,25 @@ fn print_report(
             ]);
         }
     }
+    out!("{}", table.render(style));
+    print_access_keys(report, style)
+}
+
+/// Requests and tokens per named access key (names only; never a key).
+fn print_access_keys(report: &StatusReport, style: Style) -> anyhow::Result<()> {
+    if report.access_keys.is_empty() {
+        return Ok(());
+    }
+    let mut table = Table::new(&["ACCESS KEY", "REQUESTS", "INPUT TOKENS", "OUTPUT TOKENS"]);
+    for k in &report.access_keys {
+        table.row(vec![
+            cell(&k.name),
+            cell(k.requests.to_string()),
+            cell(k.input_tokens.to_string()),
+            cell(k.output_tokens.to_string()),
+        ]);
+    }
+    outln!();
     out!("{}", table.render(style));
     Ok(())
 }
