@@ -330,6 +330,68 @@ pub(crate) fn provider_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// An access key's name: shown in status and used as a metrics label, so
+/// only `[A-Za-z0-9_.@-]`, 1 to 64 characters.
+pub(crate) fn access_key_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "invalid access key name {:?}: use 1 to 64 letters, digits, `_`, `.`, `@` or `-`",
+            s.chars().take(64).collect::<String>()
+        ))
+    }
+}
+
+/// `server.upstream_proxy`: "env", "off" or a proxy URL.
+pub(crate) fn upstream_proxy(s: &str) -> Result<crate::UpstreamProxy, String> {
+    match s.trim() {
+        "env" => Ok(crate::UpstreamProxy::Env),
+        "off" | "none" => Ok(crate::UpstreamProxy::Off),
+        url => proxy_url(url).map(crate::UpstreamProxy::Url),
+    }
+}
+
+/// A forward proxy: `http://[user:password@]host:port`. Held as a secret
+/// (the password), and quoted only redacted.
+pub(crate) fn proxy_url(s: &str) -> Result<Secret, String> {
+    let s = s.trim();
+    let shown = marathon_core::secret::redact_url(s);
+    let Some(rest) = s.strip_prefix("http://") else {
+        return Err(format!(
+            "invalid proxy URL {shown:?}: expected http://host:port (with user:password@ \
+             when the proxy asks for credentials); https:// and socks proxies are not supported"
+        ));
+    };
+    let authority = authority(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path = &rest[authority.len()..];
+    if host.is_empty() || host.contains(char::is_whitespace) || !matches!(path, "" | "/") {
+        return Err(format!(
+            "invalid proxy URL {shown:?}: expected http://host:port, without a path"
+        ));
+    }
+    Ok(Secret::new(s.trim_end_matches('/')))
+}
+
+/// `server.extra_ca_file`, relative to the config file's directory: read
+/// now, so a missing or wrong file is an error at load, naming the key.
+pub(crate) fn extra_ca(dir: &std::path::Path, p: &str) -> Result<crate::ExtraCa, String> {
+    let path = dir.join(p.trim());
+    let pem = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(crate::ExtraCa { path, pem })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,66 +504,4 @@ mod tests {
         assert!(count("network_retry_attempts", "-1").is_err());
         assert!(boolean("maybe").is_err());
     }
-}
-
-/// An access key's name: shown in status and used as a metrics label, so
-/// only `[A-Za-z0-9_.@-]`, 1 to 64 characters.
-pub(crate) fn access_key_name(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c));
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "invalid access key name {:?}: use 1 to 64 letters, digits, `_`, `.`, `@` or `-`",
-            s.chars().take(64).collect::<String>()
-        ))
-    }
-}
-
-/// `server.upstream_proxy`: "env", "off" or a proxy URL.
-pub(crate) fn upstream_proxy(s: &str) -> Result<crate::UpstreamProxy, String> {
-    match s.trim() {
-        "env" => Ok(crate::UpstreamProxy::Env),
-        "off" | "none" => Ok(crate::UpstreamProxy::Off),
-        url => proxy_url(url).map(crate::UpstreamProxy::Url),
-    }
-}
-
-/// A forward proxy: `http://[user:password@]host:port`. Held as a secret
-/// (the password), and quoted only redacted.
-pub(crate) fn proxy_url(s: &str) -> Result<Secret, String> {
-    let s = s.trim();
-    let shown = marathon_core::secret::redact_url(s);
-    let Some(rest) = s.strip_prefix("http://") else {
-        return Err(format!(
-            "invalid proxy URL {shown:?}: expected http://host:port (with user:password@ \
-             when the proxy asks for credentials); https:// and socks proxies are not supported"
-        ));
-    };
-    let authority = authority(rest);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let path = &rest[authority.len()..];
-    if host.is_empty() || host.contains(char::is_whitespace) || !matches!(path, "" | "/") {
-        return Err(format!(
-            "invalid proxy URL {shown:?}: expected http://host:port, without a path"
-        ));
-    }
-    Ok(Secret::new(s.trim_end_matches('/')))
-}
-
-/// `server.extra_ca_file`, relative to the config file's directory: read
-/// now, so a missing or wrong file is an error at load, naming the key.
-pub(crate) fn extra_ca(dir: &std::path::Path, p: &str) -> Result<crate::ExtraCa, String> {
-    let path = dir.join(p.trim());
-    let pem = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-        return Err(format!(
-            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
-    }
-    Ok(crate::ExtraCa { path, pem })
 }
