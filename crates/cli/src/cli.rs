@@ -185,10 +185,24 @@ pub(crate) struct ServeArgs {
     /// Log format
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
-    /// Threads serving requests: 1 (the default) is one event loop, the
-    /// cheapest per request and ample for a laptop; more for a busy team gateway
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Event loops serving requests, each on its own thread and listener
+    /// (SO_REUSEPORT): 1 (the default) is the cheapest per request and ample
+    /// for a laptop; "auto" is one per core, for a busy team gateway
+    #[arg(long, default_value = "1", value_name = "N|auto", value_parser = parse_workers, env = "MARATHON_WORKERS")]
     pub(crate) workers: usize,
+}
+
+/// `--workers`: a positive number, or `auto` for one per core.
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "auto" => Ok(marathon_proxy::auto_workers()),
+        n => match n.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "expected a number from 1 to 1024, or \"auto\" (got {n:?})"
+            )),
+        },
+    }
 }
 
 /// How log lines look.

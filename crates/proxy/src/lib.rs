@@ -50,6 +50,7 @@ mod settings;
 mod state;
 mod upstream;
 mod usage;
+mod workers;
 
 pub use access::ClientKey;
 pub use connections::{ConnectionLimits, auto_max_connections, raise_nofile_limit};
@@ -61,6 +62,7 @@ pub use settings::SettingsError;
 pub use state::{BoxFuture, ProviderSettings, ProxySettings, TokenError, TokenSource};
 pub use upstream::{BadUpstream, UpstreamBase};
 pub use usage::UsagePollSettings;
+pub use workers::auto_workers;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

@@ -98,6 +98,10 @@ pub struct StartOptions {
     pub tokens: Option<Arc<dyn TokenSource>>,
     /// The clock (tests inject one).
     pub clock: Arc<dyn Clock>,
+    /// Event loops accepting connections (`serve --workers`): 1 serves on
+    /// the caller's runtime; more add single-threaded runtimes on threads of
+    /// their own, each with its own `SO_REUSEPORT` listener (see `workers`).
+    pub workers: usize,
 }
 
 impl StartOptions {
@@ -107,6 +111,7 @@ impl StartOptions {
             store,
             tokens: None,
             clock: Arc::new(SystemClock),
+            workers: 1,
         }
     }
 }
@@ -134,8 +139,7 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
         };
         providers.insert(p.name.clone(), Arc::new(rt));
     }
-    let listener = TcpListener::bind(settings.listen)
-        .await
+    let listener = crate::workers::bind(settings.listen, opts.workers > 1)
         .map_err(|e| ProxyError::Bind(settings.listen, e))?;
     let addr = listener
         .local_addr()
@@ -177,7 +181,23 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     tokio::spawn(background(state.clone(), rx.clone()));
     tokio::spawn(crate::activity::sample_pools(state.clone(), rx.clone()));
     crate::usage::spawn(state.clone(), rx.clone());
-    let task = tokio::spawn(accept_loop(listener, state.clone(), rx));
+    // One connection table (and cap) for every worker.
+    let conns = Arc::new(Connections::new(state.settings.limits));
+    tracing::debug!("serving at most {} client connections", conns.cap());
+    let sweeper = tokio::spawn(conns.clone().sweep());
+    let others =
+        crate::workers::spawn(opts.workers.saturating_sub(1), addr, &state, &conns, &rx).await?;
+    let main = accept_loop(listener, state.clone(), conns, rx);
+    let task = tokio::spawn(async move {
+        main.await;
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in others {
+                let _ = worker.join();
+            }
+        })
+        .await;
+        sweeper.abort();
+    });
     Ok(ProxyHandle {
         addr,
         shutdown,
@@ -192,14 +212,14 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-async fn accept_loop(
+/// Accepts and serves connections until `shutdown`, then lets the ones in
+/// flight finish. One per worker (`workers`), all sharing `conns`.
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     state: Arc<AppState>,
+    conns: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let conns = Arc::new(Connections::new(state.settings.limits));
-    tracing::debug!("serving at most {} client connections", conns.cap());
-    let sweeper = tokio::spawn(conns.clone().sweep());
     // One flat write buffer instead of a queue of iovecs: LLM answers are
     // small or come in small chunks, and the queue's bookkeeping cost more
     // than the copy (measured). No hyper timer: the head and idle timeouts
@@ -251,7 +271,6 @@ async fn accept_loop(
     }
     drop(listener);
     conns.close().await;
-    sweeper.abort();
 }
 
 /// Out of descriptors, socket buffers or memory: waiting helps, retrying at once does not.

@@ -45,7 +45,7 @@ pub(crate) fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 let settings = ProxySettings::from_config(&config)
                     .with_context(|| format!("in {}", ctx.paths.config_file.display()))?;
                 let store = Arc::new(ctx.store()?);
-                let handle = super::serve::start_proxy(&config, settings, store).await?;
+                let handle = super::serve::start_proxy(&config, settings, store, 1).await?;
                 target.url = handle.url();
                 errln!(
                     "marathon: no proxy was running; serving this run at {}",

@@ -30,23 +30,19 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
     let nofile = marathon_proxy::raise_nofile_limit();
     let grace = config.server.shutdown_grace;
 
-    // One event-loop thread by default, like an nginx worker: measured here it
+    // One event loop by default, like one nginx worker: measured here it
     // costs a quarter less CPU per request than tokio's work-stealing pool
     // (no cross-thread wake-ups) and still serves ~40k requests/s, far above
-    // what coding tools send. A team gateway can ask for more with --workers.
-    // Blocking work (the store, refresh locks) runs on tokio's blocking pool
-    // either way.
-    let runtime = match args.workers {
-        0 | 1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build()?,
-    };
+    // what coding tools send. `--workers N` adds event loops of the same kind
+    // on threads of their own, each with its own listener (SO_REUSEPORT), so
+    // a team gateway scales with cores without cross-thread wake-ups.
+    // Blocking work (the store, refresh locks) runs on tokio's blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let workers = args.workers;
     runtime.block_on(async move {
-        let handle = start_proxy(&config, settings.clone(), store).await?;
+        let handle = start_proxy(&config, settings.clone(), store, workers).await?;
         // `status`, `connect` and `run` find the proxy through this record,
         // whatever port it got; it goes when serve ends cleanly.
         let record = Record::write(&ctx.paths.data_dir, handle.local_addr())?;
@@ -96,8 +92,10 @@ pub(crate) async fn start_proxy(
     config: &Config,
     settings: ProxySettings,
     store: Arc<dyn Store>,
+    workers: usize,
 ) -> anyhow::Result<ProxyHandle> {
     let mut opts = StartOptions::new(store.clone());
+    opts.workers = workers;
     let refresher = crate::tokens::refresher(config, store).await?;
     opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(refresher)));
     Ok(marathon_proxy::start(settings, opts).await?)
