@@ -475,10 +475,11 @@ def cmd_report(args):
         )
     w("\n</details>\n")
 
-    variants = [t for t in ("marathon-1thread", "marathon-mimalloc") if runs(t, 64)]
+    variants = [t for t in ("marathon-w2", "marathon-1thread", "marathon-mimalloc") if runs(t, 64)]
     if variants:
         w("## marathon variants (same binary, same rounds): what a change would buy\n")
         w(
+            "`marathon-w2`: `serve --workers 2` (two event loops, each on its own SO_REUSEPORT listener). "
             "`marathon-1thread`: TOKIO_WORKER_THREADS=1 (one tokio worker, like nginx's one worker). "
             "`marathon-mimalloc`: LD_PRELOAD of Debian's libmimalloc (instead of glibc malloc).\n"
         )
@@ -653,6 +654,13 @@ def cmd_report(args):
     check("RSS under load, MB (max of sampled VmRSS and VmHWM)", rss_load, 15, "le")
     if "marathon" in idle:
         check("RSS per idle keep-alive connection, KiB", idle["marathon"]["kib_per_connection"], 4, "le")
+    if "marathon-w2" in summary:
+        check(
+            "throughput at c64, --workers 2 / --workers 1",
+            ratio(summary["marathon-w2"].get(64, {}).get("rps"), m.get(64, {}).get("rps")),
+            1.6,
+            "ge",
+        )
     w("## Targets\n")
     w("| target | measured | goal | |\n|---|---:|---:|---|")
     for name, value, goal, ok in checks:

@@ -23,6 +23,8 @@ KEEP=${KEEP:-0}                         # keep the temporary directory (logs, co
 # VARIANTS=1: also measure marathon with one tokio worker thread (TOKIO_WORKER_THREADS=1) and
 # with mimalloc preloaded (Debian's libmimalloc2.0), to see what those changes would buy.
 VARIANTS=${VARIANTS:-0}
+# WORKERS=0: skip the `serve --workers 2` row (a second marathon, two event loops on SO_REUSEPORT listeners).
+WORKERS=${WORKERS:-1}
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH")
@@ -108,9 +110,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free ports, all held at once so they differ.
-read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM P_M1 P_MMI P_IDLE < <(python3 -c '
+read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM P_M1 P_MMI P_IDLE P_MW2 < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(10)]
+ss = [socket.socket() for _ in range(11)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
@@ -238,6 +240,13 @@ URL_MARATHON="http://127.0.0.1:$P_MARATHON/openai/v1/chat/completions"
 URL_HYPER="http://127.0.0.1:$P_HYPER/v1/chat/completions"
 
 targets=(direct nginx hyper marathon)
+if [ "$WORKERS" = 1 ]; then
+    MARATHON_LOG=warn "$MARATHON" serve --workers 2 --listen "127.0.0.1:$P_MW2" 2>"$WORK/marathon-w2.log" &
+    MW2_PID=$!
+    PIDS+=("$MW2_PID")
+    wait_http "http://127.0.0.1:$P_MW2/_marathon/health"
+    targets+=(marathon-w2)
+fi
 if [ "$VARIANTS" = 1 ]; then
     TOKIO_WORKER_THREADS=1 MARATHON_LOG=warn "$MARATHON" serve --listen "127.0.0.1:$P_M1" 2>"$WORK/marathon-1thread.log" &
     M1_PID=$!
@@ -265,6 +274,7 @@ url_of() {
         nginx) echo "$URL_NGINX" ;;
         hyper) echo "$URL_HYPER" ;;
         marathon) echo "$URL_MARATHON" ;;
+        marathon-w2) echo "http://127.0.0.1:$P_MW2/openai/v1/chat/completions" ;;
         marathon-1thread) echo "http://127.0.0.1:$P_M1/openai/v1/chat/completions" ;;
         marathon-mimalloc) echo "http://127.0.0.1:$P_MMI/openai/v1/chat/completions" ;;
     esac
@@ -275,6 +285,7 @@ pids_of() {
         nginx) echo "${NGINX_PIDS[*]}" ;;
         hyper) echo "$HYPER_PID" ;;
         marathon) echo "$MARATHON_PID" ;;
+        marathon-w2) echo "$MW2_PID" ;;
         marathon-1thread) echo "$M1_PID" ;;
         marathon-mimalloc) echo "$MMI_PID" ;;
     esac
