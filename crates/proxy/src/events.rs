@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::activity::Activity;
 use crate::body::ProxyBody;
-use crate::upstream::{Endpoint, UpstreamClient};
+use crate::upstream::UpstreamClient;
 
 /// Where events go besides the log and the SSE stream.
 #[derive(Clone, Debug, Default)]
@@ -89,7 +89,7 @@ async fn webhook_sink(
     uri: http::Uri,
     client: UpstreamClient,
 ) {
-    let Some((endpoint, path)) = Endpoint::of_url(&uri) else {
+    let Some((endpoint, path)) = client.endpoint_of_url(&uri) else {
         tracing::error!("events.webhook must be an absolute http(s) URL; webhook sink disabled");
         return;
     };

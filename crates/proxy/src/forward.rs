@@ -405,7 +405,7 @@ pub(crate) async fn forward(
             Some(limit) => {
                 Box::pin(tokio::time::timeout(
                     limit,
-                    state.client.send(&rt.endpoint, up_req),
+                    state.client.send(cur.cred.endpoint(&rt), up_req),
                 ))
                 .await
             }
@@ -413,7 +413,7 @@ pub(crate) async fn forward(
             // makes parked workers sleep on a kernel timer, which measurably
             // costs CPU; dead peers are caught by TCP keepalive, and a client
             // that gives up cancels the attempt.
-            None => Ok(state.client.send(&rt.endpoint, up_req).await),
+            None => Ok(state.client.send(cur.cred.endpoint(&rt), up_req).await),
         };
         let upstream = match result {
             Err(_) => Err(TransportFailure::Timeout),

@@ -36,6 +36,7 @@ mod activity;
 mod body;
 mod browser;
 mod connections;
+mod egress;
 mod errors;
 mod events;
 mod forward;
@@ -54,6 +55,7 @@ mod workers;
 
 pub use access::ClientKey;
 pub use connections::{ConnectionLimits, auto_max_connections, raise_nofile_limit};
+pub use egress::{BadEgress, EgressSettings};
 pub use events::EventSinks;
 pub use headers::{BadAuthStyle, CredentialStyle};
 pub use marathon_config::AccessKey;

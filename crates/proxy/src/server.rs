@@ -23,6 +23,7 @@ use crate::events::EventBus;
 use crate::headers::presented_keys;
 use crate::metrics::ProviderMetrics;
 use crate::state::{AppState, ProviderRuntime, ProxySettings, TokenSource};
+use crate::upstream::Endpoint;
 use crate::{ProxyError, ops};
 
 /// How often the proxy re-reads accounts from the store (other processes,
@@ -121,10 +122,19 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     if !settings.listen.ip().is_loopback() && settings.access_keys.is_empty() {
         return Err(ProxyError::OpenBind(settings.listen));
     }
+    let client = crate::upstream::UpstreamClient::new(&settings.egress);
     let mut providers = crate::state::FastMap::default();
     for (i, p) in settings.providers.iter().enumerate() {
         let rt = ProviderRuntime {
-            endpoint: p.upstream.endpoint(),
+            endpoint: client.endpoint(&p.upstream, None),
+            account_endpoints: p
+                .account_proxies
+                .iter()
+                .map(|(label, url)| {
+                    let own = crate::egress::ProxyRules::only(url);
+                    (label.clone(), client.endpoint(&p.upstream, Some(&own)))
+                })
+                .collect(),
             paths: Default::default(),
             pool: Mutex::new(Pool::new(
                 p.name.clone(),
@@ -144,7 +154,6 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     let addr = listener
         .local_addr()
         .map_err(|e| ProxyError::Bind(settings.listen, e))?;
-    let client = crate::upstream::UpstreamClient::new();
     let bus = EventBus::new();
     bus.start_sinks(&settings.sinks, client.clone());
     let client_headers =
@@ -427,6 +436,7 @@ async fn background(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             _ = sweep.tick() => {
                 for rt in state.providers.values() {
                     rt.endpoint.sweep();
+                    rt.account_endpoints.values().for_each(Endpoint::sweep);
                 }
             }
             _ = shutdown.changed() => return,

@@ -28,6 +28,9 @@ pub enum SettingsError {
         /// What is wrong.
         source: crate::BadAuthStyle,
     },
+    /// The egress settings (extra CA file) are unusable.
+    #[error(transparent)]
+    Egress(#[from] crate::BadEgress),
     /// A session header is not a valid header name.
     #[error("providers.{0}.session_headers: not a valid header name")]
     SessionHeader(String),
@@ -82,6 +85,11 @@ impl ProxySettings {
                         interval,
                     })
                 }),
+                account_proxies: p
+                    .account_proxies
+                    .iter()
+                    .map(|(label, url)| (label.clone(), url.clone()))
+                    .collect(),
             });
         }
         Ok(ProxySettings {
@@ -106,6 +114,7 @@ impl ProxySettings {
                     .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             },
             error_body_timeout: config.server.error_body_timeout,
+            egress: crate::EgressSettings::from_config(&config.server)?,
         })
     }
 

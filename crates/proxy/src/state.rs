@@ -46,6 +46,9 @@ pub struct ProviderSettings {
     pub credentials: CredentialStyle,
     /// How OAuth accounts' subscription usage is polled (`None`: never).
     pub usage: Option<crate::usage::UsagePollSettings>,
+    /// Accounts (by label) whose upstream traffic goes through a forward
+    /// proxy of their own (`http://[user:password@]host:port`).
+    pub account_proxies: Vec<(String, Secret)>,
 }
 
 /// The whole proxy's settings.
@@ -78,6 +81,8 @@ pub struct ProxySettings {
     pub limits: crate::ConnectionLimits,
     /// How long the first part of an upstream error body may take in total.
     pub error_body_timeout: Duration,
+    /// Forward proxies and trusted CAs for upstream connections.
+    pub egress: crate::EgressSettings,
 }
 
 /// Hands out OAuth access tokens, refreshing them as needed. The OAuth crate
@@ -125,10 +130,13 @@ pub(crate) struct AccountCred {
     pub label_header: Option<HeaderValue>,
     /// `x-marathon-attempts` of the common case: a 200 on the first try.
     pub first_try_ok: Option<HeaderValue>,
+    /// The account's own connection pool when it has its own egress proxy
+    /// (`providers.<name>.account_proxies`); else the provider's is used.
+    pub endpoint: Option<Endpoint>,
 }
 
 impl AccountCred {
-    fn from_stored(a: &StoredAccount, style: &CredentialStyle) -> Self {
+    fn from_stored(a: &StoredAccount, style: &CredentialStyle, endpoint: Option<Endpoint>) -> Self {
         let kind = a.kind;
         let secret = match &a.credential {
             Credential::ApiKey { key } => key,
@@ -149,7 +157,13 @@ impl AccountCred {
             rendered: style.render(kind, secret, &a.extras).ok(),
             label_header: HeaderValue::from_str(&a.label).ok(),
             first_try_ok: HeaderValue::from_str(&trace.to_string()).ok(),
+            endpoint,
         }
+    }
+
+    /// The connection pool this account's requests go out on.
+    pub(crate) fn endpoint<'a>(&'a self, provider: &'a ProviderRuntime) -> &'a Endpoint {
+        self.endpoint.as_ref().unwrap_or(&provider.endpoint)
     }
 
     pub(crate) fn stored_secret(&self) -> &Secret {
@@ -165,6 +179,8 @@ pub(crate) struct ProviderRuntime {
     pub settings: ProviderSettings,
     /// The upstream's connection pool.
     pub endpoint: Endpoint,
+    /// Pools of the accounts (by label) with an egress proxy of their own.
+    pub account_endpoints: FastMap<String, Endpoint>,
     /// Upstream URIs of the paths clients use.
     pub paths: PathCache,
     /// A std mutex on purpose: it is held only for a pick or a record (no
@@ -256,7 +272,11 @@ impl AppState {
             for a in mine {
                 creds.insert(
                     a.id.clone(),
-                    Arc::new(AccountCred::from_stored(a, &rt.settings.credentials)),
+                    Arc::new(AccountCred::from_stored(
+                        a,
+                        &rt.settings.credentials,
+                        rt.account_endpoints.get(&a.label).cloned(),
+                    )),
                 );
             }
         }

@@ -7,8 +7,10 @@
 //! in a map. Here a response body hands its connection back when it reaches
 //! its end ([`Reuse`]), and the endpoint is resolved once per provider.
 //! Requests are sent in origin form (`/v1/messages`) with the `host` header
-//! set by the caller. TLS is rustls with the `ring` provider and the Mozilla
-//! roots; new connections set `TCP_NODELAY` and TCP keepalive.
+//! set by the caller. TLS is rustls with the `ring` provider, trusting the
+//! Mozilla roots, the OS store and any extra CA (`egress`); new connections
+//! set `TCP_NODELAY` and TCP keepalive. Each endpoint's route (direct, or
+//! through a forward proxy) is decided once, when the endpoint is made.
 
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
@@ -18,11 +20,14 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use crate::body::ProxyBody;
+use crate::egress::{EgressSettings, ProxyRules, Route, Via};
 
 /// How long an idle upstream connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -35,6 +40,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 pub(crate) struct UpstreamClient {
     connector: HttpsConnector<HttpConnector>,
+    /// TCP alone (under a CONNECT tunnel) and the TLS settings, for tunnels.
+    tcp: HttpConnector,
+    tls: Arc<rustls::ClientConfig>,
+    /// The proxy-wide forward-proxy rules.
+    rules: ProxyRules,
 }
 
 /// One upstream origin (scheme and authority) and its idle connections.
@@ -46,6 +56,8 @@ struct EndpointInner {
     scheme: Scheme,
     authority: Authority,
     host: HeaderValue,
+    /// Direct or through a forward proxy.
+    route: Route,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -86,18 +98,47 @@ impl UpstreamError {
 }
 
 impl UpstreamClient {
-    pub(crate) fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        UpstreamClient { connector }
+    pub(crate) fn new(egress: &EgressSettings) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        tcp.set_connect_timeout(Some(Duration::from_secs(10)));
+        tcp.set_keepalive(Some(Duration::from_secs(60)));
+        let roots = crate::egress::root_store(&egress.extra_roots);
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"));
+        let connector = https(tls.clone(), tcp.clone());
+        UpstreamClient {
+            connector,
+            tcp,
+            tls: Arc::new(tls),
+            rules: crate::egress::ProxyRules::new(&egress.proxy),
+        }
+    }
+
+    /// A new connection pool for `base`'s origin, routed by the proxy-wide
+    /// rules, or through `own_proxy` (an account's egress proxy) when given.
+    pub(crate) fn endpoint(&self, base: &UpstreamBase, own_proxy: Option<&ProxyRules>) -> Endpoint {
+        let rules = own_proxy.unwrap_or(&self.rules);
+        let route = rules.route(&base.scheme, &base.authority);
+        tracing::debug!("upstream {base}: {route:?}");
+        Endpoint::new(base.scheme.clone(), base.authority.clone(), route)
+    }
+
+    /// The endpoint of an absolute URL (a webhook), and the URL's origin-form path.
+    pub(crate) fn endpoint_of_url(&self, uri: &Uri) -> Option<(Endpoint, Uri)> {
+        let scheme = uri.scheme()?.clone();
+        let authority = uri.authority()?.clone();
+        let pq = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let route = self.rules.route(&scheme, &authority);
+        Some((Endpoint::new(scheme, authority, route), Uri::from(pq)))
     }
 
     /// Sends `req` (origin-form URI, `host` set) to `endpoint` over an idle
@@ -109,6 +150,9 @@ impl UpstreamClient {
         endpoint: &Endpoint,
         mut req: Request<ProxyBody>,
     ) -> Result<(Response<Incoming>, Reuse), UpstreamError> {
+        if let Route::Forward(via) = &endpoint.0.route {
+            endpoint.0.to_absolute_form(&mut req, via);
+        }
         loop {
             let (mut tx, reused) = match endpoint.0.take_idle() {
                 Some(tx) => (tx, true),
@@ -148,11 +192,26 @@ impl UpstreamClient {
             .path_and_query("/")
             .build()
             .map_err(|e| UpstreamError::Connect(e.into()))?;
-        let mut connector = self.connector.clone();
-        poll_fn(|cx| connector.poll_ready(cx))
-            .await
-            .map_err(UpstreamError::Connect)?;
-        let io = connector.call(uri).await.map_err(UpstreamError::Connect)?;
+        let io = match &ep.route {
+            Route::Direct => open(self.connector.clone(), uri).await?,
+            // An http:// origin behind a proxy: the connection is to the proxy.
+            Route::Forward(via) => open(self.connector.clone(), via.proxy.clone()).await?,
+            Route::Tunnel(via) => {
+                let mut tunnel = Tunnel::new(via.proxy.clone(), self.tcp.clone());
+                if let Some(auth) = &via.auth {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                open(https((*self.tls).clone(), tunnel), uri).await?
+            }
+            Route::Unsupported(proxy) => {
+                return Err(UpstreamError::Connect(
+                    format!(
+                        "the proxy {proxy} is not an http:// proxy (the only kind marathon speaks)"
+                    )
+                    .into(),
+                ));
+            }
+        };
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             // As on the server side: a flat write buffer (see `server`).
             .writev(false)
@@ -168,27 +227,40 @@ impl UpstreamClient {
     }
 }
 
+type Stream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+/// rustls over `inner` (plain TCP, or a CONNECT tunnel), for `https://`
+/// destinations; `http://` ones pass through.
+fn https<C>(tls: rustls::ClientConfig, inner: C) -> HttpsConnector<C> {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(inner)
+}
+
+/// Opens one connection to `dst` through `connector`.
+async fn open<C>(mut connector: C, dst: Uri) -> Result<Stream, UpstreamError>
+where
+    C: Service<Uri, Response = Stream, Error = BoxError>,
+{
+    poll_fn(|cx| connector.poll_ready(cx))
+        .await
+        .map_err(UpstreamError::Connect)?;
+    connector.call(dst).await.map_err(UpstreamError::Connect)
+}
+
 impl Endpoint {
-    pub(crate) fn new(scheme: Scheme, authority: Authority) -> Self {
+    pub(crate) fn new(scheme: Scheme, authority: Authority, route: Route) -> Self {
         let host = HeaderValue::from_str(authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         Endpoint(Arc::new(EndpointInner {
             scheme,
             authority,
             host,
+            route,
             idle: Mutex::new(Vec::new()),
         }))
-    }
-
-    /// The endpoint of an absolute URL, and the URL's origin-form path.
-    pub(crate) fn of_url(uri: &Uri) -> Option<(Self, Uri)> {
-        let scheme = uri.scheme()?.clone();
-        let authority = uri.authority()?.clone();
-        let pq = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        Some((Endpoint::new(scheme, authority), Uri::from(pq)))
     }
 
     /// The `host` header value.
@@ -218,7 +290,11 @@ impl Endpoint {
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}", self.0.scheme, self.0.authority)
+        write!(f, "{}://{}", self.0.scheme, self.0.authority)?;
+        match &self.0.route {
+            Route::Direct => Ok(()),
+            route => write!(f, " ({route:?})"),
+        }
     }
 }
 
@@ -233,6 +309,28 @@ impl Idle {
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl EndpointInner {
+    /// An `http://` origin behind a forward proxy: the proxy needs the whole
+    /// URL (absolute form) and its own credentials.
+    fn to_absolute_form(&self, req: &mut Request<ProxyBody>, via: &Via) {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if let Ok(uri) = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+        {
+            *req.uri_mut() = uri;
+        }
+        if let Some(auth) = &via.auth {
+            req.headers_mut()
+                .insert(http::header::PROXY_AUTHORIZATION, auth.clone());
+        }
+    }
+
     /// The most recently used idle connection that is still open.
     fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
         let mut stale = Vec::new();
@@ -375,11 +473,6 @@ impl UpstreamBase {
         }
         PathAndQuery::from_maybe_shared(pq).ok().map(Uri::from)
     }
-
-    /// A new connection pool for this upstream's origin.
-    pub(crate) fn endpoint(&self) -> Endpoint {
-        Endpoint::new(self.scheme.clone(), self.authority.clone())
-    }
 }
 
 impl std::fmt::Display for UpstreamBase {
@@ -429,7 +522,10 @@ mod tests {
             }
         });
         let authority: Authority = addr.to_string().parse().unwrap();
-        (Endpoint::new(Scheme::HTTP, authority), accepted)
+        (
+            Endpoint::new(Scheme::HTTP, authority, Route::Direct),
+            accepted,
+        )
     }
 
     const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -453,7 +549,7 @@ mod tests {
     #[tokio::test]
     async fn sequential_requests_share_one_kept_alive_connection() {
         let (ep, accepted) = upstream(OK, false).await;
-        let client = UpstreamClient::new();
+        let client = UpstreamClient::new(&EgressSettings::default());
         for _ in 0..5 {
             assert_eq!(fetch(&client, &ep).await.unwrap(), "ok");
         }
@@ -466,7 +562,7 @@ mod tests {
         // One answer per connection, then the upstream hangs up (as an idle
         // timeout would), without saying `connection: close`.
         let (ep, accepted) = upstream(OK, true).await;
-        let client = UpstreamClient::new();
+        let client = UpstreamClient::new(&EgressSettings::default());
         for _ in 0..3 {
             assert_eq!(fetch(&client, &ep).await.unwrap(), "ok");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -483,7 +579,7 @@ mod tests {
             false,
         )
         .await;
-        let client = UpstreamClient::new();
+        let client = UpstreamClient::new(&EgressSettings::default());
         let (resp, reuse) = client.send(&ep, get(&ep)).await.unwrap();
         let mut body = ProxyBody::stream(Default::default(), resp.into_body(), None, Some(reuse));
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -500,8 +596,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         drop(listener);
-        let ep = Endpoint::new(Scheme::HTTP, authority);
-        match UpstreamClient::new().send(&ep, get(&ep)).await {
+        let ep = Endpoint::new(Scheme::HTTP, authority, Route::Direct);
+        match UpstreamClient::new(&EgressSettings::default())
+            .send(&ep, get(&ep))
+            .await
+        {
             Err(err) => assert!(err.is_connect(), "{err}"),
             Ok(_) => panic!("a closed port answered"),
         }
@@ -520,7 +619,11 @@ mod tests {
             "/v1/messages"
         );
         assert_eq!(b.join("", None).unwrap().to_string(), "/");
-        assert_eq!(format!("{:?}", b.endpoint()), "http://127.0.0.1:9000");
+        let client = UpstreamClient::new(&EgressSettings::default());
+        assert_eq!(
+            format!("{:?}", client.endpoint(&b, Some(&ProxyRules::default()))),
+            "http://127.0.0.1:9000"
+        );
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub(crate) fn spawn(state: Arc<AppState>, shutdown: watch::Receiver<bool>) {
         .filter_map(|rt| {
             let s = rt.settings.usage.as_ref()?;
             let uri: Uri = s.url(&rt.settings.upstream).parse().ok()?;
-            let (endpoint, path) = Endpoint::of_url(&uri)?;
+            let (endpoint, path) = state.client.endpoint_of_url(&uri)?;
             Some(Target {
                 rt: rt.clone(),
                 endpoint,
