@@ -606,6 +606,42 @@ mod tests {
         }
     }
 
+    /// Guards: an `http://` origin behind HTTP_PROXY sent in origin form (a
+    /// proxy cannot tell where it goes) or without the proxy's credentials.
+    #[tokio::test]
+    async fn an_http_origin_behind_a_proxy_gets_absolute_form_and_proxy_credentials() {
+        let seen = Arc::new(Mutex::new(String::new()));
+        // The "proxy": records the request head it receives, answers 200.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = listener.local_addr().unwrap();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = sock.read(&mut buf).await.unwrap();
+            *record.lock().unwrap() = String::from_utf8_lossy(&buf[..n]).into_owned();
+            sock.write_all(OK.as_bytes()).await.unwrap();
+        });
+        let rules = ProxyRules::only(&marathon_core::Secret::new(format!(
+            "http://corp:pw-5e1b@{proxy_addr}"
+        )));
+        let client = UpstreamClient::new(&EgressSettings::default());
+        let base = UpstreamBase::parse("http://llm.internal:8080/v1").unwrap();
+        let ep = client.endpoint(&base, Some(&rules));
+        assert_eq!(fetch(&client, &ep).await.unwrap(), "ok");
+        let head = seen.lock().unwrap().clone();
+        assert!(
+            head.starts_with("GET http://llm.internal:8080/v1/models HTTP/1.1\r\n"),
+            "{head}"
+        );
+        // Basic base64("corp:pw-5e1b").
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("proxy-authorization: basic y29ycdpwdy01ztfi"),
+            "{head}"
+        );
+    }
+
     #[test]
     fn joins_prefix_path_and_query() {
         let b = UpstreamBase::parse("https://chatgpt.com/backend-api/codex/").unwrap();
