@@ -190,7 +190,7 @@ async fn account_actions_need_the_key_and_the_proxys_own_page() {
         .id
         .clone();
     let mut settings = test_settings("http://127.0.0.1:9");
-    settings.access_keys = vec![Secret::new(ACCESS)];
+    settings.access_keys = vec![marathon_proxy::AccessKey::new("test", Secret::new(ACCESS))];
     settings.allowed_origins = vec!["http://tools.example".to_owned()];
     let proxy = marathon_proxy::start(settings, StartOptions::new(store.clone()))
         .await

@@ -185,7 +185,7 @@ async fn world_for_browser(access_key: bool) -> World {
     let opts = Opts::new(Api::Anthropic).settings(move |s| {
         s.provider_mut("anthropic").unwrap().pool.strategy = marathon_core::Strategy::Priority;
         if access_key {
-            s.access_keys = vec![Secret::new(ACCESS)];
+            s.access_keys = vec![marathon_proxy::AccessKey::new("test", Secret::new(ACCESS))];
         }
     });
     world_with(scenario, opts).await
