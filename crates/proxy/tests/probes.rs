@@ -127,8 +127,12 @@ async fn no_probe_reaches_the_upstream() {
 async fn a_probe_needs_no_access_key_but_traffic_still_does() {
     let w = world_with(
         Scenario::new([Account::ok("alice", "sk-test-alice-0123456789")]),
-        Opts::new(Api::Anthropic)
-            .settings(|s| s.access_keys = vec![Secret::new("team-access-key-123456")]),
+        Opts::new(Api::Anthropic).settings(|s| {
+            s.access_keys = vec![marathon_proxy::AccessKey::new(
+                "team",
+                Secret::new("team-access-key-123456"),
+            )]
+        }),
     )
     .await;
     assert_eq!(probe(&w, &Method::HEAD, "/anthropic").await.status, 200);
