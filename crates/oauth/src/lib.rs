@@ -34,5 +34,7 @@ pub use preset::{
     ApiHeaders, BUILTIN_PRESETS, DeviceVariant, DiscoveryDocument, DiscoveryError, FlowKind,
     GenericProvider, IdentitySource, Loopback, OAuthPreset, RefreshKind, TokenFormat, discover,
 };
-pub use refresh::{RefreshError, RefreshStats, Refresher, RefresherConfig};
+pub use refresh::{
+    RefreshError, RefreshListener, RefreshNotice, RefreshStats, Refresher, RefresherConfig,
+};
 pub use token::{ErrorClass, TokenError, TokenResponse};

@@ -156,6 +156,24 @@ struct Cached {
     expires_at: Option<UnixMillis>,
 }
 
+/// A refresh that went through, for whoever counts them (the proxy's
+/// `refreshed` event and `marathon_refreshes_total`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshNotice {
+    /// The account.
+    pub account: AccountId,
+    /// Its provider.
+    pub provider: String,
+    /// Its label (what logs and events name it by).
+    pub label: String,
+    /// `true` for a refresh ahead of expiry; `false` when an upstream's 401
+    /// forced it (the proxy announces those itself).
+    pub routine: bool,
+}
+
+/// Called after every successful network refresh.
+pub type RefreshListener = Arc<dyn Fn(&RefreshNotice) + Send + Sync>;
+
 /// One account's refresh slot. The mutex is the single flight; it holds the
 /// last attempt's error so tasks that queued behind a failing refresh share
 /// that error instead of each hammering the token endpoint.
@@ -177,6 +195,7 @@ pub struct Refresher {
     flights: Mutex<HashMap<AccountId, Arc<Flight>>>,
     cache: Mutex<HashMap<AccountId, Cached>>,
     counters: Counters,
+    listener: Mutex<Option<RefreshListener>>,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -212,6 +231,7 @@ impl Refresher {
             flights: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            listener: Mutex::new(None),
         }
     }
 
@@ -224,6 +244,12 @@ impl Refresher {
     /// Registers (or replaces) the preset used for accounts of `provider`.
     pub fn set_preset(&self, provider: impl Into<String>, preset: OAuthPreset) {
         lock(&self.presets).insert(provider.into(), preset);
+    }
+
+    /// Calls `listener` after every successful network refresh, routine or
+    /// forced (replacing an earlier listener).
+    pub fn on_refresh(&self, listener: RefreshListener) {
+        *lock(&self.listener) = Some(listener);
     }
 
     /// Counters.
@@ -391,7 +417,10 @@ impl Refresher {
             });
         };
         match self.refresh_network(&preset, &refresh).await {
-            Ok(renewed) => self.store_renewed(id, &account, renewed).await,
+            Ok(renewed) => {
+                self.store_renewed(id, &account, renewed, rejected.is_none())
+                    .await
+            }
             Err(err) => {
                 let reason = err.reason();
                 if err.class() != ErrorClass::Permanent {
@@ -470,6 +499,7 @@ impl Refresher {
         id: &AccountId,
         before: &StoredAccount,
         renewed: Renewed,
+        routine: bool,
     ) -> Result<Secret, RefreshError> {
         let Credential::Oauth {
             refresh: old_refresh,
@@ -505,7 +535,21 @@ impl Refresher {
         .await?;
         self.counters.refreshes.fetch_add(1, Ordering::SeqCst);
         self.remember(id, &renewed.access, expires_at);
-        tracing::info!(account = %id, "access token refreshed");
+        tracing::info!(
+            account = %before.label,
+            provider = %before.provider,
+            routine,
+            "access token refreshed"
+        );
+        let listener = lock(&self.listener).clone();
+        if let Some(listener) = listener {
+            listener(&RefreshNotice {
+                account: id.clone(),
+                provider: before.provider.clone(),
+                label: before.label.clone(),
+                routine,
+            });
+        }
         Ok(renewed.access)
     }
 

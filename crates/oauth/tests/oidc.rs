@@ -287,6 +287,13 @@ async fn refresh_rotates_and_stores_the_new_refresh_token_before_use() {
 
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let r = refresher(store.clone(), clock.clone(), preset);
+    // Every refresh is reported, routine or forced (issue 13: routine ones
+    // were invisible), by label.
+    let notices = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = notices.clone();
+    r.on_refresh(Arc::new(move |n: &marathon_oauth::RefreshNotice| {
+        seen.lock().unwrap().push((n.label.clone(), n.routine));
+    }));
     // Fresh: no refresh, the stored token.
     assert_eq!(r.access_token(&id).await.unwrap().expose(), access0);
     assert_eq!(r.stats().refreshes, 0);
@@ -314,6 +321,11 @@ async fn refresh_rotates_and_stores_the_new_refresh_token_before_use() {
     let access2 = r.force_refresh(&id, &access1).await.unwrap();
     assert_ne!(access2.expose(), access1.expose());
     assert_eq!(r.stats().refreshes, 2);
+    let label = store.get(&id).unwrap().unwrap().label;
+    assert_eq!(
+        *notices.lock().unwrap(),
+        [(label.clone(), true), (label, false)]
+    );
 
     let stats = server.stats().await;
     assert_eq!(stats["refreshes"], 2);

@@ -59,7 +59,7 @@ pub use egress::{BadEgress, EgressSettings};
 pub use events::EventSinks;
 pub use headers::{BadAuthStyle, CredentialStyle};
 pub use marathon_config::AccessKey;
-pub use server::{EventSubscription, ProxyHandle, StartOptions, start};
+pub use server::{EventSubscription, ProxyHandle, RefreshFeed, StartOptions, start};
 pub use settings::SettingsError;
 pub use state::{BoxFuture, ProviderSettings, ProxySettings, TokenError, TokenSource};
 pub use upstream::{BadUpstream, UpstreamBase};

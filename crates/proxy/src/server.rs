@@ -50,6 +50,11 @@ impl ProxyHandle {
         format!("http://{}", self.addr)
     }
 
+    /// What reports refreshes made outside a request (see [`RefreshFeed`]).
+    pub fn refresh_feed(&self) -> RefreshFeed {
+        RefreshFeed(self.state.clone())
+    }
+
     /// The live status view (as `/_marathon/status` serves it).
     pub fn status(&self) -> serde_json::Value {
         serde_json::to_value(ops::status(&self.state)).unwrap_or_default()
@@ -71,6 +76,35 @@ impl ProxyHandle {
     /// Waits until the server stops (it stops only via [`ProxyHandle::shutdown`]).
     pub async fn wait(&mut self) {
         let _ = (&mut self.task).await;
+    }
+}
+
+/// Tells the proxy about a token refresh it did not ask for (a routine one
+/// ahead of expiry, by the refresher): it counts in
+/// `marathon_refreshes_total` and goes out as a `refreshed` event naming the
+/// account's label. (A refresh after an upstream's 401 is announced by the
+/// request that forced it.) Cheap to clone; call from any thread.
+#[derive(Clone)]
+pub struct RefreshFeed(Arc<AppState>);
+
+impl RefreshFeed {
+    /// The account `id` was refreshed.
+    pub fn refreshed(&self, id: &marathon_core::AccountId) {
+        let now = self.0.now();
+        for rt in self.0.providers.values() {
+            let events = {
+                let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
+                if pool.account_status(id, now).is_none() {
+                    continue;
+                }
+                pool.refreshed(id, now)
+            };
+            rt.metrics
+                .refreshes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.publish(events);
+            return;
+        }
     }
 }
 

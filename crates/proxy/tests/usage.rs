@@ -340,3 +340,28 @@ async fn the_forecast_of_a_steady_burn_is_within_ten_percent() {
     assert!((cap as f64 - actual).abs() <= 0.10 * span, "capacity {cap}");
     proxy.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Guards issue 13's invisible routine refreshes: a refresh reported through
+/// the feed counts in `marathon_refreshes_total` and goes out as a
+/// `refreshed` event naming the account's label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routine_refresh_is_counted_and_announced_by_label() {
+    let w = world_with(
+        subscriptions(&["work"], 100),
+        Opts::new(Api::Anthropic).oauth("work", "oauth-work-0123456789"),
+    )
+    .await;
+    let mut events = w.proxy.subscribe_events();
+    let id = w.store.find("anthropic", "work").unwrap().unwrap().id;
+    let feed = w.proxy.refresh_feed();
+    for _ in 0..3 {
+        feed.refreshed(&id);
+    }
+    let ev = next_event(&mut events, "refreshed").await;
+    assert_eq!(ev["account"], "work", "{ev}");
+    assert!(
+        w.metrics()
+            .await
+            .contains("marathon_refreshes_total{provider=\"anthropic\"} 3")
+    );
+}

@@ -97,8 +97,17 @@ pub(crate) async fn start_proxy(
     let mut opts = StartOptions::new(store.clone());
     opts.workers = workers;
     let refresher = crate::tokens::refresher(config, store).await?;
-    opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(refresher)));
-    Ok(marathon_proxy::start(settings, opts).await?)
+    opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(refresher.clone())));
+    let proxy = marathon_proxy::start(settings, opts).await?;
+    // Routine refreshes (ahead of expiry) are counted and announced too; a
+    // forced one (after a 401) is announced by the request that forced it.
+    let feed = proxy.refresh_feed();
+    refresher.on_refresh(Arc::new(move |n: &marathon_oauth::RefreshNotice| {
+        if n.routine {
+            feed.refreshed(&n.account);
+        }
+    }));
+    Ok(proxy)
 }
 
 /// SIGTERM (systemd, containers, `kill`) and SIGINT (Ctrl-C) alike.
