@@ -169,9 +169,118 @@ pub(crate) fn render<'a>(
     out
 }
 
+/// One provider's accounts, as the gauges show them.
+pub(crate) struct AccountGauges {
+    pub provider: String,
+    pub accounts: Vec<marathon_core::status::AccountReport>,
+    pub capacity_until: Option<marathon_core::UnixMillis>,
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped (labels
+/// are the user's names).
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn seconds_until(now: marathon_core::UnixMillis, t: marathon_core::UnixMillis) -> f64 {
+    now.until(t).as_millis() as f64 / 1000.0
+}
+
+/// Per-account gauges: state (one series per state word, 1 for the
+/// current one), cooldown left, each window's utilisation, reset and
+/// forecast exhaustion, and each provider's capacity.
+pub(crate) fn render_accounts(
+    out: &mut String,
+    providers: &[AccountGauges],
+    now: marathon_core::UnixMillis,
+) {
+    use marathon_core::status::AccountState;
+    const STATES: [AccountState; 5] = [
+        AccountState::Ready,
+        AccountState::Cooling,
+        AccountState::Probing,
+        AccountState::NeedsLogin,
+        AccountState::Disabled,
+    ];
+    let gauges: [(&str, &str); 6] = [
+        (
+            "marathon_account_state",
+            "1 for the account's current state.",
+        ),
+        (
+            "marathon_account_cooldown_seconds",
+            "Time left on the account's cooldown (0 when not cooling).",
+        ),
+        (
+            "marathon_account_window_utilization",
+            "Share of a quota window used, 0 to 1.",
+        ),
+        (
+            "marathon_account_window_resets_in_seconds",
+            "Time until a quota window resets.",
+        ),
+        (
+            "marathon_account_window_runs_out_in_seconds",
+            "Forecast: time until a quota window runs out at the current burn rate (only when before its reset).",
+        ),
+        (
+            "marathon_provider_capacity_seconds",
+            "Forecast: how long the provider's accounts last together at the current burn rate.",
+        ),
+    ];
+    for (i, (name, help)) in gauges.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for p in providers {
+            let pl = label(&p.provider);
+            if i == 5 {
+                if let Some(t) = p.capacity_until {
+                    let _ = writeln!(out, "{name}{{provider=\"{pl}\"}} {}", seconds_until(now, t));
+                }
+                continue;
+            }
+            for a in &p.accounts {
+                let al = format!("provider=\"{pl}\",account=\"{}\"", label(&a.label));
+                match i {
+                    0 => {
+                        for s in STATES {
+                            let v = u8::from(a.state == s);
+                            let _ = writeln!(out, "{name}{{{al},state=\"{s}\"}} {v}");
+                        }
+                    }
+                    1 => {
+                        let left = a.cooling_until.map_or(0.0, |t| seconds_until(now, t));
+                        let _ = writeln!(out, "{name}{{{al}}} {left}");
+                    }
+                    _ => {
+                        for w in &a.windows {
+                            let wl = format!("{al},window=\"{}\"", label(&w.name));
+                            let value = match i {
+                                2 => Some(w.utilization),
+                                3 => w.resets_at.map(|t| seconds_until(now, t)),
+                                _ => w.runs_out_at.map(|t| seconds_until(now, t)),
+                            };
+                            if let Some(v) = value {
+                                let _ = writeln!(out, "{name}{{{wl}}} {v}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guards a label breaking the exposition format.
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 
     #[test]
     fn renders_counters_and_a_cumulative_histogram() {

@@ -43,6 +43,17 @@ pub(crate) fn route(
                     .map(|(n, p)| (n.as_str(), &p.metrics)),
             );
             state.access.render_metrics(&mut text);
+            let report = status(state);
+            let gauges: Vec<crate::metrics::AccountGauges> = report
+                .providers
+                .into_iter()
+                .map(|p| crate::metrics::AccountGauges {
+                    provider: p.name,
+                    accounts: p.accounts,
+                    capacity_until: p.capacity_until,
+                })
+                .collect();
+            crate::metrics::render_accounts(&mut text, &gauges, report.now);
             let mut r = Response::new(ProxyBody::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

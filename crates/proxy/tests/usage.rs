@@ -124,11 +124,18 @@ async fn polling_fills_the_windows_of_accounts_that_served_no_traffic() {
         ["a", "b", "c"].iter().all(|n| calls.by_account[*n] >= 1),
         "{calls:?}"
     );
-    assert!(
-        w.metrics()
-            .await
-            .contains("marathon_usage_polls_total{provider=\"anthropic\"}")
-    );
+    let metrics = w.metrics().await;
+    assert!(metrics.contains("marathon_usage_polls_total{provider=\"anthropic\"}"));
+    // Per-account gauges (issue 13): state, cooldown, window utilisation.
+    for line in [
+        "marathon_account_window_utilization{provider=\"anthropic\",account=\"b\",window=\"5h\"} 0.2",
+        "marathon_account_state{provider=\"anthropic\",account=\"a\",state=\"ready\"} 1",
+        "marathon_account_state{provider=\"anthropic\",account=\"a\",state=\"cooling\"} 0",
+        "marathon_account_cooldown_seconds{provider=\"anthropic\",account=\"c\"} 0",
+        "marathon_account_window_resets_in_seconds{provider=\"anthropic\",account=\"a\",window=\"7d\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
 }
 
 /// Guards hammering a throttled endpoint: after a 429 with `retry-after:
@@ -338,6 +345,15 @@ async fn the_forecast_of_a_steady_burn_is_within_ten_percent() {
         .as_u64()
         .expect("a provider capacity");
     assert!((cap as f64 - actual).abs() <= 0.10 * span, "capacity {cap}");
+    let metrics = get(&client, &format!("{}/_marathon/metrics", proxy.url()))
+        .await
+        .text();
+    for name in [
+        "marathon_account_window_runs_out_in_seconds{provider=\"anthropic\",account=\"a\",window=\"5h\"}",
+        "marathon_provider_capacity_seconds{provider=\"anthropic\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} in:\n{metrics}");
+    }
     proxy.shutdown(Duration::from_secs(1)).await;
 }
 
