@@ -562,7 +562,6 @@ rows!(
 /// no "Reconnecting…" errors, no fallback to HTTPS (which costs ~5 s of
 /// retries), so it takes no longer than direct.
 #[test]
-#[ignore = "needs issue 11 item 2 (WebSocket pass-through): marathon drops Upgrade, Codex reconnects 5 times and falls back to HTTPS"]
 fn codex_builtin_provider_websocket_through_marathon() {
     let client = Client::Codex;
     let codex = require(client);

@@ -155,6 +155,9 @@ pub(crate) struct Conn {
     park: AtomicBool,
     /// Bytes were written and not yet flushed.
     dirty: AtomicBool,
+    /// A request on it asked to switch protocols (WebSocket): hyper must
+    /// hand the socket over, and the connection is never parked again.
+    upgrade: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -171,6 +174,13 @@ impl Conn {
     /// A request head has been read; no timeout applies until its response ends.
     pub(crate) fn request_started(&self) {
         self.set(ACTIVE);
+    }
+
+    /// The request being served may switch protocols (`Upgrade`): called by
+    /// the service before it answers, so the connection's task lets hyper
+    /// hand the socket over (a `101` on a connection without it fails).
+    pub(crate) fn allow_upgrade(&self) {
+        self.upgrade.store(true, Relaxed);
     }
 
     fn wake(&self) {
@@ -225,6 +235,7 @@ impl Connections {
             close_at: AtomicU64::new(0),
             park: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            upgrade: AtomicBool::new(false),
             waker: Mutex::new(None),
         });
         let id = inner.next_id.fetch_add(1, Relaxed);
@@ -393,6 +404,8 @@ impl Admitted {
 enum Stage<S: HttpService<Incoming>> {
     /// hyper serving the connection. Boxed, so a parked connection's task is small.
     Serving(Box<http1::Connection<ConnIo, S>>),
+    /// hyper serving a connection that may switch protocols; never parked.
+    Upgradable(Box<http1::UpgradeableConnection<ConnIo, S>>),
     /// No request in flight and no buffers: waiting for the socket to be readable.
     Parked(TcpStream, S),
     /// Between two stages (never seen by a poll).
@@ -469,6 +482,7 @@ where
                 this.graceful = true;
                 match &mut this.stage {
                     Stage::Serving(hyper) => Pin::new(&mut **hyper).graceful_shutdown(),
+                    Stage::Upgradable(hyper) => Pin::new(&mut **hyper).graceful_shutdown(),
                     _ => return Poll::Ready(()),
                 }
             }
@@ -477,7 +491,17 @@ where
                 // Timed out or evicted with nothing in flight: just close.
                 return Poll::Ready(());
             }
+            if matches!(this.stage, Stage::Serving(_)) && this.conn.upgrade.load(Relaxed) {
+                let Stage::Serving(hyper) = std::mem::replace(&mut this.stage, Stage::Moving)
+                else {
+                    unreachable!("matched Serving above")
+                };
+                this.stage = Stage::Upgradable(Box::new(hyper.with_upgrades()));
+            }
             match &mut this.stage {
+                Stage::Upgradable(hyper) => {
+                    return Pin::new(&mut **hyper).poll(cx).map(|_| ());
+                }
                 Stage::Serving(hyper) => match Pin::new(&mut **hyper).poll(cx) {
                     Poll::Ready(_) => return Poll::Ready(()),
                     Poll::Pending => {

@@ -51,6 +51,7 @@ mod settings;
 mod state;
 mod upstream;
 mod usage;
+mod websocket;
 mod workers;
 
 pub use access::ClientKey;

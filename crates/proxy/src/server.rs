@@ -282,8 +282,11 @@ pub(crate) async fn accept_loop(
                     let Some(admitted) = conns.admit(&stream) else { continue };
                     let _ = stream.set_nodelay(true);
                     let (state, conn) = (state.clone(), admitted.conn().clone());
-                    let svc = service_fn(move |req| {
+                    let svc = service_fn(move |req: Request<Incoming>| {
                         conn.request_started();
+                        if crate::websocket::wants_upgrade(req.headers()) {
+                            conn.allow_upgrade();
+                        }
                         let (state, conn) = (state.clone(), conn.clone());
                         // Every answer, marathon's own too, leaves through
                         // the scrubber: no known secret reaches a client.
@@ -424,6 +427,9 @@ async fn route(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<Pro
     if let Some(key) = client_key {
         key.count_request();
         req.extensions_mut().insert(key);
+    }
+    if crate::websocket::wants_upgrade(req.headers()) {
+        return crate::websocket::forward(state, rt, req, route_len).await;
     }
     crate::forward::forward(state, rt, req, route_len).await
 }

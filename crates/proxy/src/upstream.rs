@@ -185,7 +185,31 @@ impl UpstreamClient {
         }
     }
 
-    async fn connect(&self, ep: &EndpointInner) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    /// Sends a WebSocket handshake (`Upgrade: websocket`) on a connection of
+    /// its own: a connection that upgrades is never pooled, and hyper hands
+    /// it over (`hyper::upgrade::on`) only when built `with_upgrades`.
+    pub(crate) async fn upgrade(
+        &self,
+        endpoint: &Endpoint,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        if let Route::Forward(via) = &endpoint.0.route {
+            endpoint.0.to_absolute_form(&mut req, via);
+        }
+        let io = Box::pin(self.connect_io(&endpoint.0)).await?;
+        let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("upstream WebSocket connection ended: {e}");
+            }
+        });
+        tx.send_request(req).await.map_err(UpstreamError::Request)
+    }
+
+    async fn connect_io(&self, ep: &EndpointInner) -> Result<Stream, UpstreamError> {
         let uri = Uri::builder()
             .scheme(ep.scheme.clone())
             .authority(ep.authority.clone())
@@ -212,6 +236,11 @@ impl UpstreamClient {
                 ));
             }
         };
+        Ok(io)
+    }
+
+    async fn connect(&self, ep: &EndpointInner) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let io = self.connect_io(ep).await?;
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             // As on the server side: a flat write buffer (see `server`).
             .writev(false)
