@@ -10,6 +10,8 @@
 //! - `browser`: the Host and Origin checks that keep web pages out;
 //! - `connections`: connection cap, head and idle timeouts, parking idle
 //!   connections without their buffers, graceful shutdown;
+//! - `websocket`: `Upgrade: websocket` requests: the handshake rotates like a
+//!   request, then bytes pass both ways (spent-account error events read);
 //! - `forward`: the per-request rotation loop (pick → send → classify → decide);
 //! - `body`: the one body type both ways, streaming chunk by chunk;
 //! - `headers`: hop-by-hop stripping and credential replacement (no client
