@@ -827,6 +827,33 @@ impl Pool {
         events
     }
 
+    /// Benches the account until `until` unless it already rests at least that
+    /// long: the merge of a cooldown another instance learned (pushed by a
+    /// shared store, or read from a shared hot state). Unlike
+    /// [`Pool::set_cooldown`] it never shortens or ends a cooldown, so a stale
+    /// or repeated report cannot bring a rate-limited account back early.
+    /// Returns the `cooldown` event when the account was benched (or benched
+    /// longer); callers relaying another instance's news usually drop it, as
+    /// that instance announced it already.
+    pub fn merge_cooldown(
+        &mut self,
+        id: &AccountId,
+        until: UnixMillis,
+        reason: impl Into<Reason>,
+        now: UnixMillis,
+    ) -> Vec<Event> {
+        if until <= now {
+            return Vec::new();
+        }
+        let Some(s) = self.find(id).and_then(|i| self.slots[i].as_ref()) else {
+            return Vec::new();
+        };
+        match s.state {
+            State::Cooling { until: current, .. } if current >= until => Vec::new(),
+            _ => self.set_cooldown(id, until, reason, now),
+        }
+    }
+
     /// Every account's status, in priority order.
     pub fn status(&self, now: UnixMillis) -> Vec<AccountStatus> {
         let mut live: Vec<&Slot> = self.slots.iter().flatten().collect();

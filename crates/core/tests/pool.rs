@@ -910,6 +910,32 @@ fn shared_cooldowns_from_another_process_apply() {
     assert_eq!(health(&p, "b", at(4)), Health::NeedsLogin);
 }
 
+/// Guards issue 12: instances sharing what they learn must never shorten a
+/// cooldown (a late or repeated report of a shorter one would bring a
+/// rate-limited account back early and earn another 429).
+#[test]
+fn merged_cooldowns_never_shorten_or_end_one() {
+    let mut p = pool(Strategy::Sticky, &["a", "b"]);
+    let ev = p.merge_cooldown(&id("a"), at(600), "rate_limit_error", at(0));
+    assert!(matches!(&ev[0].kind, EventKind::Cooldown { until, .. } if *until == at(600)));
+    // Shorter, equal, or already over: nothing changes, no event.
+    assert!(p.merge_cooldown(&id("a"), at(30), "x", at(1)).is_empty());
+    assert!(p.merge_cooldown(&id("a"), at(600), "x", at(1)).is_empty());
+    assert!(p.merge_cooldown(&id("a"), at(1), "x", at(2)).is_empty());
+    assert_eq!(health(&p, "a", at(2)), Health::Cooling { until: at(600) });
+    // Longer: extended.
+    assert_eq!(p.merge_cooldown(&id("a"), at(900), "x", at(3)).len(), 1);
+    assert_eq!(health(&p, "a", at(3)), Health::Cooling { until: at(900) });
+    // A ready account is benched, and picks move on.
+    p.merge_cooldown(&id("b"), at(60), "x", at(4));
+    assert!(matches!(health(&p, "b", at(4)), Health::Cooling { .. }));
+    // Unknown accounts and needs-login are left alone.
+    assert!(p.merge_cooldown(&id("zz"), at(60), "x", at(4)).is_empty());
+    p.mark_needs_login(&id("b"), at(5), "invalid_grant");
+    assert!(p.merge_cooldown(&id("b"), at(999), "x", at(5)).is_empty());
+    assert_eq!(health(&p, "b", at(5)), Health::NeedsLogin);
+}
+
 #[test]
 fn disabled_accounts_are_never_picked_and_keep_their_cooldown() {
     let mut p = pool(Strategy::RoundRobin, &["a", "b"]);
