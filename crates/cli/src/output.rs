@@ -141,13 +141,16 @@ fn hint_for(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
                 StoreError::LabelTaken { .. } | StoreError::NotFound(_) => {
                     "`marathon auth list` shows the accounts"
                 }
-                StoreError::LockTimeout { .. } => {
+                StoreError::LockTimeout { .. } | StoreError::Fenced(_) => {
                     "`ps aux | grep marathon` shows other marathon processes"
                 }
                 StoreError::Io { .. } => {
                     "check the directory exists and is writable, or pick another with --home"
                 }
                 StoreError::Invalid(_) => "see `marathon auth --help`",
+                StoreError::Unavailable { .. } => {
+                    "check the server runs and [store] url (or MARATHON_STORE_URL) points at it"
+                }
             }
             .to_string(),
         );

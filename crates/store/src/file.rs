@@ -9,7 +9,9 @@
 //! - `accounts.json.bak-v<N>`: the file as it was before a migration from
 //!   version N;
 //! - `locks/<id>.lock` (0600): per-account locks (OAuth refresh);
-//! - `hot.json` (0600): cooldowns and counters, written lazily, no secrets.
+//! - `hot.json` (0600): cooldowns and counters, written lazily, no secrets;
+//!   `hot.lock` (0600) held while a proxy merges its news into it, so
+//!   several proxies on one store merge instead of overwriting each other.
 //!
 //! Reads do not take the lock: writes replace the file by rename, so a reader
 //! always sees a whole file, old or new.
@@ -25,6 +27,7 @@ use crate::doc::{self, Document};
 use crate::lock::{io_err, lock_exclusive, temp_prefix, write_atomic};
 use crate::{
     AccountId, AccountLock, AddResult, HotState, NewAccount, Store, StoreError, StoredAccount,
+    UnixMillis,
 };
 
 const ACCOUNTS: &str = "accounts.json";
@@ -371,6 +374,18 @@ impl Store for FileStore {
 
     fn save_hot(&self, hot: &HotState) -> Result<(), StoreError> {
         write_atomic(&self.hot_path, &hot_bytes(hot), false)
+    }
+
+    /// Under `hot.lock`, so two proxies on one store merge instead of one
+    /// overwriting what the other learned (issue 12). Writes only when the
+    /// merge changed something: a proxy with no news only reads.
+    fn merge_hot(&self, delta: &HotState, now: UnixMillis) -> Result<HotState, StoreError> {
+        let _lock = lock_exclusive(&self.dir.join("hot.lock"), WRITE_LOCK_WAIT)?;
+        let mut hot = self.load_hot()?;
+        if hot.merge(delta, now) {
+            self.save_hot(&hot)?;
+        }
+        Ok(hot)
     }
 }
 

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use marathon_core::{AccountId, AccountKind, Secret, UnixMillis};
 
+pub mod backend;
 pub mod client_config;
 mod doc;
 mod file;
@@ -369,6 +370,22 @@ pub enum StoreError {
     /// The account data is not acceptable (empty label, bad provider name...).
     #[error("invalid account: {0}")]
     Invalid(String),
+    /// A shared backend (Redis) could not be reached or refused a command.
+    /// The message names the server without its password.
+    #[error("the {backend} store is unavailable: {detail}")]
+    Unavailable {
+        /// Which backend, with its address (`redis at redis://host:6379/0`).
+        backend: String,
+        /// What failed, without any value stored there.
+        detail: String,
+    },
+    /// This process's lock on the account expired and another process took
+    /// it: the write was refused so it cannot overwrite a newer credential.
+    #[error(
+        "the lock on account {0} expired and another marathon holds it now; \
+         the write was refused so it cannot overwrite a newer credential"
+    )]
+    Fenced(AccountId),
     /// A lock could not be taken in time.
     #[error(
         "timed out after {} waiting for the lock {}; another marathon process is holding it. \
@@ -394,6 +411,11 @@ impl AccountLock {
             _guard: Box::new(guard),
         }
     }
+
+    /// A lock of another backend: `guard` releases it when dropped.
+    pub fn from_guard(guard: impl std::any::Any + Send) -> Self {
+        Self::new(guard)
+    }
 }
 
 impl fmt::Debug for AccountLock {
@@ -409,6 +431,39 @@ pub struct HotState {
     /// Per-account hot state.
     #[serde(default)]
     pub cooldowns: BTreeMap<AccountId, HotAccount>,
+}
+
+impl HotState {
+    /// Folds `delta` (another process's or this one's news) into this state:
+    /// a cooldown keeps the later end of the two (a shared cooldown is never
+    /// shortened), and `delta`'s counters are increments that add up.
+    /// Cooldowns over by `now` are dropped. Returns whether anything changed.
+    pub fn merge(&mut self, delta: &HotState, now: UnixMillis) -> bool {
+        let mut changed = false;
+        for (id, news) in &delta.cooldowns {
+            let entry = self.cooldowns.entry(id.clone()).or_default();
+            if let Some(until) = news.cooling_until.filter(|u| *u > now)
+                && entry.cooling_until.is_none_or(|cur| cur < until)
+            {
+                entry.cooling_until = Some(until);
+                entry.reason = news.reason.clone();
+                changed = true;
+            }
+            if news.successes > 0 || news.failures > 0 {
+                entry.successes = entry.successes.saturating_add(news.successes);
+                entry.failures = entry.failures.saturating_add(news.failures);
+                changed = true;
+            }
+        }
+        for h in self.cooldowns.values_mut() {
+            if h.cooling_until.is_some_and(|u| u <= now) {
+                h.cooling_until = None;
+                h.reason = None;
+                changed = true;
+            }
+        }
+        changed
+    }
 }
 
 /// Hot state of one account.
@@ -460,7 +515,7 @@ pub trait Store: Send + Sync {
     /// Hot state (cooldowns, counters): persisted lazily, may be lost on crash,
     /// never holds secrets.
     fn load_hot(&self) -> Result<HotState, StoreError>;
-    /// Saves hot state.
+    /// Saves hot state, replacing what was saved.
     fn save_hot(&self, hot: &HotState) -> Result<(), StoreError>;
     /// Claims the lease `what` (e.g. `usage-poll`) on one account until
     /// `until`, unless another holder's lease runs past `now` or another
@@ -483,5 +538,18 @@ pub trait Store: Send + Sync {
     fn set_lease(&self, id: &AccountId, what: &str, until: UnixMillis) -> Result<(), StoreError> {
         let _ = (id, what, until);
         Ok(())
+    }
+    /// Folds this process's news into the shared hot state and returns the
+    /// merged whole ([`HotState::merge`]: cooldowns never shortened, the
+    /// counters in `delta` are increments). Processes sharing a store call
+    /// this instead of [`Store::save_hot`], so none overwrites what another
+    /// learned. The default is a read-merge-write; a shared backend makes
+    /// it atomic.
+    fn merge_hot(&self, delta: &HotState, now: UnixMillis) -> Result<HotState, StoreError> {
+        let mut hot = self.load_hot()?;
+        if hot.merge(delta, now) {
+            self.save_hot(&hot)?;
+        }
+        Ok(hot)
     }
 }

@@ -477,3 +477,63 @@ fn oauth_credentials_round_trip_with_rotated_refresh_token() {
         Credential::ApiKey { .. } => panic!("kind changed"),
     }
 }
+
+fn hot_of(id: &str, until: Option<u64>, successes: u64) -> HotState {
+    let mut hot = HotState::default();
+    hot.cooldowns.insert(
+        marathon_store::AccountId(id.into()),
+        HotAccount {
+            cooling_until: until.map(UnixMillis),
+            reason: until.map(|_| "rate_limit_error".into()),
+            successes,
+            failures: 0,
+        },
+    );
+    hot
+}
+
+/// Guards issue 12: two proxies on one store each saved their own view of
+/// hot.json, so a 10-minute cooldown one learned vanished when the other
+/// saved. Merging keeps the later cooldown and adds the counters up, even
+/// from many writers at once.
+#[test]
+fn merging_hot_state_never_loses_another_process_s_news() {
+    let tmp = tempfile::tempdir().unwrap();
+    let now = UnixMillis(1_750_000_000_000);
+    let long = 1_750_000_600_000;
+    let a = FileStore::open(tmp.path()).unwrap();
+    let b = FileStore::open(tmp.path()).unwrap();
+    a.merge_hot(&hot_of("acc_1", Some(long), 1), now).unwrap();
+    // b knows nothing of it, learns a shorter one, and counts a success.
+    let merged = b
+        .merge_hot(&hot_of("acc_1", Some(1_750_000_030_000), 1), now)
+        .unwrap();
+    let h = &merged.cooldowns[&marathon_store::AccountId("acc_1".into())];
+    assert_eq!(h.cooling_until, Some(UnixMillis(long)), "never shortened");
+    assert_eq!(h.successes, 2, "counters add up");
+    // Writers racing from threads (as processes would): no increment lost.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let store = FileStore::open(tmp.path()).unwrap();
+                for _ in 0..10 {
+                    store.merge_hot(&hot_of("acc_2", None, 1), now).unwrap();
+                }
+            });
+        }
+    });
+    let back = a.load_hot().unwrap();
+    assert_eq!(back.cooldowns[&marathon_store::AccountId("acc_2".into())].successes, 80);
+    assert_eq!(
+        back.cooldowns[&marathon_store::AccountId("acc_1".into())].cooling_until,
+        Some(UnixMillis(long))
+    );
+    // Once over, a cooldown is dropped at the next merge.
+    let later = b
+        .merge_hot(&HotState::default(), UnixMillis(long + 1))
+        .unwrap();
+    assert_eq!(
+        later.cooldowns[&marathon_store::AccountId("acc_1".into())].cooling_until,
+        None
+    );
+}
