@@ -49,7 +49,7 @@ impl EventBus {
         }
     }
 
-    pub(crate) fn publish(&self, event: &Event) {
+    pub(crate) fn publish(&self, event: &Event) -> Arc<EventJson> {
         let mut value = serde_json::to_value(event).unwrap_or_default();
         if let Some(obj) = value.as_object_mut() {
             obj.insert("summary".into(), event.to_string().into());
@@ -57,6 +57,14 @@ impl EventBus {
         let json = value.to_string();
         tracing::info!(target: "marathon::event", provider = %event.provider, "{event}");
         self.activity.record_event(event, &json);
+        let ev = Arc::new(EventJson { json });
+        let _ = self.tx.send(ev.clone());
+        ev
+    }
+
+    /// Another instance's event (already logged there): to this instance's
+    /// subscribers only, so `/_marathon/events` on any instance shows all.
+    pub(crate) fn relay(&self, json: String) {
         let _ = self.tx.send(Arc::new(EventJson { json }));
     }
 

@@ -26,6 +26,8 @@
 //! - `probe`: connectivity probes (`HEAD`, `GET` of the base URL) answered
 //!   without touching an account;
 //! - `events`: the event bus and its sinks (log, SSE, webhook, command hook);
+//! - `shared`: what instances sharing a store learn from each other (hot
+//!   state merged through the store, news pushed by [`Peers`]);
 //! - `errors`: answers in each provider's own error format;
 //! - `scrub`: the last line before a client: known secrets masked in every
 //!   answer (an upstream may echo the key it received).
@@ -50,6 +52,7 @@ mod probe;
 mod scrub;
 pub mod server;
 mod settings;
+mod shared;
 mod state;
 mod upstream;
 mod usage;
@@ -64,6 +67,7 @@ pub use headers::{BadAuthStyle, CredentialStyle};
 pub use marathon_config::AccessKey;
 pub use server::{EventSubscription, ProxyHandle, RefreshFeed, StartOptions, start};
 pub use settings::SettingsError;
+pub use shared::{PeerCooldown, PeerInbox, Peers};
 pub use state::{BoxFuture, ProviderSettings, ProxySettings, TokenError, TokenSource};
 pub use upstream::{BadUpstream, UpstreamBase};
 pub use usage::UsagePollSettings;

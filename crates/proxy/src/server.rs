@@ -27,9 +27,9 @@ use crate::upstream::Endpoint;
 use crate::{ProxyError, ops};
 
 /// How often the proxy re-reads accounts from the store (other processes,
-/// `marathon auth` commands) and saves its hot state.
+/// `marathon auth` commands). Hot state is merged every
+/// [`crate::shared::HOT_SYNC_EVERY`].
 const SYNC_EVERY: Duration = Duration::from_secs(2);
-const SAVE_HOT_EVERY: Duration = Duration::from_secs(5);
 
 /// A running proxy.
 pub struct ProxyHandle {
@@ -70,7 +70,12 @@ impl ProxyHandle {
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(grace, self.task).await;
-        save_hot(&self.state).await;
+        crate::shared::sync_hot(&self.state).await;
+    }
+
+    /// Where other instances' news (pushed by a shared store) enters this proxy.
+    pub fn peer_inbox(&self) -> crate::shared::PeerInbox {
+        crate::shared::PeerInbox(self.state.clone())
     }
 
     /// Waits until the server stops (it stops only via [`ProxyHandle::shutdown`]).
@@ -137,6 +142,8 @@ pub struct StartOptions {
     /// the caller's runtime; more add single-threaded runtimes on threads of
     /// their own, each with its own `SO_REUSEPORT` listener (see `workers`).
     pub workers: usize,
+    /// Other instances sharing the store (a team gateway on Redis), if any.
+    pub peers: Option<Arc<dyn crate::shared::Peers>>,
 }
 
 impl StartOptions {
@@ -147,6 +154,7 @@ impl StartOptions {
             tokens: None,
             clock: Arc::new(SystemClock),
             workers: 1,
+            peers: None,
         }
     }
 }
@@ -207,6 +215,8 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
         store: opts.store,
         tokens: opts.tokens,
         browser,
+        peers: opts.peers,
+        hot: Default::default(),
     });
 
     // Accounts and remembered cooldowns before the first request.
@@ -457,7 +467,8 @@ fn not_found_provider(state: &AppState, name: &str) -> Response<ProxyBody> {
 
 async fn background(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let mut sync = tokio::time::interval(SYNC_EVERY);
-    let mut save = tokio::time::interval(SAVE_HOT_EVERY);
+    let mut save = tokio::time::interval(crate::shared::HOT_SYNC_EVERY);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = tokio::time::interval(crate::upstream::SWEEP_EVERY);
     sync.tick().await;
     save.tick().await;
@@ -468,11 +479,11 @@ async fn background(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
                 let store = state.store.clone();
                 match tokio::task::spawn_blocking(move || store.list()).await {
                     Ok(Ok(accounts)) => state.sync_accounts(&accounts),
-                    Ok(Err(e)) => tracing::warn!("could not re-read accounts (keeping the ones loaded): {e}"),
+                    Ok(Err(e)) => state.hot.store_failed("re-reading accounts", &e),
                     Err(_) => {}
                 }
             }
-            _ = save.tick() => save_hot(&state).await,
+            _ = save.tick() => crate::shared::sync_hot(&state).await,
             _ = sweep.tick() => {
                 for rt in state.providers.values() {
                     rt.endpoint.sweep();
@@ -481,35 +492,6 @@ async fn background(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             }
             _ = shutdown.changed() => return,
         }
-    }
-}
-
-/// Saves cooldowns and counters; losing them in a crash costs only counters
-/// and some cooldown memory, never a credential.
-async fn save_hot(state: &Arc<AppState>) {
-    let now = state.now();
-    let mut hot = HotState::default();
-    for rt in state.providers.values() {
-        let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
-        for a in pool.status(now) {
-            let cooling_until = match a.health {
-                marathon_core::pool::Health::Cooling { until } => Some(until),
-                _ => None,
-            };
-            hot.cooldowns.insert(
-                a.id.clone(),
-                HotAccount {
-                    cooling_until,
-                    reason: a.last_reason.clone(),
-                    successes: a.successes,
-                    failures: a.failures,
-                },
-            );
-        }
-    }
-    let store = state.store.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.save_hot(&hot)).await {
-        tracing::warn!("could not save hot state: {e}")
     }
 }
 

@@ -211,6 +211,10 @@ pub(crate) struct AppState {
     pub browser: crate::browser::Guard,
     /// The access keys and each one's counters.
     pub access: crate::access::AccessKeys,
+    /// Other instances sharing the store (a team gateway), if any.
+    pub peers: Option<Arc<dyn crate::shared::Peers>>,
+    /// What this instance has folded into the store's shared hot state.
+    pub hot: crate::shared::HotSync,
 }
 
 impl AppState {
@@ -227,7 +231,10 @@ impl AppState {
                     .cooldowns
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            self.bus.publish(e);
+            let json = self.bus.publish(e);
+            if let Some(peers) = &self.peers {
+                crate::shared::announce(self, peers.as_ref(), e, &json.json);
+            }
         }
     }
 
