@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub mod echo;
+pub mod redis;
 
 use marathon_oauth::{GenericProvider, HttpClient, HttpRequest, HyperHttpClient, OAuthPreset};
 
