@@ -9,7 +9,7 @@ use crate::model::{AccessKey, Config, ProviderConfig};
 use crate::values;
 
 /// Server and event settings, by variable name.
-pub const GLOBAL_VARS: [&str; 17] = [
+pub const GLOBAL_VARS: [&str; 22] = [
     "MARATHON_LISTEN",
     "MARATHON_ACCESS_KEYS",
     "MARATHON_ACCESS_KEY",
@@ -27,6 +27,11 @@ pub const GLOBAL_VARS: [&str; 17] = [
     "MARATHON_EXTRA_CA_FILE",
     "MARATHON_WEBHOOK",
     "MARATHON_EVENT_COMMAND",
+    "MARATHON_STORE_BACKEND",
+    "MARATHON_STORE_URL",
+    "MARATHON_STORE_USERNAME",
+    "MARATHON_STORE_PASSWORD",
+    "MARATHON_STORE_PREFIX",
 ];
 
 /// Provider settings: `MARATHON_<PROVIDER>_<SUFFIX>`, where `<PROVIDER>` is the
@@ -141,8 +146,26 @@ pub(crate) fn apply(
             "MARATHON_EVENT_COMMAND" => {
                 config.events.command = Some(value.trim().to_owned()).filter(|c| !c.is_empty());
             }
+            "MARATHON_STORE_BACKEND" => {
+                config.store.backend = values::store_backend(value).map_err(err)?
+            }
+            "MARATHON_STORE_URL" => config.store.url = Some(values::redis_url(value).map_err(err)?),
+            "MARATHON_STORE_USERNAME" => {
+                config.store.username = Some(value.trim().to_owned()).filter(|u| !u.is_empty())
+            }
+            "MARATHON_STORE_PASSWORD" => {
+                config.store.password = Some(Secret::new(value.to_owned())).filter(|_| !value.is_empty())
+            }
+            "MARATHON_STORE_PREFIX" => config.store.prefix = values::key_prefix(value).map_err(err)?,
             _ => provider_var(config, var, value)?,
         }
+    }
+    if config.store.backend == crate::model::StoreBackend::Redis && config.store.url.is_none() {
+        return Err(ConfigError::Env {
+            var: "MARATHON_STORE_BACKEND".to_owned(),
+            message: "the redis backend needs a URL: set MARATHON_STORE_URL or [store] url"
+                .to_owned(),
+        });
     }
     if let Err(m) = config.server.check_exposure() {
         let var = if listen_set {

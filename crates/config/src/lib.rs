@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 pub use env::{GLOBAL_VARS, PROVIDER_SUFFIXES, provider_prefix};
 pub use model::{
     AccessKey, AuthStyle, Config, EventsConfig, ExtraCa, HeaderRule, HeaderSource, OAuthConfig,
-    ProviderConfig, ProviderKind, ServerConfig, UpstreamProxy,
+    ProviderConfig, ProviderKind, ServerConfig, StoreBackend, StoreConfig, UpstreamProxy,
 };
 
 /// Where marathon keeps its files.

@@ -19,6 +19,50 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Event sinks (`[events]`).
     pub events: EventsConfig,
+    /// Where accounts, hot state and locks live (`[store]`).
+    pub store: StoreConfig,
+}
+
+/// `[store]`: where accounts, hot state and refresh locks live.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// `file` (the data directory) or `redis` (shared by several instances).
+    pub backend: StoreBackend,
+    /// `redis://host:port/db` or `rediss://` (TLS); no `user:password@`.
+    pub url: Option<String>,
+    /// The Redis user (ACL), if not `default`.
+    pub username: Option<String>,
+    /// The Redis password (`MARATHON_STORE_PASSWORD` keeps it out of the file).
+    pub password: Option<Secret>,
+    /// Prefix of every key, so several gateways can share one Redis.
+    pub prefix: String,
+}
+
+impl StoreConfig {
+    /// The default key prefix.
+    pub const DEFAULT_PREFIX: &'static str = "marathon";
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::File,
+            url: None,
+            username: None,
+            password: None,
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+/// Which store backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// Files in the data directory (one machine).
+    #[default]
+    File,
+    /// Redis or Valkey (a team gateway: several instances act as one).
+    Redis,
 }
 
 impl Config {

@@ -18,7 +18,7 @@ use toml::Spanned;
 use crate::ConfigError;
 use crate::model::{
     AccessKey, AuthStyle, Config, EventsConfig, HeaderRule, OAuthConfig, ProviderConfig,
-    ProviderKind, ServerConfig,
+    ProviderKind, ServerConfig, StoreBackend, StoreConfig,
 };
 use crate::presets;
 use crate::values;
@@ -82,6 +82,8 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     events: RawEvents,
+    #[serde(default)]
+    store: RawStore,
     #[serde(default)]
     defaults: RawProvider,
     #[serde(default)]
@@ -147,6 +149,16 @@ impl<'de> Deserialize<'de> for RawAccessKeys {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: Field,
+    url: Field,
+    username: Field,
+    password: Option<Spanned<Secret>>,
+    prefix: Field,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawEvents {
     webhook: Field,
     command: Field,
@@ -205,6 +217,7 @@ pub(crate) fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
     let cx = Cx { src, file };
     let server = server(&cx, raw.server)?;
     let events = events(&cx, raw.events)?;
+    let store = store(&cx, raw.store)?;
     for (key, what) in [
         ("kind", &raw.defaults.kind),
         ("upstream", &raw.defaults.upstream),
@@ -318,6 +331,7 @@ pub(crate) fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
         server,
         providers,
         events,
+        store,
     };
     Ok(config)
 }
@@ -390,6 +404,8 @@ fn from_toml(mut e: toml::de::Error, src: &str, file: &Path) -> ConfigError {
     {
         // Proxy URLs may hold a password.
         "expected a proxy URL such as \"http://proxy.example:3128\"".to_owned()
+    } else if key.as_deref() == Some("store.password") {
+        "expected a string".to_owned()
     } else {
         message
     };
@@ -641,6 +657,35 @@ fn boolean(cx: &Cx<'_>, v: &Spanned<Scalar>, key: &str) -> Result<bool, ConfigEr
             format!("expected true or false, found {}", other.type_name()),
         )),
     }
+}
+
+fn store(cx: &Cx<'_>, raw: RawStore) -> Result<StoreConfig, ConfigError> {
+    let mut s = StoreConfig::default();
+    if let Some(v) = &raw.backend {
+        s.backend = with_str(cx, v, "store.backend", "\"file\" or \"redis\"", values::store_backend)?;
+    }
+    if let Some(v) = &raw.url {
+        s.url = Some(with_str(cx, v, "store.url", "a redis:// URL", values::redis_url)?);
+    }
+    if let Some(v) = &raw.username {
+        s.username = Some(with_str(cx, v, "store.username", "a user name", |u| {
+            Ok(u.trim().to_owned())
+        })?);
+    }
+    s.password = raw.password.map(Spanned::into_inner);
+    if let Some(v) = &raw.prefix {
+        s.prefix = with_str(cx, v, "store.prefix", "a key prefix", values::key_prefix)?;
+    }
+    if s.backend == StoreBackend::Redis && s.url.is_none() {
+        let span = raw.backend.as_ref().map(|v| v.span()).unwrap_or_default();
+        return Err(cx.err(
+            span,
+            "store.url",
+            "backend = \"redis\" needs url = \"redis://host:6379/0\" (or MARATHON_STORE_URL)"
+                .to_owned(),
+        ));
+    }
+    Ok(s)
 }
 
 fn events(cx: &Cx<'_>, raw: RawEvents) -> Result<EventsConfig, ConfigError> {

@@ -247,6 +247,60 @@ pub(crate) fn url(what: &str, s: &str) -> Result<String, String> {
     }
 }
 
+/// A Redis URL: `redis://host[:port][/db]` or `rediss://` (TLS). A user
+/// name or password in it is refused, like in every URL marathon shows: they
+/// go in `[store] username` / `password` (or `MARATHON_STORE_PASSWORD`).
+pub(crate) fn redis_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("rediss://")
+        .or_else(|| s.strip_prefix("redis://"));
+    let shown = marathon_core::secret::redact_url(s);
+    match rest {
+        Some(rest) if authority(rest).contains('@') => Err(format!(
+            "store URL {shown:?} holds a user name or password before the host; \
+             remove the `user:password@` part and set [store] username and password \
+             (or MARATHON_STORE_PASSWORD) instead: marathon shows this URL in its logs"
+        )),
+        Some(rest)
+            if !rest.is_empty()
+                && !rest.starts_with('/')
+                && !rest.contains(char::is_whitespace) =>
+        {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "invalid store URL {shown:?} (expected redis://host:port/db or rediss://...)"
+        )),
+    }
+}
+
+/// A key prefix: letters, digits and `_ - . :`.
+pub(crate) fn key_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "invalid key prefix {s:?} (1 to 64 letters, digits, '_', '-', '.' or ':')"
+        ))
+    }
+}
+
+/// `file` or `redis`.
+pub(crate) fn store_backend(s: &str) -> Result<crate::model::StoreBackend, String> {
+    match s.trim() {
+        "file" => Ok(crate::model::StoreBackend::File),
+        "redis" | "valkey" => Ok(crate::model::StoreBackend::Redis),
+        other => Err(format!(
+            "unknown store backend {other:?} (expected \"file\" or \"redis\")"
+        )),
+    }
+}
+
 /// A provider's upstream: a [`url`] without a query string or fragment (the
 /// client's own query is appended to each request, and a query here is
 /// where a key would hide).

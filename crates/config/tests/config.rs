@@ -1260,6 +1260,34 @@ usage_url = "http://127.0.0.1:9/wham/usage"
     assert!(c.providers["openai"].usage_endpoint().is_none());
     let err = error("[defaults]\nusage_poll = \"10s\"\n");
     assert!(err.contains("usage_poll") && err.contains("1m"), "{err}");
+
+/// `[store]` (issue 12): the Redis backend's keys, their errors naming the
+/// key, and a password never in a URL marathon would show.
+#[test]
+fn the_store_section_selects_redis_and_keeps_passwords_out_of_urls() {
+    let c = parse("[store]\nbackend = \"redis\"\nurl = \"rediss://cache:6380/2\"\nusername = \"gw\"\npassword = \"s3cret-pw\"\nprefix = \"team:a\"\n");
+    assert_eq!(c.store.backend, marathon_config::StoreBackend::Redis);
+    assert_eq!(c.store.url.as_deref(), Some("rediss://cache:6380/2"));
+    assert_eq!(c.store.password.as_ref().unwrap().expose(), "s3cret-pw");
+    assert_eq!(c.store.prefix, "team:a");
+    let e = error("[store]\nbackend = \"redis\"\n");
+    assert!(e.contains("store.url"), "{e}");
+    let e = error("[store]\nurl = \"redis://u:hunter2@cache:6379\"\n");
+    assert!(e.contains("store.url") && !e.contains("hunter2"), "{e}");
+    let e = error("[store]\nbackend = \"mongo\"\n");
+    assert!(e.contains("store.backend"), "{e}");
+    let c = env(
+        "",
+        &[
+            ("MARATHON_STORE_BACKEND", "redis"),
+            ("MARATHON_STORE_URL", "redis://127.0.0.1:6379/0"),
+            ("MARATHON_STORE_PASSWORD", "pw"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.store.backend, marathon_config::StoreBackend::Redis);
+    assert_eq!(c.store.password.unwrap().expose(), "pw");
+    assert!(env("", &[("MARATHON_STORE_BACKEND", "redis")]).is_err());
 }
 
 /// Named access keys: a table of name = key, counted per name in status and
