@@ -89,6 +89,32 @@ Examples:
   marathon demo
   marathon demo --window 5s --requests 20")]
     Demo(DemoArgs),
+    /// Move the account store between backends (files, Redis)
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `marathon store ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum StoreCommand {
+    /// Copy every account (credentials, ids, labels) and the hot state from the
+    /// configured store to another: a Redis URL or a data directory
+    #[command(after_help = "\
+Examples:
+  marathon store copy --to redis://10.0.0.5:6379/0
+  MARATHON_STORE_BACKEND=redis MARATHON_STORE_URL=redis://10.0.0.5:6379/0 \\
+    marathon store copy --to ~/.local/share/marathon
+
+The source is the configured store ([store] in the config, or MARATHON_STORE_*).
+A Redis destination uses [store] username, password and prefix. Accounts keep
+their ids; an account already at the destination with the same id is replaced.
+Stop the proxies first so no refresh token rotates during the copy; then point
+[store] at the destination.")]
+    Copy {
+        /// Destination: redis://host:port/db, rediss://..., or a directory
+        #[arg(long, value_name = "URL|DIR")]
+        to: String,
+    },
 }
 
 const STATUSLINE_HELP: &str = "\

@@ -1,6 +1,7 @@
 //! `marathon`: the command-line front end. CLI definition plus glue; the work
 //! happens in the library crates (store, config, and later the proxy).
 
+mod backend;
 mod cli;
 mod commands;
 mod output;
@@ -35,6 +36,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         // The client's own exit code.
         cli::Command::Run(args) => return commands::run::run(&ctx, &args),
         cli::Command::Demo(args) => commands::demo::run(&args),
+        cli::Command::Store(cli::StoreCommand::Copy { to }) => commands::store::copy(&ctx, &to),
     }?;
     Ok(ExitCode::SUCCESS)
 }

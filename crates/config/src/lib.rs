@@ -31,6 +31,12 @@ pub use model::{
     ProviderConfig, ProviderKind, ServerConfig, StoreBackend, StoreConfig, UpstreamProxy,
 };
 
+/// Checks a Redis URL as `[store] url` is checked (`redis://` or
+/// `rediss://`, no `user:password@`): for `marathon store copy --to`.
+pub fn check_store_url(url: &str) -> Result<String, String> {
+    values::redis_url(url)
+}
+
 /// Where marathon keeps its files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paths {

@@ -278,6 +278,16 @@ impl Refresher {
         }
     }
 
+    /// The cached token if it has not expired yet (ignoring the refresh
+    /// lead) and is not the one the upstream rejected.
+    fn still_valid(&self, id: &AccountId, rejected: Option<&Secret>) -> Option<Secret> {
+        let c = self.cached(id)?;
+        let now = self.clock.now();
+        let unexpired = c.expires_at.is_none_or(|exp| now < exp);
+        let accepted = rejected.is_none_or(|r| !c.access.same_as(r));
+        (unexpired && accepted).then_some(c.access)
+    }
+
     fn cached(&self, id: &AccountId) -> Option<Cached> {
         lock(&self.cache).get(id).cloned()
     }
@@ -338,7 +348,17 @@ impl Refresher {
         {
             return Err(err.clone());
         }
-        let result = self.refresh_locked(id, rejected).await;
+        let mut result = self.refresh_locked(id, rejected).await;
+        // The store (its lock) is unreachable: a refresh without the lock
+        // could spend a single-use refresh token another instance is
+        // spending too, so none runs; the current token serves until it
+        // really expires (the refresh lead is only a head start).
+        if let Err(RefreshError::Store { reason, .. }) = &result
+            && let Some(token) = self.still_valid(id, rejected)
+        {
+            tracing::warn!(account = %id, error = %reason, "cannot refresh without the store's lock; using the current access token until it expires");
+            result = Ok(token);
+        }
         *last_error = result.as_ref().err().cloned();
         flight.generation.fetch_add(1, Ordering::SeqCst);
         result

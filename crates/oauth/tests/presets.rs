@@ -780,3 +780,103 @@ fn requests_never_print_their_secrets() {
         .header("authorization", "token gho_x");
     assert!(!format!("{req:?}").contains("gho_x"));
 }
+
+/// A store whose server is down: every call fails as a Redis outage would.
+struct DownStore(Arc<dyn Store>, std::sync::atomic::AtomicBool);
+
+impl DownStore {
+    fn check(&self) -> Result<(), marathon_store::StoreError> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(marathon_store::StoreError::Unavailable {
+                backend: "redis at redis://127.0.0.1:1/0".into(),
+                detail: "cannot connect".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Store for DownStore {
+    fn list(&self) -> Result<Vec<marathon_store::StoredAccount>, marathon_store::StoreError> {
+        self.check()?;
+        self.0.list()
+    }
+    fn get(
+        &self,
+        id: &marathon_core::AccountId,
+    ) -> Result<Option<marathon_store::StoredAccount>, marathon_store::StoreError> {
+        self.check()?;
+        self.0.get(id)
+    }
+    fn find(
+        &self,
+        p: &str,
+        l: &str,
+    ) -> Result<Option<marathon_store::StoredAccount>, marathon_store::StoreError> {
+        self.check()?;
+        self.0.find(p, l)
+    }
+    fn add(&self, a: NewAccount) -> Result<marathon_store::AddResult, marathon_store::StoreError> {
+        self.check()?;
+        self.0.add(a)
+    }
+    fn update(
+        &self,
+        id: &marathon_core::AccountId,
+        f: &mut dyn FnMut(&mut marathon_store::StoredAccount),
+    ) -> Result<marathon_store::StoredAccount, marathon_store::StoreError> {
+        self.check()?;
+        self.0.update(id, f)
+    }
+    fn remove(&self, id: &marathon_core::AccountId) -> Result<(), marathon_store::StoreError> {
+        self.check()?;
+        self.0.remove(id)
+    }
+    fn lock_account(
+        &self,
+        id: &marathon_core::AccountId,
+        wait: Duration,
+    ) -> Result<marathon_store::AccountLock, marathon_store::StoreError> {
+        self.check()?;
+        self.0.lock_account(id, wait)
+    }
+    fn load_hot(&self) -> Result<marathon_store::HotState, marathon_store::StoreError> {
+        self.check()?;
+        self.0.load_hot()
+    }
+    fn save_hot(&self, h: &marathon_store::HotState) -> Result<(), marathon_store::StoreError> {
+        self.check()?;
+        self.0.save_hot(h)
+    }
+}
+
+/// Guards issue 12's "Redis down": a refresh never runs without the
+/// store's lock (another instance may be spending the same single-use
+/// refresh token), and the current access token keeps serving until it
+/// really expires instead of failing requests inside the refresh lead.
+#[tokio::test]
+async fn without_the_store_no_refresh_runs_and_the_current_token_serves_until_expiry() {
+    let http = FakeHttp::scripted(vec![]);
+    let (inner, _, id, clock) = setup("anthropic", OAuthPreset::anthropic(), http.clone());
+    let store = Arc::new(DownStore(inner, false.into()));
+    let r = Refresher::new(
+        store.clone(),
+        http.clone(),
+        clock.clone(),
+        RefresherConfig {
+            refresh_lead: Duration::from_secs(60),
+            ..RefresherConfig::default()
+        },
+    )
+    .with_preset("anthropic", OAuthPreset::anthropic());
+    assert_eq!(r.access_token(&id).await.unwrap().expose(), "old-at");
+    store.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Inside the refresh lead, not expired: no refresh, the token serves.
+    clock.advance(Duration::from_secs(3600 - 30));
+    assert_eq!(r.access_token(&id).await.unwrap().expose(), "old-at");
+    assert!(http.sent().is_empty(), "no refresh without the lock");
+    // Expired: an error, still no refresh.
+    clock.advance(Duration::from_secs(31));
+    assert!(r.access_token(&id).await.is_err());
+    assert!(http.sent().is_empty());
+}

@@ -72,8 +72,12 @@ impl PeerInbox {
     }
 
     /// Another instance's event, shown on this instance's `/_marathon/events`.
+    /// Anything but a JSON object is dropped (a shared store is trusted,
+    /// but a stray publisher on its channel should not reach the page).
     pub fn event(&self, json: String) {
-        self.0.bus.relay(json);
+        if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&json).is_ok() {
+            self.0.bus.relay(json);
+        }
     }
 }
 

@@ -62,6 +62,14 @@ impl AccountsDoc {
         doc::remove(&mut self.0.accounts, id)
     }
 
+    pub(crate) fn from_document(doc: Document) -> Self {
+        AccountsDoc(doc)
+    }
+
+    pub(crate) fn into_document(self) -> Document {
+        self.0
+    }
+
     /// Puts `account` in as it is (id and timestamps kept), replacing the
     /// account with its id: `marathon store copy` moving accounts between
     /// backends.

@@ -269,6 +269,19 @@ impl FileStore {
         Ok(out)
     }
 
+    /// Writes `accounts` as they are (ids and timestamps kept), replacing
+    /// any with the same id: `marathon store copy` from another backend.
+    pub fn put_all(&self, accounts: Vec<StoredAccount>) -> Result<(), StoreError> {
+        self.modify(|d| {
+            let mut doc = crate::backend::AccountsDoc::from_document(std::mem::take(d));
+            for a in accounts {
+                doc.put(a);
+            }
+            *d = doc.into_document();
+            Ok(())
+        })
+    }
+
     fn account_lock_path(&self, id: &AccountId) -> Result<PathBuf, StoreError> {
         let safe = !id.0.is_empty()
             && id.0.len() <= 128

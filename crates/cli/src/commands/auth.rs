@@ -208,7 +208,7 @@ pub(crate) fn account_json(a: &StoredAccount) -> serde_json::Value {
 
 fn remove(ctx: &Context, args: &AccountRef) -> anyhow::Result<()> {
     let store = ctx.store()?;
-    let a = find_account(&store, &args.provider, &args.label)?;
+    let a = find_account(&*store, &args.provider, &args.label)?;
     store.remove(&a.id)?;
     outln!("removed {}/{}", a.provider, a.label);
     if let Some(source) = &a.source {
@@ -221,7 +221,7 @@ fn remove(ctx: &Context, args: &AccountRef) -> anyhow::Result<()> {
 
 fn rename(ctx: &Context, args: &RenameArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
-    let a = find_account(&store, &args.provider, &args.old)?;
+    let a = find_account(&*store, &args.provider, &args.old)?;
     let new = args.new.clone();
     let renamed = store.update(&a.id, &mut |acc| acc.label = new.clone())?;
     outln!("renamed {}/{} to {}", a.provider, a.label, renamed.label);
@@ -230,7 +230,7 @@ fn rename(ctx: &Context, args: &RenameArgs) -> anyhow::Result<()> {
 
 fn set_enabled(ctx: &Context, args: &AccountRef, enabled: bool) -> anyhow::Result<()> {
     let store = ctx.store()?;
-    let a = find_account(&store, &args.provider, &args.label)?;
+    let a = find_account(&*store, &args.provider, &args.label)?;
     store.update(&a.id, &mut |acc| acc.enabled = enabled)?;
     let what = if enabled { "enabled" } else { "disabled" };
     let already = if a.enabled == enabled {
@@ -244,7 +244,7 @@ fn set_enabled(ctx: &Context, args: &AccountRef, enabled: bool) -> anyhow::Resul
 
 fn priority(ctx: &Context, args: &PriorityArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
-    let a = find_account(&store, &args.provider, &args.label)?;
+    let a = find_account(&*store, &args.provider, &args.label)?;
     let p = args.priority;
     store.update(&a.id, &mut |acc| acc.priority = p)?;
     outln!(
@@ -295,7 +295,7 @@ fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<()> {
             );
             continue;
         }
-        store_imported(&store, &item, format, &path)?;
+        store_imported(&*store, &item, format, &path)?;
         stored.push(item);
     }
     for skipped in &found.skipped {
@@ -315,7 +315,7 @@ fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<()> {
         .filter(|s| s.account.credential.is_single_use())
         .count();
     if args.move_ || args.move_all {
-        return move_from_source(&store, format, &path, stored, args.move_all);
+        return move_from_source(&*store, format, &path, stored, args.move_all);
     }
     if shared > 0 {
         let style = Style::for_stderr();

@@ -44,7 +44,6 @@ pub(crate) fn providers_with_accounts(ctx: &Context) -> Vec<String> {
     let Ok(store) = ctx.store() else {
         return Vec::new();
     };
-    use marathon_store::Store as _;
     let mut names: Vec<String> = store
         .list()
         .unwrap_or_default()

@@ -48,7 +48,7 @@ pub(crate) fn run(ctx: &Context, args: &LoginArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(login(&name, provider, args))?;
-    save(&store, &name, result, args, &config)
+    save(&*store, &name, result, args, &config)
 }
 
 async fn login(

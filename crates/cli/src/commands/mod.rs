@@ -11,15 +11,17 @@ pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod status;
 pub(crate) mod statusline;
+pub(crate) mod store;
 pub(crate) mod watch;
 
 use std::path::Path;
 
-use anyhow::Context as _;
 use marathon_config::{Config, Paths};
-use marathon_store::{FileStore, Store, StoredAccount};
+use std::sync::Arc;
 
-use crate::output::{Failure, Style};
+use marathon_store::{Store, StoredAccount};
+
+use crate::output::Failure;
 
 /// What every command needs: the resolved file locations.
 pub(crate) struct Context {
@@ -34,23 +36,27 @@ impl Context {
         }
     }
 
-    /// The account store in the data directory (created if missing). Store
-    /// files another user could read are made private, with a warning.
-    pub(crate) fn store(&self) -> anyhow::Result<FileStore> {
-        let store = FileStore::open(&self.paths.data_dir).with_context(|| {
-            format!(
-                "cannot open the account store in {}",
-                self.paths.data_dir.display()
-            )
-        })?;
-        // `serve` logs the store's own warnings; other commands have no log.
-        if !tracing::dispatcher::has_been_set() {
-            let style = Style::for_stderr();
-            for fix in store.permission_fixes() {
-                eprintln!("{} {fix}", style.yellow("warning:"));
+    /// The configured account store (`[store]`): the data directory's files
+    /// (created if missing; files another user could read are made
+    /// private, with a warning), or Redis.
+    pub(crate) fn store(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(self.open_store()?.store)
+    }
+
+    /// Where the configured store is, for people: the accounts file, or the
+    /// Redis URL (without a password: the config holds none in it).
+    pub(crate) fn store_location(&self) -> String {
+        match self.config().map(|c| c.store) {
+            Ok(s) if s.backend == marathon_config::StoreBackend::Redis => {
+                marathon_core::secret::redact_url(s.url.as_deref().unwrap_or_default())
             }
+            _ => self.paths.data_dir.join("accounts.json").display().to_string(),
         }
-        Ok(store)
+    }
+
+    /// The configured store, with the channel to other instances when it is shared.
+    pub(crate) fn open_store(&self) -> anyhow::Result<crate::backend::Opened> {
+        crate::backend::open(&self.paths.data_dir, &self.config()?)
     }
 
     /// The configuration (built-in presets when no file exists).

@@ -8,7 +8,6 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -44,8 +43,8 @@ pub(crate) fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
                 let settings = ProxySettings::from_config(&config)
                     .with_context(|| format!("in {}", ctx.paths.config_file.display()))?;
-                let store = Arc::new(ctx.store()?);
-                let handle = super::serve::start_proxy(&config, settings, store, 1).await?;
+                let opened = ctx.open_store()?;
+                let handle = super::serve::start_proxy(&config, settings, opened, 1).await?;
                 target.url = handle.url();
                 errln!(
                     "marathon: no proxy was running; serving this run at {}",

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use marathon_config::Config;
 use marathon_proxy::{ProxyHandle, ProxySettings, StartOptions};
-use marathon_store::Store;
 
 use super::Context;
 use crate::cli::{LogFormat, ServeArgs};
@@ -24,8 +23,8 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
     }
     let settings = ProxySettings::from_config(&config)
         .with_context(|| format!("in {}", ctx.paths.config_file.display()))?;
-    let store: Arc<dyn Store> = Arc::new(ctx.store()?);
-    let accounts = store.list()?;
+    let opened = ctx.open_store()?;
+    let accounts = opened.store.list()?;
     // Before the first socket: the connection cap is sized from the limit.
     let nofile = marathon_proxy::raise_nofile_limit();
     let grace = config.server.shutdown_grace;
@@ -42,7 +41,7 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
         .build()?;
     let workers = args.workers;
     runtime.block_on(async move {
-        let handle = start_proxy(&config, settings.clone(), store, workers).await?;
+        let handle = start_proxy(&config, settings.clone(), opened, workers).await?;
         // `status`, `connect` and `run` find the proxy through this record,
         // whatever port it got; it goes when serve ends cleanly.
         let record = Record::write(&ctx.paths.data_dir, handle.local_addr())?;
@@ -91,14 +90,24 @@ pub(crate) fn run(ctx: &Context, args: &ServeArgs) -> anyhow::Result<()> {
 pub(crate) async fn start_proxy(
     config: &Config,
     settings: ProxySettings,
-    store: Arc<dyn Store>,
+    opened: crate::backend::Opened,
     workers: usize,
 ) -> anyhow::Result<ProxyHandle> {
+    let store = opened.store;
     let mut opts = StartOptions::new(store.clone());
     opts.workers = workers;
     let refresher = crate::tokens::refresher(config, store).await?;
     opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(refresher.clone())));
+    // A shared store: this instance's news goes to the others, theirs comes in.
+    #[cfg(feature = "redis")]
+    if let Some(cluster) = &opened.cluster {
+        opts.peers = Some(Arc::new(crate::backend::RedisPeers(cluster.clone())));
+    }
     let proxy = marathon_proxy::start(settings, opts).await?;
+    #[cfg(feature = "redis")]
+    if let Some(cluster) = opened.cluster {
+        crate::backend::listen(cluster, proxy.peer_inbox()).await;
+    }
     // Routine refreshes (ahead of expiry) are counted and announced too; a
     // forced one (after a 401) is announced by the request that forced it.
     let feed = proxy.refresh_feed();

@@ -6,7 +6,7 @@ use marathon_core::status::{
     AccountReport, AccountState, ProviderReport, STATUS_SCHEMA, Source, StatusReport, WindowReport,
 };
 use marathon_core::{AccountId, AccountKind, Clock, SystemClock, UnixMillis};
-use marathon_store::{HotState, Store, StoredAccount};
+use marathon_store::{HotState, StoredAccount};
 
 use http_body_util::Full;
 use marathon_config::Config;
@@ -45,7 +45,7 @@ pub(crate) fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<()> {
     let hot = store.load_hot()?;
     let report = offline_report(&accounts, &hot, SystemClock.now());
     let offline = Offline {
-        path: store.path().display().to_string(),
+        path: ctx.store_location(),
         why: why_offline,
         imported: accounts
             .iter()
