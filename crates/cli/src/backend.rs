@@ -26,7 +26,16 @@ pub(crate) fn open(data_dir: &Path, config: &Config) -> anyhow::Result<Opened> {
             #[cfg(feature = "redis")]
             cluster: None,
         }),
-        StoreBackend::Redis => open_redis(&config.store),
+        StoreBackend::Redis => {
+            // serve.json (where a running proxy listens) stays local.
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))?;
+            open_redis(&config.store)
+        }
     }
 }
 
@@ -143,6 +152,8 @@ pub(crate) async fn listen(cluster: marathon_redis::Cluster, inbox: marathon_pro
     })
     .await;
     if let Ok(Err(e)) = subscribed {
-        tracing::error!("not receiving other instances' news yet ({e}); retrying in the background");
+        tracing::error!(
+            "not receiving other instances' news yet ({e}); retrying in the background"
+        );
     }
 }

@@ -154,9 +154,12 @@ pub(crate) fn apply(
                 config.store.username = Some(value.trim().to_owned()).filter(|u| !u.is_empty())
             }
             "MARATHON_STORE_PASSWORD" => {
-                config.store.password = Some(Secret::new(value.to_owned())).filter(|_| !value.is_empty())
+                config.store.password =
+                    Some(Secret::new(value.to_owned())).filter(|_| !value.is_empty())
             }
-            "MARATHON_STORE_PREFIX" => config.store.prefix = values::key_prefix(value).map_err(err)?,
+            "MARATHON_STORE_PREFIX" => {
+                config.store.prefix = values::key_prefix(value).map_err(err)?
+            }
             _ => provider_var(config, var, value)?,
         }
     }

@@ -662,10 +662,22 @@ fn boolean(cx: &Cx<'_>, v: &Spanned<Scalar>, key: &str) -> Result<bool, ConfigEr
 fn store(cx: &Cx<'_>, raw: RawStore) -> Result<StoreConfig, ConfigError> {
     let mut s = StoreConfig::default();
     if let Some(v) = &raw.backend {
-        s.backend = with_str(cx, v, "store.backend", "\"file\" or \"redis\"", values::store_backend)?;
+        s.backend = with_str(
+            cx,
+            v,
+            "store.backend",
+            "\"file\" or \"redis\"",
+            values::store_backend,
+        )?;
     }
     if let Some(v) = &raw.url {
-        s.url = Some(with_str(cx, v, "store.url", "a redis:// URL", values::redis_url)?);
+        s.url = Some(with_str(
+            cx,
+            v,
+            "store.url",
+            "a redis:// URL",
+            values::redis_url,
+        )?);
     }
     if let Some(v) = &raw.username {
         s.username = Some(with_str(cx, v, "store.username", "a user name", |u| {

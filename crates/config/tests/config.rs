@@ -1265,7 +1265,9 @@ usage_url = "http://127.0.0.1:9/wham/usage"
 /// key, and a password never in a URL marathon would show.
 #[test]
 fn the_store_section_selects_redis_and_keeps_passwords_out_of_urls() {
-    let c = parse("[store]\nbackend = \"redis\"\nurl = \"rediss://cache:6380/2\"\nusername = \"gw\"\npassword = \"s3cret-pw\"\nprefix = \"team:a\"\n");
+    let c = parse(
+        "[store]\nbackend = \"redis\"\nurl = \"rediss://cache:6380/2\"\nusername = \"gw\"\npassword = \"s3cret-pw\"\nprefix = \"team:a\"\n",
+    );
     assert_eq!(c.store.backend, marathon_config::StoreBackend::Redis);
     assert_eq!(c.store.url.as_deref(), Some("rediss://cache:6380/2"));
     assert_eq!(c.store.password.as_ref().unwrap().expose(), "s3cret-pw");

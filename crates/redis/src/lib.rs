@@ -208,7 +208,10 @@ impl RedisStore {
         options: &RedisOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<RedisStore, StoreError> {
-        let shown = format!("redis at {}", marathon_core::secret::redact_url(&options.url));
+        let shown = format!(
+            "redis at {}",
+            marathon_core::secret::redact_url(&options.url)
+        );
         let unavailable = |detail: String| StoreError::Unavailable {
             backend: shown.clone(),
             detail,
@@ -316,7 +319,8 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         let fence = fenced.and_then(|id| {
             let held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
-            held.get(id).map(|token| (self.inner.keys.lock(id), token.clone()))
+            held.get(id)
+                .map(|token| (self.inner.keys.lock(id), token.clone()))
         });
         loop {
             let (old, mut doc) = self.read_accounts()?;
@@ -325,7 +329,11 @@ impl RedisStore {
             match self.compare_and_set(&key, old, doc.to_bytes(), fence.clone())? {
                 1 => return Ok(out),
                 0 => continue,
-                _ => return Err(StoreError::Fenced(fenced.cloned().unwrap_or_else(|| AccountId("".into())))),
+                _ => {
+                    return Err(StoreError::Fenced(
+                        fenced.cloned().unwrap_or_else(|| AccountId("".into())),
+                    ));
+                }
             }
         }
     }
@@ -402,7 +410,10 @@ impl Drop for RedisLockGuard {
                 .invoke_async(&mut conn)
                 .await;
             if let Err(e) = released {
-                tracing::warn!("could not release a refresh lock (it expires by itself): {}", describe(&e));
+                tracing::warn!(
+                    "could not release a refresh lock (it expires by itself): {}",
+                    describe(&e)
+                );
             }
         });
     }
@@ -447,10 +458,13 @@ impl Store for RedisStore {
         let token = random_token();
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
+        // Redis unreachable counts as "not yet": a refresh waits for the
+        // lock (up to `wait`) rather than running without it.
+        let mut unreachable = None;
         loop {
             let mut conn = self.inner.conn.clone();
             let (k, t) = (key.clone(), token.clone());
-            let taken: Option<String> = self.call(async move {
+            let taken: Result<Option<String>, StoreError> = self.call(async move {
                 redis::cmd("SET")
                     .arg(k)
                     .arg(t)
@@ -459,7 +473,14 @@ impl Store for RedisStore {
                     .arg(LOCK_TTL.as_millis() as u64)
                     .query_async(&mut conn)
                     .await
-            })?;
+            });
+            let taken = match taken {
+                Ok(taken) => taken,
+                Err(e) => {
+                    unreachable = Some(e);
+                    None
+                }
+            };
             if taken.is_some() {
                 self.inner
                     .held
@@ -473,6 +494,9 @@ impl Store for RedisStore {
                 }));
             }
             if Instant::now() >= deadline {
+                if let Some(e) = unreachable {
+                    return Err(e);
+                }
                 return Err(StoreError::LockTimeout {
                     path: PathBuf::from(key),
                     waited: wait,

@@ -55,7 +55,13 @@ fn accounts_are_shared_and_no_update_is_lost_between_instances() {
     let added = a.add(oauth("anthropic", "rt-1")).unwrap();
     let id = added.account().id.clone();
     assert_eq!(b.list().unwrap().len(), 1, "b sees a's account");
-    assert_eq!(b.find("anthropic", &added.account().label).unwrap().unwrap().id, id);
+    assert_eq!(
+        b.find("anthropic", &added.account().label)
+            .unwrap()
+            .unwrap()
+            .id,
+        id
+    );
     // Adding the same login again updates it (dedupe across instances).
     b.add(oauth("anthropic", "rt-1")).unwrap();
     assert_eq!(a.list().unwrap().len(), 1);
@@ -84,12 +90,21 @@ fn refresh_lock_is_exclusive_and_a_stale_holder_is_fenced() {
     let server = RedisServer::start(false);
     let a = open(&server);
     let b = open(&server);
-    let id = a.add(oauth("anthropic", "rt-1")).unwrap().account().id.clone();
+    let id = a
+        .add(oauth("anthropic", "rt-1"))
+        .unwrap()
+        .account()
+        .id
+        .clone();
     let held = a.lock_account(&id, Duration::from_secs(1)).unwrap();
     let err = b.lock_account(&id, Duration::from_millis(100)).unwrap_err();
     assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
     // a's lock "expires" (its TTL ran out while it was stuck) and b takes it.
-    assert!(server.command(&format!("DEL marathon:lock:{id}")).contains(":1"));
+    assert!(
+        server
+            .command(&format!("DEL marathon:lock:{id}"))
+            .contains(":1")
+    );
     let b_lock = b.lock_account(&id, Duration::from_secs(1)).unwrap();
     let set_refresh = |rt: &'static str| {
         move |acc: &mut marathon_store::StoredAccount| {
@@ -143,7 +158,10 @@ fn hot_state_merges_never_shorten_and_counters_add_up() {
             });
         }
     });
-    assert_eq!(a.load_hot().unwrap().cooldowns[&AccountId("acc_1".into())].successes, 43);
+    assert_eq!(
+        a.load_hot().unwrap().cooldowns[&AccountId("acc_1".into())].successes,
+        43
+    );
 }
 
 /// Push propagation: a cooldown one instance announces reaches another in
@@ -193,7 +211,11 @@ fn cooldowns_reach_other_instances_by_pub_sub() {
         delays[delays.len() - 1]
     );
     assert_eq!(got.lock().unwrap().len() as u64, N);
-    assert_eq!(*echoes.lock().unwrap(), 0, "an instance skips its own messages");
+    assert_eq!(
+        *echoes.lock().unwrap(),
+        0,
+        "an instance skips its own messages"
+    );
 }
 
 /// Guards "Redis down": calls fail quickly with a clear error instead of
@@ -202,12 +224,21 @@ fn cooldowns_reach_other_instances_by_pub_sub() {
 fn an_outage_fails_fast_and_the_store_recovers() {
     let mut server = RedisServer::start(true);
     let store = open(&server);
-    let id = store.add(oauth("anthropic", "rt-1")).unwrap().account().id.clone();
+    let id = store
+        .add(oauth("anthropic", "rt-1"))
+        .unwrap()
+        .account()
+        .id
+        .clone();
     server.kill();
     let started = Instant::now();
     let err = store.list().unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!err.to_string().contains("rt-1"));
     server.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -228,7 +259,12 @@ fn a_rotated_refresh_token_survives_a_redis_crash_with_aof() {
     let mut server = RedisServer::start(true);
     let store = open(&server);
     assert!(store.durability().unwrap().is_durable());
-    let id = store.add(oauth("anthropic", "rt-1")).unwrap().account().id.clone();
+    let id = store
+        .add(oauth("anthropic", "rt-1"))
+        .unwrap()
+        .account()
+        .id
+        .clone();
     {
         let _lock = store.lock_account(&id, Duration::from_secs(1)).unwrap();
         store

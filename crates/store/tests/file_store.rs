@@ -523,7 +523,10 @@ fn merging_hot_state_never_loses_another_process_s_news() {
         }
     });
     let back = a.load_hot().unwrap();
-    assert_eq!(back.cooldowns[&marathon_store::AccountId("acc_2".into())].successes, 80);
+    assert_eq!(
+        back.cooldowns[&marathon_store::AccountId("acc_2".into())].successes,
+        80
+    );
     assert_eq!(
         back.cooldowns[&marathon_store::AccountId("acc_1".into())].cooling_until,
         Some(UnixMillis(long))

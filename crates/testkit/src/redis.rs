@@ -81,7 +81,8 @@ impl RedisServer {
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let mut buf = [0u8; 64];
         s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            && s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 
     /// SIGKILL: a crash, no chance to write anything more.

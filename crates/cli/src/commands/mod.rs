@@ -50,7 +50,12 @@ impl Context {
             Ok(s) if s.backend == marathon_config::StoreBackend::Redis => {
                 marathon_core::secret::redact_url(s.url.as_deref().unwrap_or_default())
             }
-            _ => self.paths.data_dir.join("accounts.json").display().to_string(),
+            _ => self
+                .paths
+                .data_dir
+                .join("accounts.json")
+                .display()
+                .to_string(),
         }
     }
 

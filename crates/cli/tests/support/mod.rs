@@ -104,8 +104,14 @@ impl Home {
 
     /// The stored accounts of a provider as `(label, identity, access, refresh)`.
     pub fn accounts(&self, provider: &str) -> Vec<StoredTokens> {
-        use marathon_store::Store as _;
         let store = marathon_store::FileStore::open(&self.path().join("data")).unwrap();
+        accounts_in(&store, provider)
+    }
+}
+
+/// The stored OAuth accounts of a provider in any store.
+pub fn accounts_in(store: &dyn marathon_store::Store, provider: &str) -> Vec<StoredTokens> {
+    {
         let mut out: Vec<StoredTokens> = store
             .list()
             .unwrap()
