@@ -509,6 +509,40 @@ def cmd_report(args):
             w(f"| {label} | " + " | ".join(cells) + " |")
         w("")
 
+    if runs("marathon-redis", 64):
+        w("## Store backends: file vs Redis (same binary, same rounds)\n")
+        w(
+            "`marathon-redis`: `[store] backend = \"redis\"` on a local redis-server "
+            "(appendonly yes, appendfsync everysec), the same accounts. Picks use the "
+            "in-memory pool either way; Redis sees the 250 ms hot-state merge and pub/sub, "
+            "not the requests. CPU is the marathon process's (redis-server's own is not counted). "
+            "Target: redis / file ≤ 1.15x.\n"
+        )
+        s_ = {}
+        for conc in (1, 64):
+            rr = runs("marathon-redis", conc)
+            direct = runs("direct", conc)
+            s_[conc] = {
+                "rps": med([r["wrk"]["requests"] / (r["wrk"]["duration_us"] / 1e6) for r in rr.values()]),
+                "add50": med(
+                    [r["wrk"]["p50_us"] - direct[k]["wrk"]["p50_us"] for k, r in rr.items() if k in direct]
+                ),
+                "cpu": med([r["cpu_ticks"] / tick / r["wrk"]["requests"] * 1e6 for r in rr.values()]),
+            }
+        summary["marathon-redis"] = s_
+        w("| | file (marathon) | redis (marathon-redis) | redis / file |\n|---|---:|---:|---:|")
+        for label, key, conc, unit, digits in (
+            ("added p50 c1", "add50", 1, " µs", 0),
+            ("added p50 c64", "add50", 64, " µs", 0),
+            ("CPU per request c1", "cpu", 1, " µs", 1),
+            ("CPU per request c64", "cpu", 64, " µs", 1),
+            ("throughput c64 (req/s)", "rps", 64, "", 0),
+        ):
+            f_ = summary["marathon"][conc].get(key)
+            r_ = s_[conc].get(key)
+            w(f"| {label} | {fmt(f_, unit, digits)} | {fmt(r_, unit, digits)} | {fmt(ratio(r_, f_), 'x', 2)} |")
+        w("")
+
     info = [r for r in wrk if r.get("log") == "info"]
     if info:
         w("## marathon with request logging (MARATHON_LOG=info, to a file), one run\n")

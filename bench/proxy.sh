@@ -25,6 +25,10 @@ KEEP=${KEEP:-0}                         # keep the temporary directory (logs, co
 VARIANTS=${VARIANTS:-0}
 # WORKERS=0: skip the `serve --workers 2` row (a second marathon, two event loops on SO_REUSEPORT listeners).
 WORKERS=${WORKERS:-1}
+# REDIS=1 (default): also marathon on the Redis store backend (a local
+# redis-server, appendonly yes, appendfsync everysec), to compare with the
+# file backend: the "Store backends" table. REDIS=0 skips it.
+REDIS=${REDIS:-1}
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH")
@@ -40,6 +44,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+[ "$REDIS" = 0 ] || command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ((${#missing[@]})); then
     say "installing ${missing[*]} (apt-get)"
     sudo=""
@@ -110,9 +115,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free ports, all held at once so they differ.
-read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM P_M1 P_MMI P_IDLE P_MW2 < <(python3 -c '
+read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM P_M1 P_MMI P_IDLE P_MW2 P_REDIS P_MR < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(11)]
+ss = [socket.socket() for _ in range(13)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
@@ -259,6 +264,28 @@ if [ "$VARIANTS" = 1 ]; then
     targets+=(marathon-1thread marathon-mimalloc)
 fi
 
+if [ "$REDIS" = 1 ]; then
+    # The same accounts and providers, on a Redis store: copied from the file
+    # store, then a second marathon whose home says backend = "redis".
+    mkdir -p "$WORK/redis" "$WORK/home-redis"
+    redis-server --port "$P_REDIS" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
+        --appendfsync everysec --save "" --daemonize no >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    for _ in $(seq 100); do
+        [ "$(redis-cli -p "$P_REDIS" ping 2>/dev/null)" = PONG ] && break
+        sleep 0.05
+    done
+    "$MARATHON" store copy --to "redis://127.0.0.1:$P_REDIS/0" >/dev/null
+    sed "s/^listen = .*/listen = \"127.0.0.1:$P_MR\"/" "$MARATHON_HOME/config.toml" >"$WORK/home-redis/config.toml"
+    printf '\n[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s/0"\n' "$P_REDIS" >>"$WORK/home-redis/config.toml"
+    MARATHON_HOME=$WORK/home-redis MARATHON_LOG=warn "$MARATHON" serve 2>"$WORK/marathon-redis.log" &
+    MR_PID=$!
+    PIDS+=("$MR_PID")
+    wait_http "http://127.0.0.1:$P_MR/_marathon/health"
+    targets+=(marathon-redis)
+fi
+
 # A sanity check: marathon answers 200 from the origin and says which account.
 hdrs=$(curl -s -D - -o /dev/null -H 'content-type: application/json' -H 'authorization: Bearer sk-bench-client' \
     -d '{"model":"m","messages":[]}' "$URL_MARATHON")
@@ -277,6 +304,7 @@ url_of() {
         marathon-w2) echo "http://127.0.0.1:$P_MW2/openai/v1/chat/completions" ;;
         marathon-1thread) echo "http://127.0.0.1:$P_M1/openai/v1/chat/completions" ;;
         marathon-mimalloc) echo "http://127.0.0.1:$P_MMI/openai/v1/chat/completions" ;;
+        marathon-redis) echo "http://127.0.0.1:$P_MR/openai/v1/chat/completions" ;;
     esac
 }
 pids_of() {
@@ -288,6 +316,7 @@ pids_of() {
         marathon-w2) echo "$MW2_PID" ;;
         marathon-1thread) echo "$M1_PID" ;;
         marathon-mimalloc) echo "$MMI_PID" ;;
+        marathon-redis) echo "$MR_PID" ;;
     esac
 }
 wrk_args() { if [ "$1" = 1 ]; then echo "-t1 -c1"; else echo "-t2 -c64"; fi; }

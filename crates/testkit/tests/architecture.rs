@@ -103,8 +103,8 @@ fn uses(dir: &str, needles: &[&str]) -> Vec<String> {
     found
 }
 
-const CRATE_DIRS: [&str; 8] = [
-    "cli", "config", "core", "oauth", "proxy", "sim", "store", "testkit",
+const CRATE_DIRS: [&str; 9] = [
+    "cli", "config", "core", "oauth", "proxy", "redis", "sim", "store", "testkit",
 ];
 
 /// Invariant: marathon-core does no I/O and reads no clock.
@@ -176,6 +176,18 @@ fn the_crate_graph_is_layered() {
     assert_eq!(
         ours("marathon-proxy"),
         set(&["marathon-config", "marathon-core", "marathon-store"])
+    );
+    // The Redis backend is a store: it knows the engine and the store's
+    // trait, nothing above; the proxy reaches it only through its `Peers`
+    // seam, which the binary fills.
+    assert_eq!(
+        ours("marathon-redis"),
+        set(&["marathon-core", "marathon-store"])
+    );
+    assert_eq!(
+        dependents_of(&graph, &["redis"]),
+        set(&["marathon-redis"]),
+        "only marathon-redis talks to Redis"
     );
 }
 
