@@ -26,16 +26,9 @@ pub(crate) fn open(data_dir: &Path, config: &Config) -> anyhow::Result<Opened> {
             #[cfg(feature = "redis")]
             cluster: None,
         }),
-        StoreBackend::Redis => {
-            // serve.json (where a running proxy listens) stays local.
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(data_dir)
-                .with_context(|| format!("cannot create {}", data_dir.display()))?;
-            open_redis(&config.store)
-        }
+        // serve.json (where a running proxy listens) stays in the data
+        // directory, which the record creates.
+        StoreBackend::Redis => open_redis(&config.store),
     }
 }
 

@@ -484,3 +484,86 @@ fn three_instances_share_oauth_refreshes_through_redis_and_survive_its_crash() {
         assert!(!log.contains("refresh failed"), "{log}");
     }
 }
+
+/// Item 5: `marathon store copy` moves every account (ids, labels, keys)
+/// and the cooldowns into Redis and back into a file store; `auth list`
+/// and `status` work against the Redis store.
+#[test]
+fn store_copy_moves_everything_to_redis_and_back() {
+    use marathon_store::Store as _;
+    let redis = RedisServer::start(true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = sim(&rt, limited_and_steady());
+    let files = Home::new(&anthropic_config(&sim, ""));
+    add_key(&files, "limited", "sk-limited", 0);
+    add_key(&files, "steady", "sk-steady", 1);
+    // A cooldown in the file store's hot state.
+    let a = Serve::start(files.marathon());
+    assert_eq!(a.post(), 200);
+    drop(a);
+    let local = marathon_store::FileStore::open(&files.path().join("data")).unwrap();
+    let mut hot = local.load_hot().unwrap();
+    let limited_id = local.find("anthropic", "limited").unwrap().unwrap().id;
+    hot.cooldowns
+        .entry(limited_id.clone())
+        .or_default()
+        .cooling_until = Some(marathon_core::UnixMillis(now_ms() + 3_600_000));
+    local.save_hot(&hot).unwrap();
+
+    let out = files
+        .marathon()
+        .args(["store", "copy", "--to", &redis.url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("copied 2 accounts"),
+        "{}",
+        text(&out.stdout)
+    );
+    let shared = Home::new(&anthropic_config(&sim, &redis_section(&redis)));
+    let list = shared.marathon().args(["auth", "list"]).output().unwrap();
+    let listed = text(&list.stdout);
+    assert!(
+        listed.contains("limited") && listed.contains("steady"),
+        "{listed}"
+    );
+    let status = shared
+        .marathon()
+        .args(["status", "--offline", "--json"])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert!(
+        text(&status.stdout).contains("cooling"),
+        "{}",
+        text(&status.stdout)
+    );
+
+    let back = tempfile::tempdir().unwrap();
+    let out = shared
+        .marathon()
+        .args(["store", "copy", "--to"])
+        .arg(back.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let copied = marathon_store::FileStore::open(back.path()).unwrap();
+    let (mut before, mut after) = (local.list().unwrap(), copied.list().unwrap());
+    before.sort_by(|a, b| a.label.cmp(&b.label));
+    after.sort_by(|a, b| a.label.cmp(&b.label));
+    assert_eq!(before.len(), after.len());
+    for (x, y) in before.iter().zip(&after) {
+        assert_eq!((&x.id, &x.label, x.priority), (&y.id, &y.label, y.priority));
+        assert!(
+            x.credential.same_login(&y.credential),
+            "{} kept its key",
+            x.label
+        );
+    }
+    assert!(
+        copied.load_hot().unwrap().cooldowns[&limited_id]
+            .cooling_until
+            .is_some()
+    );
+}

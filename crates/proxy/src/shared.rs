@@ -135,12 +135,13 @@ impl HotSync {
     }
 }
 
+/// What was reported for one account: its counters then, and the cooldown
+/// end if one was reported; remembered once the merge lands.
+type Reported = (AccountId, (u64, u64), Option<UnixMillis>);
+
 /// This instance's news since the last merge: new or longer cooldowns, and
 /// counter increments. Also the values to remember once the merge lands.
-fn news(
-    state: &AppState,
-    now: UnixMillis,
-) -> (HotState, Vec<(AccountId, (u64, u64), Option<UnixMillis>)>) {
+fn news(state: &AppState, now: UnixMillis) -> (HotState, Vec<Reported>) {
     let sync = &state.hot;
     let counted = sync.counted.lock().unwrap_or_else(|e| e.into_inner());
     let cooled = sync.cooled.lock().unwrap_or_else(|e| e.into_inner());

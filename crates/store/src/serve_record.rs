@@ -77,6 +77,15 @@ impl Record {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let pid = std::process::id();
+        // With a shared store (Redis) nothing else creates the directory.
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(data_dir)
+                .map_err(crate::lock::io_err("create directory", data_dir))?;
+        }
         let path = record_path(data_dir);
         let body = json!({
             "pid": pid,

@@ -38,7 +38,10 @@ pub(crate) fn target(ctx: &Context, config: &Config) -> (Target, Option<Running>
 /// Which providers have accounts (any enabled one), for choosing routes.
 /// Reads the store only if it exists: `connect` creates nothing.
 pub(crate) fn providers_with_accounts(ctx: &Context) -> Vec<String> {
-    if !marathon_store::FileStore::exists(&ctx.paths.data_dir) {
+    let shared = ctx
+        .config()
+        .is_ok_and(|c| c.store.backend == marathon_config::StoreBackend::Redis);
+    if !shared && !marathon_store::FileStore::exists(&ctx.paths.data_dir) {
         return Vec::new();
     }
     let Ok(store) = ctx.store() else {
