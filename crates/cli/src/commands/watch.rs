@@ -23,7 +23,6 @@ use ratatui::{DefaultTerminal, Frame};
 use super::Context;
 use super::proxy_client::ProxyClient;
 use super::status::{access_key, get_json, offline_report, proxy_addr};
-use marathon_store::Store as _;
 
 /// How often the data is fetched again (the countdowns move with it).
 const REFRESH: Duration = Duration::from_secs(1);
