@@ -1260,6 +1260,7 @@ usage_url = "http://127.0.0.1:9/wham/usage"
     assert!(c.providers["openai"].usage_endpoint().is_none());
     let err = error("[defaults]\nusage_poll = \"10s\"\n");
     assert!(err.contains("usage_poll") && err.contains("1m"), "{err}");
+}
 
 /// `[store]` (issue 12): the Redis backend's keys, their errors naming the
 /// key, and a password never in a URL marathon would show.

@@ -25,7 +25,8 @@
 //!
 //! Keys, under a prefix (`marathon` by default, `[store] prefix`):
 //! `<p>:accounts` (the accounts document), `<p>:hot` (hot state JSON),
-//! `<p>:lock:<id>` (refresh locks), and the channel `<p>:events`.
+//! `<p>:lock:<id>` (refresh locks), `<p>:lease:<what>:<id>` (leases such as
+//! the usage poll's), and the channel `<p>:events`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -96,6 +97,7 @@ pub(crate) struct Keys {
     pub(crate) accounts: String,
     pub(crate) hot: String,
     pub(crate) lock_prefix: String,
+    pub(crate) lease_prefix: String,
     pub(crate) events: String,
 }
 
@@ -105,6 +107,7 @@ impl Keys {
             accounts: format!("{prefix}:accounts"),
             hot: format!("{prefix}:hot"),
             lock_prefix: format!("{prefix}:lock:"),
+            lease_prefix: format!("{prefix}:lease:"),
             events: format!("{prefix}:events"),
         }
     }
@@ -505,6 +508,44 @@ impl Store for RedisStore {
             std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
             pause = (pause * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// `SET <p>:lease:<what>:<id> NX PXAT until`: one holder across every
+    /// instance until the lease runs out (Redis expires it).
+    fn try_lease(
+        &self,
+        id: &AccountId,
+        what: &str,
+        _now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let key = format!("{}{what}:{}", self.inner.keys.lease_prefix, id.0);
+        let taken: Option<String> = self.call(async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(1)
+                .arg("NX")
+                .arg("PXAT")
+                .arg(until.0)
+                .query_async(&mut conn)
+                .await
+        })?;
+        Ok(taken.is_some())
+    }
+
+    fn set_lease(&self, id: &AccountId, what: &str, until: UnixMillis) -> Result<(), StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let key = format!("{}{what}:{}", self.inner.keys.lease_prefix, id.0);
+        self.call(async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(1)
+                .arg("PXAT")
+                .arg(until.0)
+                .query_async::<()>(&mut conn)
+                .await
+        })
     }
 
     fn load_hot(&self) -> Result<HotState, StoreError> {

@@ -287,3 +287,26 @@ fn a_server_without_persistence_is_reported_not_durable() {
     let d = open(&server).durability().unwrap();
     assert!(!d.is_durable());
 }
+
+/// Leases (the usage poll's) are shared: one instance gets one per account
+/// and interval, and a throttled endpoint's wait moves it for everyone.
+#[test]
+fn leases_are_shared_between_instances() {
+    let server = RedisServer::start(false);
+    let (a, b) = (open(&server), open(&server));
+    let id = AccountId("acc_1".into());
+    let now = UnixMillis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    let until = UnixMillis(now.0 + 60_000);
+    assert!(a.try_lease(&id, "usage-poll", now, until).unwrap());
+    assert!(!b.try_lease(&id, "usage-poll", now, until).unwrap());
+    assert!(b.try_lease(&id, "other", now, until).unwrap());
+    // Moved into the past: free again.
+    b.set_lease(&id, "usage-poll", UnixMillis(now.0 - 1))
+        .unwrap();
+    assert!(b.try_lease(&id, "usage-poll", now, until).unwrap());
+}

@@ -27,7 +27,6 @@ use crate::doc::{self, Document};
 use crate::lock::{io_err, lock_exclusive, temp_prefix, write_atomic};
 use crate::{
     AccountId, AccountLock, AddResult, HotState, NewAccount, Store, StoreError, StoredAccount,
-    UnixMillis,
 };
 
 const ACCOUNTS: &str = "accounts.json";
