@@ -1,11 +1,11 @@
 //! The retry decision, as a pure function (after tower's retry `Policy`).
 //!
-//! After each attempt the proxy classifies the outcome and asks [`decide`]
-//! what to do next. The answer depends only on its arguments: the policy,
-//! the per-request [`AttemptContext`], the [`Classification`], the time, and
-//! the shared [`RetryBudget`]. Nothing here touches a pool: the proxy applies
-//! the outcome to the pool with [`crate::pool::Pool::record`] and, on
-//! [`Decision::Rotate`], picks again with the tried accounts excluded.
+//! After each attempt the rotation machine ([`crate::rotation`]) asks
+//! [`decide`] what to do next. The answer depends only on its arguments: the
+//! policy, the per-request [`AttemptContext`], the [`Classification`], the
+//! time, and the shared [`RetryBudget`]. Nothing here touches a pool: the
+//! machine applies the outcome to the pool and, on [`Decision::Rotate`], picks
+//! again with the tried accounts excluded.
 //!
 //! Rules, in order:
 //! 1. success, request-scoped failures (400/404/413/422...) and cancels are
@@ -19,8 +19,13 @@
 //!    times, then rotate;
 //! 5. provider failures (5xx, 529) → wait (the provider's `retry-after` if it
 //!    is within `provider_backoff_max`, else exponential backoff with jitter)
-//!    and retry, at most `provider_retries` times; then, or when the
-//!    provider asks for a longer wait, pass its answer through;
+//!    and retry, at most `provider_retries` times; when those are spent,
+//!    move once to another account (a provider-scoped error is often not
+//!    provider-wide: capacity differs by organisation, plan and region, and
+//!    the client's own retry would land on the same account again, since
+//!    provider errors bench nobody); then pass the answer through. A
+//!    `retry-after` longer than `provider_backoff_max` is the provider naming
+//!    its own time: that answer is passed through at once;
 //! 6. every retry must fit the attempt limit and the deadline; retries that
 //!    could amplify a provider-wide problem (provider and transport failures,
 //!    and refreshes) withdraw from the budget. Rotating away from an account
@@ -28,11 +33,13 @@
 //!    per request, and the failure benches the account for everyone).
 //!
 //! When a limit stops the retries after an **account-scoped** failure the
-//! answer is [`Decision::Exhausted`] (the proxy answers "all accounts
-//! unavailable" with the pool's soonest reset, which is more useful than one
-//! account's 429); after any other failure it is [`Decision::PassThrough`].
-//! An empty budget always passes through: it exists to stop amplification,
-//! and the provider's own answer is the honest one.
+//! answer is [`Decision::GiveUp`] (the machine then answers "all accounts
+//! unavailable" if that is true, or "gave up after N attempts" if an account
+//! is still ready); a one-account pool with nowhere to rotate is
+//! [`Decision::Exhausted`]; after any other failure it is
+//! [`Decision::PassThrough`]. An empty budget always passes through: it
+//! exists to stop amplification, and the provider's own answer is the honest
+//! one.
 
 use std::fmt;
 use std::time::Duration;
@@ -121,6 +128,9 @@ pub struct AttemptContext {
     /// Provider-scoped failures earlier in this request (not counting the
     /// outcome being decided).
     pub provider_failures: u32,
+    /// Whether a provider-scoped failure already moved this request to
+    /// another account (it does so once).
+    pub provider_rotated: bool,
 }
 
 impl AttemptContext {
@@ -140,6 +150,7 @@ impl AttemptContext {
             refreshed: false,
             kind,
             provider_failures: 0,
+            provider_rotated: false,
         }
     }
 
@@ -163,8 +174,11 @@ impl AttemptContext {
                 self.same_account_tries = 0;
                 self.refreshed = false;
                 self.kind = next_kind;
+                if c.class == Class::Provider {
+                    self.provider_rotated = true;
+                }
             }
-            Decision::PassThrough | Decision::Exhausted => {}
+            Decision::PassThrough | Decision::Exhausted | Decision::GiveUp(_) => {}
         }
     }
 }
@@ -186,8 +200,21 @@ pub enum Decision {
         /// How long to wait first.
         after: Duration,
     },
-    /// Stop and answer "all accounts unavailable" (429 with the pool's soonest reset).
+    /// The only account failed and there is nowhere to rotate: the pool
+    /// decides the answer ("all accounts unavailable", or a wait for the
+    /// account to recover within `max_wait`).
     Exhausted,
+    /// A limit stopped the retries after an account-scoped failure.
+    GiveUp(Limit),
+}
+
+/// Which limit of the [`RetryPolicy`] stopped a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// [`RetryPolicy::attempt_limit`] attempts were made.
+    Attempts,
+    /// Another attempt would end past [`RetryPolicy::deadline`].
+    Deadline,
 }
 
 impl Decision {
@@ -214,10 +241,13 @@ pub fn decide(
     if matches!(c.class, Class::Success | Class::Request | Class::Cancelled) || !ctx.replayable {
         return Decision::PassThrough;
     }
-    let stop = if c.class.blames_account() {
-        Decision::Exhausted
-    } else {
-        Decision::PassThrough
+    // What a limit turns the answer into: an account's own failure is no
+    // answer to give (the machine looks at the pool), any other is.
+    let blames = c.class.blames_account();
+    let stop = |limit: Option<Limit>| match (blames, limit) {
+        (false, _) => Decision::PassThrough,
+        (true, Some(limit)) => Decision::GiveUp(limit),
+        (true, None) => Decision::Exhausted,
     };
     let wanted = match c.class {
         Class::Auth if ctx.kind == AccountKind::Oauth && !ctx.refreshed => {
@@ -234,40 +264,26 @@ pub fn decide(
         Class::Transport => Decision::Rotate {
             after: Duration::ZERO,
         },
-        Class::Provider => {
-            if ctx.provider_failures >= policy.provider_retries {
-                return Decision::PassThrough;
-            }
-            let after = match &c.reset {
-                Some(hint) => {
-                    let wait = now.until(hint.at);
-                    if wait > policy.provider_backoff_max {
-                        return Decision::PassThrough;
-                    }
-                    wait
-                }
-                None => provider_backoff(policy, ctx),
-            };
-            if policy.provider_rotate && ctx.accounts_in_pool > 1 {
-                Decision::Rotate { after }
-            } else {
-                Decision::RetrySame { after }
-            }
-        }
+        Class::Provider => match provider_retry(policy, ctx, c, now) {
+            Some(d) => d,
+            None => return Decision::PassThrough,
+        },
         Class::Success | Class::Request | Class::Cancelled => return Decision::PassThrough,
     };
-    if matches!(wanted, Decision::Rotate { .. }) && ctx.accounts_in_pool <= 1 {
-        return stop;
-    }
+    // The attempt limit first: no later answer (a wait for the only account
+    // to recover, say) may lead to one more attempt than it allows.
     if ctx.attempt >= policy.attempt_limit(ctx.accounts_in_pool) {
-        return stop;
+        return stop(Some(Limit::Attempts));
+    }
+    if matches!(wanted, Decision::Rotate { .. }) && ctx.accounts_in_pool <= 1 {
+        return stop(None);
     }
     let after = match wanted {
         Decision::RetrySame { after } | Decision::Rotate { after } => after,
         _ => Duration::ZERO,
     };
     if now.plus(after) >= ctx.started.plus(policy.deadline) {
-        return stop;
+        return stop(Some(Limit::Deadline));
     }
     // Rotating away from an account that is itself to blame (rate limit,
     // quota, auth) is bounded by the pool: each account is tried at most once
@@ -276,11 +292,41 @@ pub fn decide(
     // failures) spend the budget; otherwise a burst onto freshly limited
     // accounts would drain it and fail requests that a healthy account could
     // have served.
-    let amplifies = !(c.class.blames_account() && matches!(wanted, Decision::Rotate { .. }));
+    let amplifies = !(blames && matches!(wanted, Decision::Rotate { .. }));
     if amplifies && !budget.try_withdraw(now) {
         return Decision::PassThrough;
     }
     wanted
+}
+
+/// The retry after a provider-scoped failure, if any (rule 5).
+fn provider_retry(
+    policy: &RetryPolicy,
+    ctx: &AttemptContext,
+    c: &Classification,
+    now: UnixMillis,
+) -> Option<Decision> {
+    if ctx.provider_failures >= policy.provider_retries {
+        // The backoff retries are spent: once, another account.
+        return (!ctx.provider_rotated && ctx.accounts_in_pool > 1).then_some(Decision::Rotate {
+            after: Duration::ZERO,
+        });
+    }
+    let after = match &c.reset {
+        Some(hint) => {
+            let wait = now.until(hint.at);
+            if wait > policy.provider_backoff_max {
+                return None;
+            }
+            wait
+        }
+        None => provider_backoff(policy, ctx),
+    };
+    Some(if policy.provider_rotate && ctx.accounts_in_pool > 1 {
+        Decision::Rotate { after }
+    } else {
+        Decision::RetrySame { after }
+    })
 }
 
 /// `base * 2^failures` capped, with "equal jitter" (half fixed, half random)
@@ -541,11 +587,27 @@ mod tests {
             "{after:?}"
         );
         c.advance(&second, &c529, AccountKind::ApiKey);
+        // Bug guarded: the 529 went to the client after three tries on one
+        // account while another account was ready.
+        let third = d(&c529, &c);
+        assert_eq!(
+            third,
+            Decision::Rotate {
+                after: Duration::ZERO
+            },
+            "two provider retries, then once another account"
+        );
+        c.advance(&third, &c529, AccountKind::ApiKey);
+        assert!(c.provider_rotated);
         assert_eq!(
             d(&c529, &c),
             Decision::PassThrough,
-            "two provider retries, then the provider's answer"
+            "then the provider's answer"
         );
+        // A one-account pool passes the answer on after the retries.
+        let mut single = AttemptContext::new(NOW, true, 1, AccountKind::ApiKey);
+        single.provider_failures = 2;
+        assert_eq!(d(&c529, &single), Decision::PassThrough);
     }
 
     #[test]
@@ -607,7 +669,7 @@ mod tests {
     }
 
     #[test]
-    fn limits_stop_with_exhausted_after_account_failures() {
+    fn limits_stop_with_give_up_after_account_failures() {
         let c429 = cls(Class::RateLimited, Some(429), "rate_limit_error");
         let policy = RetryPolicy {
             max_attempts: Some(2),
@@ -618,7 +680,7 @@ mod tests {
         c.attempt = 2;
         assert_eq!(
             decide(&policy, &c, &c429, NOW, &mut budget()),
-            Decision::Exhausted
+            Decision::GiveUp(Limit::Attempts)
         );
         let t = cls(Class::Transport, None, "reset");
         assert_eq!(
@@ -626,8 +688,15 @@ mod tests {
             Decision::PassThrough
         );
         // A single account has nowhere to rotate to.
-        let single = AttemptContext::new(NOW, true, 1, AccountKind::ApiKey);
+        let mut single = AttemptContext::new(NOW, true, 1, AccountKind::ApiKey);
         assert_eq!(d(&c429, &single), Decision::Exhausted);
+        // ... but its attempt limit still comes first: a wait for it to
+        // recover must not lead to one attempt more than allowed.
+        single.attempt = 2;
+        assert_eq!(
+            decide(&policy, &single, &c429, NOW, &mut budget()),
+            Decision::GiveUp(Limit::Attempts)
+        );
     }
 
     #[test]
@@ -637,7 +706,7 @@ mod tests {
         let late = NOW.plus(Duration::from_secs(600));
         assert_eq!(
             decide(&RetryPolicy::default(), &c, &c429, late, &mut budget()),
-            Decision::Exhausted
+            Decision::GiveUp(Limit::Deadline)
         );
         // A provider backoff that would end past the deadline is not started.
         let mut c503 = cls(Class::Provider, Some(503), "http_503");

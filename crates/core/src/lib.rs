@@ -14,6 +14,9 @@
 //!   needs-login, disabled) and selection by [`strategy`];
 //! - [`cooldown`]: how long an account rests (hint-driven, else backoff with jitter);
 //! - [`decision`]: the retry decision as a pure function, bounded by [`budget`];
+//! - [`rotation`]: one request's whole rotation as a state machine without
+//!   I/O (pick, send, classify, decide, record, wait, refresh, answer), which
+//!   the proxy drives;
 //! - [`events`]: what happened, for logs, SSE, webhooks — labels, never secrets;
 //! - [`forecast`]: burn rates of usage windows, "runs out at" and a
 //!   provider's "capacity until" (EWMA over time, `now` passed in);
@@ -40,6 +43,7 @@ pub mod hints;
 pub mod outcome;
 pub mod pool;
 pub mod reason;
+pub mod rotation;
 pub mod secret;
 pub mod sse;
 pub mod status;
@@ -56,7 +60,8 @@ pub use reason::Reason;
 pub use secret::Secret;
 
 pub use budget::RetryBudget;
-pub use decision::{AttemptContext, AttemptTrace, Decision, RetryPolicy, decide};
+pub use decision::{AttemptContext, AttemptTrace, Decision, Limit, RetryPolicy, decide};
 pub use events::{Event, EventKind};
 pub use pool::{AccountStatus, Exhausted, Health, Pick, PickRequest, Pool, PoolConfig, SessionKey};
+pub use rotation::{Action, Answer, Refusal, RefusalKind, Rotation, RotationConfig, Shared};
 pub use strategy::Strategy;

@@ -167,6 +167,8 @@ pub enum Pick {
         id: AccountId,
         /// Its label (for logs, traces, events); shared, not copied.
         label: Arc<str>,
+        /// OAuth or API key (an OAuth account's 401 is refreshed once).
+        kind: AccountKind,
         /// Whether this request is the one probe of an account whose cooldown ended.
         probe: bool,
     },
@@ -536,6 +538,7 @@ impl Pool {
         let pick = Pick::Account {
             id: s.meta.id.clone(),
             label: s.label.clone(),
+            kind: s.meta.kind,
             probe,
         };
         self.sync(i);
@@ -749,6 +752,12 @@ impl Pool {
 
     /// A token refresh failed: a `refresh_failed` event, and when `permanent`
     /// (`invalid_grant`, `refresh_token_reused`, ...) the account needs login.
+    ///
+    /// A permanent failure of an account that already needs login is old
+    /// news and yields no event: every request that queued behind one failed
+    /// refresh gets the same error, and a burst must not fire one webhook or
+    /// command per request. Whether the account turned needs-login just now
+    /// shows as a `needs_login` event in the answer.
     pub fn refresh_failed(
         &mut self,
         id: &AccountId,
@@ -757,14 +766,20 @@ impl Pool {
         reason: impl Into<Reason>,
     ) -> Vec<Event> {
         let reason = reason.into();
-        let Some(label) = self.label_of(id) else {
+        let Some(i) = self.find(id) else {
             return Vec::new();
         };
+        let Some(s) = self.slots[i].as_ref() else {
+            return Vec::new();
+        };
+        if permanent && s.state == State::NeedsLogin {
+            return Vec::new();
+        }
         let mut events = vec![Event::new(
             now,
             self.provider.clone(),
             EventKind::RefreshFailed {
-                account: label,
+                account: s.meta.label.clone(),
                 permanent,
                 reason: reason.clone(),
             },
@@ -1046,11 +1061,6 @@ impl Pool {
                 hint: decided.hint,
             },
         ));
-    }
-
-    fn label_of(&self, id: &AccountId) -> Option<String> {
-        let i = self.find(id)?;
-        self.slots[i].as_ref().map(|s| s.meta.label.clone())
     }
 
     fn next_sample(&mut self) -> f64 {

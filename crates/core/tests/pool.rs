@@ -103,7 +103,9 @@ fn pick(p: &mut Pool, now: UnixMillis) -> (String, bool) {
 
 fn pick_with(p: &mut Pool, now: UnixMillis, req: &PickRequest<'_>) -> (String, bool) {
     match p.pick(now, req) {
-        Pick::Account { id, label, probe } => {
+        Pick::Account {
+            id, label, probe, ..
+        } => {
             assert_eq!(id.0, label, "test accounts use their id as label");
             (label.to_string(), probe)
         }

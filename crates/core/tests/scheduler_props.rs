@@ -213,7 +213,7 @@ proptest! {
                     let before = health_by_id(&p, now);
                     let req = PickRequest { session: session.map(|s| sessions[s as usize]), exclude: &exclude };
                     match p.pick(now, &req) {
-                        Pick::Account { id: got, label, probe } => {
+                        Pick::Account { id: got, label, probe, .. } => {
                             let acct: usize = got.0.trim_start_matches("acct-").parse().unwrap();
                             prop_assert_eq!(label.to_string(), format!("label-{acct}"));
                             let h = before[&got];
@@ -465,6 +465,7 @@ proptest! {
             refreshed,
             kind: if oauth { AccountKind::Oauth } else { AccountKind::ApiKey },
             provider_failures,
+            provider_rotated: false,
         };
         let now = T0.plus(Duration::from_millis(elapsed_ms));
         let c = Classification {
@@ -498,6 +499,7 @@ proptest! {
         elapsed_ms in 0u64..700_000,
         hint_ms in prop::option::of(0u64..10_000),
         max_attempts in prop::option::of(1u32..10),
+        provider_rotated in any::<bool>(),
     ) {
         let policy = RetryPolicy { max_attempts, ..RetryPolicy::default() };
         let ctx = AttemptContext {
@@ -509,6 +511,7 @@ proptest! {
             refreshed,
             kind: if oauth { AccountKind::Oauth } else { AccountKind::ApiKey },
             provider_failures,
+            provider_rotated,
         };
         let now = T0.plus(Duration::from_millis(elapsed_ms));
         let c = Classification {
@@ -532,13 +535,16 @@ proptest! {
             prop_assert_eq!(budget.available(now), before - u64::from(paid));
             if matches!(d, Decision::Rotate { .. }) {
                 prop_assert!(accounts > 1, "rotating with nowhere to go");
+                if class == Class::Provider && provider_failures >= policy.provider_retries {
+                    prop_assert!(!provider_rotated, "a provider failure moves a request once");
+                }
             }
             if d == Decision::RefreshAndRetry {
                 prop_assert!(oauth && !refreshed && class == Class::Auth);
             }
         } else {
             prop_assert_eq!(budget.available(now), before);
-            if d == Decision::Exhausted {
+            if matches!(d, Decision::Exhausted | Decision::GiveUp(_)) {
                 prop_assert!(class.blames_account());
             }
         }

@@ -564,7 +564,7 @@ pub(crate) async fn forward(
                 current = None;
                 pause(after).await;
             }
-            Decision::Exhausted => {
+            Decision::Exhausted | Decision::GiveUp(_) => {
                 let now = state.now();
                 let ex = {
                     let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
