@@ -84,6 +84,7 @@ use crate::budget::RetryBudget;
 use crate::clock::UnixMillis;
 use crate::decision::{AttemptContext, AttemptTrace, Decision, Limit, RetryPolicy, decide};
 use crate::events::{Event, EventKind};
+use crate::fmt::HumanDuration;
 use crate::outcome::{Class, Classification};
 use crate::pool::{AccountStatus, Exhausted, Health, Pick, PickRequest, Pool, SessionKey};
 
@@ -168,6 +169,9 @@ pub enum Action {
     Send {
         /// This attempt's number, from 1 (above 1: a retry).
         attempt: u32,
+        /// Whether the account was picked for this attempt (rather than
+        /// tried again): its credential is to be looked up afresh.
+        picked: bool,
     },
     /// Refresh [`Rotation::account`]'s OAuth token (the upstream refused it),
     /// then report with [`Rotation::on_refresh`]; on success the next
@@ -265,8 +269,9 @@ enum Phase {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AfterWait {
-    /// A pause before sending to the current account.
-    Send,
+    /// A pause before sending to the current account (`picked`: just
+    /// picked, see [`Action::Send`]).
+    Send { picked: bool },
     /// A wait for an account to recover (counts toward `max_wait`).
     Recover,
 }
@@ -392,7 +397,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
                 self.phase = Phase::Refreshing(Box::new(c));
                 Action::Refresh
             }
-            Decision::RetrySame { after } => self.send_after(now, after),
+            Decision::RetrySame { after } => self.send_after(now, after, false),
             Decision::Rotate { after } => self.rotate(&c, now, after),
             Decision::Exhausted => {
                 // The only account failed: wait for it within `max_wait`, or
@@ -440,6 +445,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
                 self.publish(events);
                 Action::Send {
                     attempt: self.ctx.attempt,
+                    picked: false,
                 }
             }
             Err(failure) => {
@@ -465,8 +471,9 @@ impl<'a, S: Shared> Rotation<'a, S> {
         };
         self.phase = Phase::Sending;
         match then {
-            AfterWait::Send => Action::Send {
+            AfterWait::Send { picked } => Action::Send {
                 attempt: self.ctx.attempt,
+                picked,
             },
             AfterWait::Recover => {
                 // Counted as planned even if the timer fired early, so every
@@ -518,7 +525,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
                     )]);
                 }
                 self.account = Some(Picked { id, label, kind });
-                self.send_after(now, pause)
+                self.send_after(now, pause, true)
             }
             Pick::Exhausted(_) if pass_on_empty => self.respond(Answer::PassThrough),
             Pick::Exhausted(ex) => self.exhausted(ex, now),
@@ -592,7 +599,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
             ),
             Limit::Deadline => format!(
                 "the deadline of {} would pass",
-                human(self.config.retry.deadline)
+                HumanDuration(self.config.retry.deadline)
             ),
         };
         let message = format!(
@@ -658,15 +665,16 @@ impl<'a, S: Shared> Rotation<'a, S> {
         self.publish(events);
     }
 
-    fn send_after(&mut self, now: UnixMillis, pause: Duration) -> Action {
+    fn send_after(&mut self, now: UnixMillis, pause: Duration, picked: bool) -> Action {
         if pause.is_zero() {
             self.phase = Phase::Sending;
             return Action::Send {
                 attempt: self.ctx.attempt,
+                picked,
             };
         }
         self.phase = Phase::Waiting {
-            then: AfterWait::Send,
+            then: AfterWait::Send { picked },
             since: now,
             planned: pause,
         };
@@ -808,7 +816,7 @@ fn exhausted_refusal(provider: &str, ex: Exhausted, now: UnixMillis) -> Refusal 
         states.push_str("no accounts configured: add one with `marathon auth add`");
     }
     let next = match ex.soonest {
-        Some(t) if t > now => format!("; the first one is usable again in {}", human(now.until(t))),
+        Some(t) if t > now => format!("; the first one is usable again in {}", HumanDuration(now.until(t))),
         Some(_) => "; one is being probed and may be usable again in a moment".into(),
         None => "; none will recover on its own: run `marathon auth list` and log in again or add an account".into(),
     };
@@ -832,7 +840,7 @@ fn exhausted_refusal(provider: &str, ex: Exhausted, now: UnixMillis) -> Refusal 
 fn describe(out: &mut String, a: &AccountStatus) {
     let _ = match (&a.health, a.cooldown_remaining) {
         (Health::Cooling { .. }, Some(d)) => {
-            let _ = write!(out, "{} cooling for {}", a.label, human(d));
+            let _ = write!(out, "{} cooling for {}", a.label, HumanDuration(d));
             match &a.last_reason {
                 Some(r) => write!(out, " after {r}"),
                 None => Ok(()),
@@ -842,16 +850,6 @@ fn describe(out: &mut String, a: &AccountStatus) {
         (Health::Disabled, _) => write!(out, "{} disabled", a.label),
         (h, _) => write!(out, "{} {}", a.label, h.as_str()),
     };
-}
-
-/// `1h02m`, `5m00s`, `42s`, rounded up like `retry-after`.
-fn human(d: Duration) -> String {
-    let s = d.as_secs_f64().ceil() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
 }
 
 /// "429 rate_limit_error" style reason for failover events.

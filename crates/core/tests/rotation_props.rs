@@ -282,6 +282,8 @@ struct Live<'w> {
     replayable: bool,
     started: UnixMillis,
     sends: u32,
+    /// The account of the last send.
+    last_sent: Option<AccountId>,
     recovery_waited: Duration,
 }
 
@@ -316,6 +318,7 @@ impl<'w> Run<'w> {
             replayable,
             started: w.now(),
             sends: 0,
+            last_sent: None,
             recovery_waited: Duration::ZERO,
         });
         self.follow(slot, action, false)
@@ -327,10 +330,15 @@ impl<'w> Run<'w> {
         let w = self.world;
         let live = self.live[slot].as_mut().unwrap();
         match action {
-            Action::Send { attempt } => {
+            Action::Send { attempt, picked } => {
                 prop_assert!(attempt >= 1);
                 live.pending = Pending::Send;
-                prop_assert!(live.rotation.holding().is_some(), "send without a slot");
+                let holding = live.rotation.holding().cloned();
+                prop_assert!(holding.is_some(), "send without a slot");
+                if !picked {
+                    prop_assert_eq!(&holding, &live.last_sent, "a retry on another account");
+                }
+                live.last_sent = holding;
             }
             Action::Refresh => live.pending = Pending::Refresh,
             Action::Wait { until } => {

@@ -3,10 +3,9 @@
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
+use marathon_core::ApiFlavor;
 use marathon_core::decision::AttemptTrace;
-use marathon_core::fmt::HumanDuration;
-use marathon_core::pool::{AccountStatus, Exhausted, Health};
-use marathon_core::{ApiFlavor, UnixMillis};
+use marathon_core::rotation::Refusal;
 use serde_json::json;
 
 use crate::body::ProxyBody;
@@ -42,56 +41,52 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Proxy
     r
 }
 
-/// A marathon-side failure (bad path, unreadable body, unreachable upstream).
+/// A marathon-side failure (bad path, unreadable body, ...).
 pub(crate) fn proxy_error(
     flavor: ApiFlavor,
     status: StatusCode,
     message: &str,
 ) -> Response<ProxyBody> {
-    let kind = match (flavor, status.as_u16()) {
-        (ApiFlavor::Anthropic, 400..=499) => "invalid_request_error",
-        (ApiFlavor::Anthropic, _) => "api_error",
-        (ApiFlavor::Google, 400..=499) => "INVALID_ARGUMENT",
-        (ApiFlavor::Google, _) => "UNAVAILABLE",
-        (_, 400..=499) => "invalid_request_error",
-        _ => "upstream_error",
-    };
     json_response(
         status,
-        &error_body(flavor, status, kind, &format!("marathon: {message}")),
+        &error_body(
+            flavor,
+            status,
+            error_kind(flavor, status),
+            &format!("marathon: {message}"),
+        ),
     )
 }
 
-/// "All accounts unavailable": 429 at once, `retry-after` = the soonest
-/// reset, a body naming each account's state.
-pub(crate) fn exhausted_response(
+/// The provider's error type for a status marathon answers with.
+fn error_kind(flavor: ApiFlavor, status: StatusCode) -> &'static str {
+    match (flavor, status.as_u16()) {
+        (ApiFlavor::Anthropic, 429) => "rate_limit_error",
+        (ApiFlavor::Anthropic, 400..=499) => "invalid_request_error",
+        (ApiFlavor::Anthropic, _) => "api_error",
+        (ApiFlavor::Google, 429) => "RESOURCE_EXHAUSTED",
+        (ApiFlavor::Google, 400..=499) => "INVALID_ARGUMENT",
+        (ApiFlavor::Google, _) => "UNAVAILABLE",
+        (_, 429) => "rate_limit_exceeded",
+        (_, 400..=499) => "invalid_request_error",
+        _ => "upstream_error",
+    }
+}
+
+/// The rotation machine's own answer ("all accounts unavailable", "gave up
+/// after N attempts", "could not reach the upstream") in the provider's
+/// format, with `retry-after` and the attempt trace. An exhaustion answer
+/// carries each account's state under `marathon` for programs.
+pub(crate) fn refusal_response(
     flavor: ApiFlavor,
     provider: &str,
-    now: UnixMillis,
-    ex: &Exhausted,
+    refusal: &Refusal,
     trace: &AttemptTrace,
 ) -> Response<ProxyBody> {
-    let states: Vec<String> = ex.accounts.iter().map(|a| describe(a, now)).collect();
-    let next = match ex.soonest {
-        Some(t) => format!("; the first one is usable again in {}", HumanDuration(now.until(t))),
-        None => "; none will recover on its own: run `marathon auth list` and log in again or add an account".into(),
-    };
-    let message = format!(
-        "marathon: all {} {provider} accounts are unavailable ({}){next}",
-        ex.accounts.len(),
-        if states.is_empty() {
-            "no accounts configured: add one with `marathon auth add`".to_string()
-        } else {
-            states.join(", ")
-        },
-    );
-    let kind = match flavor {
-        ApiFlavor::Anthropic => "rate_limit_error",
-        ApiFlavor::Google => "RESOURCE_EXHAUSTED",
-        _ => "rate_limit_exceeded",
-    };
-    let mut body = error_body(flavor, StatusCode::TOO_MANY_REQUESTS, kind, &message);
-    if let Some(obj) = body.as_object_mut() {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let message = format!("marathon: {}", refusal.message);
+    let mut body = error_body(flavor, status, error_kind(flavor, status), &message);
+    if let (Some(ex), Some(obj)) = (&refusal.accounts, body.as_object_mut()) {
         obj.insert(
             "marathon".into(),
             json!({
@@ -107,32 +102,13 @@ pub(crate) fn exhausted_response(
             }),
         );
     }
-    let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
-    let retry_after = ex
-        .soonest
-        .map_or(60, |t| now.until(t).as_secs_f64().ceil().max(1.0) as u64);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    add_trace_headers(r.headers_mut(), None, trace);
-    r
-}
-
-fn describe(a: &AccountStatus, now: UnixMillis) -> String {
-    let _ = now;
-    match (&a.health, a.cooldown_remaining) {
-        (Health::Cooling { .. }, Some(d)) => format!(
-            "{} cooling for {}{}",
-            a.label,
-            HumanDuration(d),
-            a.last_reason
-                .as_deref()
-                .map(|r| format!(" after {r}"))
-                .unwrap_or_default()
-        ),
-        (Health::NeedsLogin, _) => format!("{} needs login", a.label),
-        (Health::Disabled, _) => format!("{} disabled", a.label),
-        (h, _) => format!("{} {}", a.label, h.as_str()),
+    let mut r = json_response(status, &body);
+    if let Some(seconds) = refusal.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    add_trace_headers(r.headers_mut(), refusal.account.as_deref(), trace);
+    r
 }
 
 #[cfg(test)]

@@ -1,33 +1,43 @@
-//! The rotation loop: one client request → pick an account, send, classify,
-//! decide (pass through, retry, rotate, answer "exhausted") — the phases of
-//! pingora's `ProxyHttp`, in one place.
+//! The driver of the rotation machine: one client request → the I/O that
+//! [`marathon_core::rotation::Rotation`] asks for (send to an account,
+//! refresh its token, wait), and the answer it settles on, streamed or
+//! rendered in the provider's format. Every rotation rule (which account,
+//! what an outcome means, retries, limits, waits, needs-login, the attempt
+//! trace) lives in the machine; this file only carries the actions out.
 //!
 //! A retry is only possible while the request body is replayable and no
-//! response byte has gone to the client; both are tracked here.
+//! response byte has gone to the client: the body is buffered here, and the
+//! machine never asks for another attempt after a pass-through.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use marathon_core::budget::RetryBudget;
 use marathon_core::classify::classify;
-use marathon_core::decision::{AttemptContext, AttemptTrace, Decision, decide};
+use marathon_core::decision::AttemptTrace;
 use marathon_core::events::{Event, EventKind};
 use marathon_core::outcome::Outcome;
-use marathon_core::pool::{Exhausted, Health, Pick, PickRequest};
+use marathon_core::pool::Pool;
+use marathon_core::rotation::{
+    self, Action, Answer, Picked, RefreshFailure, Refusal, RefusalKind, RequestFacts, Rotation,
+    Shared, Unusable,
+};
 use marathon_core::sse::ErrorScanner;
 use marathon_core::{
-    AccountId, AccountKind, Class, Classification, Reason, Secret, TransportFailure, UnixMillis,
+    AccountId, AccountKind, Class, Classification, Secret, TransportFailure, UnixMillis,
 };
 
 use crate::body::{ProxyBody, StreamWatch};
-use crate::errors::{exhausted_response, proxy_error};
+use crate::errors::{proxy_error, refusal_response};
 use crate::guard;
 use crate::headers::{Lookup, prepare_request_headers, strip_hop_by_hop};
 use crate::state::{AccountCred, AppState, ProviderRuntime, TokenError};
@@ -37,8 +47,6 @@ use crate::upstream::Reuse;
 const ERROR_BODY_PEEK: usize = 64 * 1024;
 /// The least time between two `exhausted` events of one provider.
 const EXHAUSTED_EVENT_EVERY: Duration = Duration::from_secs(10);
-/// How long an account rests after a provider-side error inside its stream.
-const MID_STREAM_BENCH: Duration = Duration::from_secs(5);
 /// How long to wait for the first SSE event when peeking.
 const PEEK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -114,33 +122,45 @@ async fn read_client_body(
     }))
 }
 
-/// Frees the account's in-flight slot if the request ends before its outcome
-/// is recorded — above all when the client goes away (no penalty).
-struct Slot {
-    rt: Arc<ProviderRuntime>,
-    id: Option<AccountId>,
+/// What the rotation machine shares with every request of a provider: the
+/// pool and budget behind their short std mutexes (each call takes and
+/// drops the lock; none is held across an `.await`), the event bus, the
+/// store.
+#[derive(Clone, Copy)]
+struct Env<'a> {
+    state: &'a AppState,
+    rt: &'a ProviderRuntime,
 }
 
-impl Slot {
-    fn recorded(&mut self) {
-        self.id = None;
+impl Shared for Env<'_> {
+    fn pool<R>(&self, f: impl FnOnce(&mut Pool) -> R) -> R {
+        f(&mut self.rt.pool.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Ends the slot without an outcome (no penalty, no counters).
-    fn release(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.rt
-                .pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .release(&id);
+    fn budget<R>(&self, f: impl FnOnce(&mut RetryBudget) -> R) -> R {
+        f(&mut self.rt.budget.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn publish(&self, events: Vec<Event>) {
+        for e in &events {
+            if matches!(e.kind, EventKind::Failover { .. }) {
+                self.rt.metrics.failovers.fetch_add(1, Relaxed);
+            }
         }
+        self.state.publish(events);
     }
-}
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.release();
+    fn persist_needs_login(&self, account: &AccountId) {
+        let store = self.state.store.clone();
+        let id = account.clone();
+        // In the background, so other processes and the next start see it.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.update(&id, &mut |a| {
+                a.state = marathon_store::AccountState::NeedsLogin
+            }) {
+                tracing::warn!("could not persist needs-login state: {e}");
+            }
+        });
     }
 }
 
@@ -155,22 +175,23 @@ struct Upstream {
     scanner: Option<ErrorScanner>,
 }
 
-/// The current account of a request.
-struct Current {
-    id: AccountId,
-    label: Arc<str>,
-    kind: AccountKind,
-    cred: Arc<AccountCred>,
+/// One attempt's result: a response (with the in-stream error data if its
+/// first event was an error), or how the transport failed.
+type Attempted = Result<(Upstream, Option<Vec<u8>>), TransportFailure>;
+
+/// The I/O half of one request: what goes upstream, with whose credential.
+struct Exchange<'a> {
+    state: &'a Arc<AppState>,
+    rt: &'a Arc<ProviderRuntime>,
+    parts: &'a http::request::Parts,
+    uri: Uri,
+    /// The client's headers, prepared; the base of every attempt's.
+    base_headers: HeaderMap,
+    body: ClientBody,
+    /// The current account's credential.
+    cred: Option<Arc<AccountCred>>,
     /// The refresher's access token, when it is not the stored one.
     token: Option<Secret>,
-}
-
-impl Current {
-    fn secret(&self) -> &Secret {
-        self.token
-            .as_ref()
-            .unwrap_or_else(|| self.cred.stored_secret())
-    }
 }
 
 /// Serves one request for one provider.
@@ -188,26 +209,18 @@ pub(crate) async fn forward(
     }
     rt.metrics.requests.fetch_add(1, Relaxed);
     let (mut parts, body) = req.into_parts();
-    let mut client_body =
-        match read_client_body(&parts.headers, body, state.settings.max_body).await {
-            Ok(b) => b,
-            // The client stopped sending: nobody upstream was involved.
-            Err(_) => {
-                return proxy_error(
-                    settings.flavor,
-                    StatusCode::BAD_REQUEST,
-                    "the request body could not be read",
-                );
-            }
-        };
-    // One clock read serves the budget, the first pick and the log line's start.
-    let started = state.now();
-    let now = started;
-    rt.budget
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .deposit(now);
-    if !client_body.replayable() {
+    let body = match read_client_body(&parts.headers, body, state.settings.max_body).await {
+        Ok(b) => b,
+        // The client stopped sending: nobody upstream was involved.
+        Err(_) => {
+            return proxy_error(
+                settings.flavor,
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
+    };
+    if !body.replayable() {
         tracing::info!(
             provider = %settings.name,
             "request body larger than {} bytes: streaming it through once; it will not be retried on another account",
@@ -232,180 +245,192 @@ pub(crate) async fn forward(
             "the request path is not valid",
         );
     };
-
-    let mut trace = AttemptTrace::new();
-    let mut excluded: Vec<AccountId> = Vec::new();
-    let mut ctx = AttemptContext::new(now, client_body.replayable(), 0, AccountKind::ApiKey);
-    let mut current: Option<Current> = None;
-    let mut rotated_from: Option<(String, Reason)> = None;
-    let mut waited = Duration::ZERO;
-    let mut last_reason: Option<Reason> = None;
-    // The slot a pick takes lasts across same-account retries (a refresh, the
-    // transport retry, provider retries): the pool wants exactly one `record`
-    // or `release` per pick, with the final outcome on that account.
-    let mut slot = Slot {
-        rt: rt.clone(),
-        id: None,
+    // One clock read serves the budget, the first pick and the log line's start.
+    let started = state.now();
+    let facts = RequestFacts {
+        replayable: body.replayable(),
+        session,
+        now: started,
     };
+    let mut rotation = Rotation::new(
+        Env {
+            state: &state,
+            rt: &rt,
+        },
+        &rt.rotation,
+        facts,
+    );
+    let mut exchange = Exchange {
+        state: &state,
+        rt: &rt,
+        parts: &parts,
+        uri,
+        base_headers,
+        body,
+        cred: None,
+        token: None,
+    };
+    let (resp, account) = drive(&mut rotation, &mut exchange).await;
+    log_request(
+        &settings.name,
+        &parts,
+        resp.status(),
+        account.as_deref(),
+        rotation.trace(),
+        &state,
+        started,
+    );
+    resp
+}
 
-    let mut first_pick = Some(now);
+/// Carries out the machine's actions until it answers. Returns the answer
+/// and the account it names.
+async fn drive(
+    rotation: &mut Rotation<'_, Env<'_>>,
+    x: &mut Exchange<'_>,
+) -> (Response<ProxyBody>, Option<Arc<str>>) {
+    let mut action = rotation.start();
     loop {
-        // 1. Select an account (unless the last decision was "same account again").
-        if current.is_none() {
-            let now = first_pick.take().unwrap_or_else(|| state.now());
-            let pick = {
-                let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
-                ctx.accounts_in_pool = u32::try_from(pool.len()).unwrap_or(u32::MAX);
-                pool.pick(
-                    now,
-                    &PickRequest {
-                        session,
-                        exclude: &excluded,
-                    },
-                )
-            };
-            match pick {
-                Pick::Account { id, label, .. } => {
-                    slot.id = Some(id.clone());
-                    if let Some((from, reason)) = rotated_from.take() {
-                        rt.metrics.failovers.fetch_add(1, Relaxed);
-                        state.publish(vec![Event {
-                            at: now,
-                            provider: settings.name.clone(),
-                            kind: EventKind::Failover {
-                                from,
-                                to: label.to_string(),
-                                reason,
-                            },
-                        }]);
-                    }
-                    let cred = rt
-                        .creds
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&id)
-                        .cloned();
-                    let Some(cred) = cred else {
-                        // Removed from the store a moment ago.
-                        slot.release();
-                        excluded.push(id);
-                        continue;
-                    };
-                    let token = match cred.kind {
-                        AccountKind::ApiKey => None,
-                        AccountKind::Oauth => match &state.tokens {
-                            None => None,
-                            Some(tokens) => match tokens.access_token(&id).await {
-                                // The stored token (the usual case) has its
-                                // headers built already.
-                                Ok(s) if s.same_as(cred.stored_secret()) => None,
-                                Ok(s) => Some(s),
-                                Err(e) => {
-                                    account_unusable(&state, &rt, &id, &cred.label, &e);
-                                    // Nothing was sent: end the slot, or an
-                                    // account picked as a probe stays "probe
-                                    // in flight" for ever.
-                                    slot.release();
-                                    excluded.push(id);
-                                    continue;
-                                }
-                            },
-                        },
-                    };
-                    ctx.kind = cred.kind;
-                    current = Some(Current {
-                        id,
-                        label,
-                        kind: cred.kind,
-                        cred,
-                        token,
-                    });
+        action = match action {
+            Action::Send { attempt, picked } => {
+                if attempt > 1 {
+                    x.rt.metrics.retries.fetch_add(1, Relaxed);
                 }
-                Pick::Exhausted(ex) => {
-                    let now = state.now();
-                    // Usable accounts remain, but this request tried them all
-                    // and none was at fault (unreachable, timing out): that is
-                    // the upstream's failure, not "all accounts unavailable" —
-                    // and waiting for a recovery that is not coming would loop.
-                    let tried_usable = ex.accounts.iter().any(|a| {
-                        matches!(a.health, Health::Ready | Health::Probing)
-                            && excluded.contains(&a.id)
-                    });
-                    if tried_usable {
-                        let mut r = proxy_error(
-                            settings.flavor,
-                            StatusCode::BAD_GATEWAY,
-                            &format!(
-                                "marathon could not reach the {} upstream with any account ({})",
-                                settings.name,
-                                last_reason.as_ref().map_or("unreachable", Reason::as_str)
-                            ),
-                        );
-                        add_trace_headers(r.headers_mut(), None, &trace);
-                        log_request(
-                            &settings.name,
-                            &parts,
-                            r.status(),
-                            None,
-                            &trace,
-                            &state,
-                            started,
-                        );
-                        return r;
+                match x.attempt(rotation, picked).await {
+                    ControlFlow::Continue(next) => next,
+                    ControlFlow::Break(resp) => {
+                        let label = rotation.account().map(|a| a.label.clone());
+                        return (resp, label);
                     }
-                    if let (Some(max_wait), Some(soonest)) = (settings.max_wait, ex.soonest) {
-                        let wait = now.until(soonest);
-                        if waited + wait <= max_wait && ctx.replayable {
-                            waited += wait;
-                            excluded.clear();
-                            Box::pin(tokio::time::sleep(wait.max(Duration::from_millis(10)))).await;
-                            continue;
-                        }
-                    }
-                    return answer_exhausted(&state, &rt, &parts, now, &ex, &trace, started);
                 }
             }
-        }
-        let Some(cur) = current.as_ref() else {
-            continue;
+            Action::Refresh => x.refresh(rotation).await,
+            Action::Wait { until } => {
+                let wait = x.state.now().until(until);
+                // Boxed, like every timer here: off the hot path, out of its future.
+                Box::pin(tokio::time::sleep(wait)).await;
+                rotation.on_timer(x.state.now())
+            }
+            Action::Respond(Answer::Refuse(refusal)) => {
+                let account = refusal.account.clone();
+                return (x.refuse(&refusal, rotation.trace()), account);
+            }
+            // A pass-through only ever answers `on_response` (handled in
+            // `attempt`), and `Done` only `client_gone` (never called here).
+            Action::Respond(Answer::PassThrough) | Action::Done => {
+                let r = proxy_error(
+                    x.rt.settings.flavor,
+                    StatusCode::BAD_GATEWAY,
+                    "internal error: the rotation ended without an answer",
+                );
+                return (r, None);
+            }
         };
-        if ctx.attempt > 1 {
-            rt.metrics.retries.fetch_add(1, Relaxed);
-        }
+    }
+}
 
-        // 2. Send.
-        let mut headers = base_headers.clone();
+impl Exchange<'_> {
+    /// One attempt: the account's credential, the send, the classified
+    /// outcome. Breaks with the response when the machine passes it on.
+    async fn attempt(
+        &mut self,
+        rotation: &mut Rotation<'_, Env<'_>>,
+        picked: bool,
+    ) -> ControlFlow<Response<ProxyBody>, Action> {
+        let Some(account) = rotation.account() else {
+            return ControlFlow::Continue(
+                rotation.on_unusable(Unusable::NoCredential, self.state.now()),
+            );
+        };
+        if picked && let Err(e) = self.use_account(account).await {
+            let now = self.state.now();
+            return ControlFlow::Continue(match &e {
+                Some(e) => rotation.on_unusable(Unusable::Token(refresh_failure(e)), now),
+                None => rotation.on_unusable(Unusable::NoCredential, now),
+            });
+        }
+        let Some(request) = self.request(account) else {
+            let now = self.state.now();
+            return ControlFlow::Continue(rotation.on_unusable(Unusable::NoCredential, now));
+        };
+        let attempted = self.send(request).await;
+        let now = self.state.now();
+        let c = classify_attempt(self.rt.settings.flavor, &attempted, now);
+        match rotation.on_response(c, now) {
+            Action::Respond(Answer::PassThrough) => {
+                ControlFlow::Break(self.pass_through(attempted, rotation))
+            }
+            next => ControlFlow::Continue(next),
+        }
+    }
+
+    /// Takes a newly picked account's credential (and, for OAuth, a current
+    /// access token). `Err(None)`: it has none (removed from the store a
+    /// moment ago); `Err(Some(_))`: no token could be had.
+    async fn use_account(&mut self, account: &Picked) -> Result<(), Option<TokenError>> {
+        self.token = None;
+        self.cred = self
+            .rt
+            .creds
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&account.id)
+            .cloned();
+        let cred = self.cred.as_ref().ok_or(None)?;
+        if let (AccountKind::Oauth, Some(tokens)) = (cred.kind, &self.state.tokens) {
+            let token = tokens.access_token(&account.id).await.map_err(Some)?;
+            // The stored token (the usual case) has its headers built already.
+            if !token.same_as(cred.stored_secret()) {
+                self.token = Some(token);
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream request with the account's credential; `None` if the
+    /// credential cannot be a header value.
+    fn request(&mut self, account: &Picked) -> Option<Request<ProxyBody>> {
+        let cred = self.cred.as_ref()?;
+        let settings = &self.rt.settings;
+        let mut headers = self.base_headers.clone();
         let fresh;
-        let rendered = match (&cur.token, &cur.cred.rendered) {
+        let rendered = match (&self.token, &cred.rendered) {
             (None, Some(r)) => Some(r),
-            _ => {
+            (token, _) => {
+                let secret = token.as_ref().unwrap_or_else(|| cred.stored_secret());
                 fresh = settings
                     .credentials
-                    .render(cur.kind, cur.secret(), &cur.cred.extras)
+                    .render(cred.kind, secret, &cred.extras)
                     .ok();
                 fresh.as_ref()
             }
         };
-        if let Some(r) = rendered {
-            settings.credentials.apply_rendered(&mut headers, r);
-        } else {
-            tracing::error!(provider = %settings.name, account = %cur.label, "stored credential is not a valid header value; skipping the account");
-            slot.release();
-            excluded.push(cur.id.clone());
-            current = None;
-            continue;
-        }
-        let mut up_req = Request::new(client_body.for_attempt());
-        *up_req.method_mut() = parts.method.clone();
-        *up_req.uri_mut() = uri.clone();
-        *up_req.headers_mut() = headers;
+        let Some(rendered) = rendered else {
+            tracing::error!(provider = %settings.name, account = %account.label, "stored credential is not a valid header value; skipping the account");
+            return None;
+        };
+        settings.credentials.apply_rendered(&mut headers, rendered);
+        let mut request = Request::new(self.body.for_attempt());
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = headers;
+        Some(request)
+    }
 
+    /// Sends one attempt and reads what classification needs of the answer.
+    async fn send(&self, request: Request<ProxyBody>) -> Attempted {
+        let (state, rt) = (self.state, self.rt);
+        // The account's own egress proxy, when it has one.
+        let endpoint = match &self.cred {
+            Some(cred) => cred.endpoint(rt),
+            None => &rt.endpoint,
+        };
         let sent = Instant::now();
         let result = match state.settings.upstream_timeout {
             Some(limit) => {
                 Box::pin(tokio::time::timeout(
                     limit,
-                    state.client.send(cur.cred.endpoint(&rt), up_req),
+                    state.client.send(endpoint, request),
                 ))
                 .await
             }
@@ -413,221 +438,127 @@ pub(crate) async fn forward(
             // makes parked workers sleep on a kernel timer, which measurably
             // costs CPU; dead peers are caught by TCP keepalive, and a client
             // that gives up cancels the attempt.
-            None => Ok(state.client.send(cur.cred.endpoint(&rt), up_req).await),
+            None => Ok(state.client.send(endpoint, request).await),
         };
-        let upstream = match result {
-            Err(_) => Err(TransportFailure::Timeout),
-            Ok(Err(e)) if e.is_connect() => Err(TransportFailure::Connect),
-            Ok(Err(_)) => Err(TransportFailure::ResetBeforeResponse),
-            Ok(Ok((resp, reuse))) => {
-                rt.metrics.observe_latency(sent.elapsed());
-                let peek = state.settings.peek_first_event;
-                let sse = is_sse(resp.headers());
-                if !resp.status().is_success() || (peek && sse) {
-                    // Boxed: its timers would otherwise sit in every request's
-                    // future, which is moved around by value.
-                    let peek_error_for = state.settings.error_body_timeout;
-                    Ok(Box::pin(read_head(resp, reuse, sse, peek, peek_error_for)).await)
-                } else {
-                    Ok((plain_head(resp, reuse, sse), None))
-                }
-            }
+        let (resp, reuse) = match result {
+            Err(_) => return Err(TransportFailure::Timeout),
+            Ok(Err(e)) if e.is_connect() => return Err(TransportFailure::Connect),
+            Ok(Err(_)) => return Err(TransportFailure::ResetBeforeResponse),
+            Ok(Ok(answer)) => answer,
         };
-
-        // 3. Classify.
-        let now = state.now();
-        let classification = match &upstream {
-            Err(t) => classify(settings.flavor, &Outcome::Transport(*t), now),
-            Ok((_, Some(error_data))) => classify(
-                settings.flavor,
-                &Outcome::StreamError { data: error_data },
-                now,
-            ),
-            Ok((up, None)) => {
-                let body = contiguous(&up.prefix);
-                classify(
-                    settings.flavor,
-                    &Outcome::Response {
-                        status: up.head.status.as_u16(),
-                        headers: &Lookup(&up.head.headers),
-                        body: &body,
-                    },
-                    now,
-                )
-            }
-        };
-        trace.record(cur.label.clone(), &classification, now);
-
-        // 4. Decide, and record the outcome unless the same account is tried
-        // again (then its final outcome is recorded): a 401 fixed by a refresh
-        // must not bench the account, and the slot must end exactly once.
-        let decision = if matches!(classification.class, Class::Success | Class::Request) {
-            // Always passed through; no need to take the budget's lock.
-            Decision::PassThrough
+        rt.metrics.observe_latency(sent.elapsed());
+        let peek = state.settings.peek_first_event;
+        let sse = is_sse(resp.headers());
+        if !resp.status().is_success() || (peek && sse) {
+            // Boxed: its timers would otherwise sit in every request's
+            // future, which is moved around by value.
+            let peek_error_for = state.settings.error_body_timeout;
+            Ok(Box::pin(read_head(resp, reuse, sse, peek, peek_error_for)).await)
         } else {
-            let mut budget = rt.budget.lock().unwrap_or_else(|e| e.into_inner());
-            decide(&settings.retry, &ctx, &classification, now, &mut budget)
+            Ok((plain_head(resp, reuse, sse), None))
+        }
+    }
+
+    /// Refreshes the current account's token after a 401 and tells the machine.
+    async fn refresh(&mut self, rotation: &mut Rotation<'_, Env<'_>>) -> Action {
+        let (Some(account), Some(cred)) = (rotation.account(), self.cred.as_ref()) else {
+            let failure = RefreshFailure {
+                permanent: false,
+                reason: &Reason::fixed("no account"),
+            };
+            return rotation.on_refresh(Err(failure), self.state.now());
         };
-        ctx.advance(&decision, &classification, ctx.kind);
-        let record = |slot: &mut Slot| {
-            let events = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).record(
-                &cur.id,
-                &classification,
-                now,
-            );
-            slot.recorded();
-            state.publish(events);
+        let rejected = self.token.as_ref().unwrap_or_else(|| cred.stored_secret());
+        let refreshed = match &self.state.tokens {
+            Some(tokens) => tokens.force_refresh(&account.id, rejected).await,
+            None => Err(TokenError::Permanent(
+                "no OAuth refresher is configured".into(),
+            )),
         };
-        if !matches!(
-            decision,
-            Decision::RetrySame { .. } | Decision::RefreshAndRetry
-        ) {
-            record(&mut slot);
+        let now = self.state.now();
+        match refreshed {
+            Ok(token) => {
+                self.rt.metrics.refreshes.fetch_add(1, Relaxed);
+                self.token = Some(token);
+                rotation.on_refresh(Ok(()), now)
+            }
+            Err(e) => rotation.on_refresh(Err(refresh_failure(&e)), now),
         }
-        if !matches!(decision, Decision::PassThrough) {
-            last_reason = Some(classification.reason.clone());
+    }
+
+    /// The client gets the upstream's answer.
+    fn pass_through(
+        &self,
+        attempted: Attempted,
+        rotation: &Rotation<'_, Env<'_>>,
+    ) -> Response<ProxyBody> {
+        match (attempted, rotation.account(), self.cred.as_ref()) {
+            (Ok((up, _)), Some(account), Some(cred)) => respond(
+                self.state,
+                self.rt,
+                up,
+                account,
+                cred,
+                rotation.trace(),
+                rotation.replayable(),
+            ),
+            // The machine passes on only responses, of accounts it picked.
+            _ => proxy_error(
+                self.rt.settings.flavor,
+                StatusCode::BAD_GATEWAY,
+                "internal error: no response to pass on",
+            ),
         }
-        match decision {
-            Decision::PassThrough => {
-                let resp = match upstream {
-                    Ok((up, _)) => respond(&state, &rt, up, cur, &trace, client_body.replayable()),
-                    Err(_) => {
-                        let mut r = proxy_error(
-                            settings.flavor,
-                            StatusCode::BAD_GATEWAY,
-                            &format!(
-                                "marathon could not reach the {} upstream ({})",
-                                settings.name, classification.reason
-                            ),
-                        );
-                        add_trace_headers(r.headers_mut(), Some(&cur.label), &trace);
-                        r
-                    }
-                };
-                log_request(
-                    &settings.name,
-                    &parts,
-                    resp.status(),
-                    Some(&cur.label),
-                    &trace,
-                    &state,
-                    started,
-                );
-                return resp;
-            }
-            Decision::RefreshAndRetry => {
-                let refreshed = match &state.tokens {
-                    Some(tokens) => tokens.force_refresh(&cur.id, cur.secret()).await,
-                    None => Err(TokenError::Permanent(
-                        "no OAuth refresher is configured".into(),
-                    )),
-                };
-                match refreshed {
-                    Ok(secret) => {
-                        rt.metrics.refreshes.fetch_add(1, Relaxed);
-                        let events = rt
-                            .pool
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .refreshed(&cur.id, state.now());
-                        state.publish(events);
-                        if let Some(c) = current.as_mut() {
-                            c.token = Some(secret);
-                        }
-                    }
-                    Err(e) => {
-                        record(&mut slot);
-                        let (id, label) = (cur.id.clone(), cur.label.clone());
-                        account_unusable(&state, &rt, &id, &label, &e);
-                        rotated_from = Some((label.to_string(), classification.reason.clone()));
-                        excluded.push(id);
-                        current = None;
-                    }
-                }
-            }
-            Decision::RetrySame { after } => {
-                pause(after).await;
-            }
-            Decision::Rotate { after } => {
-                if matches!(classification.class, Class::Auth) {
-                    // Still 401 after a refresh (or an API key the provider refuses).
-                    let events = rt
-                        .pool
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .mark_needs_login(&cur.id, now, &classification.reason);
-                    state.publish(events);
-                    persist_needs_login(&state, &cur.id);
-                }
-                rotated_from = Some((cur.label.to_string(), short_reason(&classification)));
-                excluded.push(cur.id.clone());
-                current = None;
-                pause(after).await;
-            }
-            Decision::Exhausted | Decision::GiveUp(_) => {
-                let now = state.now();
-                let ex = {
-                    let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
-                    Exhausted {
-                        soonest: pool.soonest_ready(now),
-                        accounts: pool.status(now),
-                    }
-                };
-                // As for an exhausted pick: with `max_wait`, wait for the first
-                // account to recover (a one-account pool ends up here, not
-                // there). Only for a real wait: an account usable now means a
-                // limit stopped us, and waiting 0 would loop.
-                if let (Some(max_wait), Some(soonest)) = (settings.max_wait, ex.soonest) {
-                    let wait = now.until(soonest);
-                    if !wait.is_zero() && waited + wait <= max_wait && ctx.replayable {
-                        waited += wait;
-                        excluded.clear();
-                        current = None;
-                        ctx.same_account_tries = 0;
-                        ctx.refreshed = false;
-                        Box::pin(tokio::time::sleep(wait)).await;
-                        continue;
-                    }
-                }
-                return answer_exhausted(&state, &rt, &parts, now, &ex, &trace, started);
-            }
+    }
+
+    /// marathon's own answer, in the provider's format.
+    fn refuse(&self, refusal: &Refusal, trace: &AttemptTrace) -> Response<ProxyBody> {
+        let settings = &self.rt.settings;
+        if refusal.kind == RefusalKind::Exhausted {
+            let soonest = refusal.accounts.as_ref().and_then(|ex| ex.soonest);
+            announce_exhausted(self.state, self.rt, self.state.now(), soonest);
         }
+        refusal_response(settings.flavor, &settings.name, refusal, trace)
     }
 }
 
-/// Waits before a retry. A zero wait does not touch the timer: tokio rounds
-/// every sleep up to the next millisecond tick, which a failover must not pay.
-async fn pause(after: Duration) {
-    if !after.is_zero() {
-        // Boxed, like every timer here: off the hot path, out of its future.
-        Box::pin(tokio::time::sleep(after)).await;
+fn refresh_failure(e: &TokenError) -> RefreshFailure<'_> {
+    match e {
+        TokenError::Permanent(reason) => RefreshFailure {
+            permanent: true,
+            reason,
+        },
+        TokenError::Transient(reason) => RefreshFailure {
+            permanent: false,
+            reason,
+        },
     }
 }
 
-/// The "all accounts unavailable" answer (429 in the provider's format),
-/// announced and logged.
-fn answer_exhausted(
-    state: &AppState,
-    rt: &ProviderRuntime,
-    parts: &http::request::Parts,
+/// Classifies one attempt's result at `now`.
+fn classify_attempt(
+    flavor: marathon_core::ApiFlavor,
+    attempted: &Attempted,
     now: UnixMillis,
-    ex: &Exhausted,
-    trace: &AttemptTrace,
-    started: UnixMillis,
-) -> Response<ProxyBody> {
-    let settings = &rt.settings;
-    announce_exhausted(state, rt, now, ex.soonest);
-    let resp = exhausted_response(settings.flavor, &settings.name, now, ex, trace);
-    log_request(
-        &settings.name,
-        parts,
-        resp.status(),
-        None,
-        trace,
-        state,
-        started,
-    );
-    resp
+) -> Classification {
+    match attempted {
+        Err(t) => classify(flavor, &Outcome::Transport(*t), now),
+        Ok((_, Some(error_data))) => {
+            classify(flavor, &Outcome::StreamError { data: error_data }, now)
+        }
+        Ok((up, None)) => {
+            let body = contiguous(&up.prefix);
+            classify(
+                flavor,
+                &Outcome::Response {
+                    status: up.head.status.as_u16(),
+                    headers: &Lookup(&up.head.headers),
+                    body: &body,
+                },
+                now,
+            )
+        }
+    }
 }
 
 /// Counts an "all accounts unavailable" answer, and tells the event sinks —
@@ -654,77 +585,6 @@ fn announce_exhausted(
             kind: EventKind::Exhausted { soonest },
         }]);
     }
-}
-
-/// "429 rate_limit_error" style reason for failover events.
-fn short_reason(c: &Classification) -> Reason {
-    match c.status {
-        Some(s) => Reason::with_status(s, &c.reason),
-        None => c.reason.clone(),
-    }
-}
-
-/// Refresh failed: permanently → needs-login (event, persisted); for now →
-/// skip the account for this request.
-fn account_unusable(
-    state: &AppState,
-    rt: &ProviderRuntime,
-    id: &AccountId,
-    label: &str,
-    e: &TokenError,
-) {
-    let now = state.now();
-    match e {
-        TokenError::Permanent(reason) => {
-            let events = rt
-                .pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .mark_needs_login(id, now, reason);
-            // Every request that queued behind the one failed refresh gets
-            // its error; announce it once, when the account turns needs-login
-            // (else a burst fires one webhook/command per request).
-            if events.is_empty() {
-                return;
-            }
-            state.publish(vec![Event {
-                at: now,
-                provider: rt.settings.name.clone(),
-                kind: EventKind::RefreshFailed {
-                    account: label.to_string(),
-                    permanent: true,
-                    reason: reason.clone(),
-                },
-            }]);
-            state.publish(events);
-            persist_needs_login(state, id);
-        }
-        TokenError::Transient(reason) => {
-            state.publish(vec![Event {
-                at: now,
-                provider: rt.settings.name.clone(),
-                kind: EventKind::RefreshFailed {
-                    account: label.to_string(),
-                    permanent: false,
-                    reason: reason.clone(),
-                },
-            }]);
-        }
-    }
-}
-
-/// Writes the needs-login state to the store in the background, so other
-/// processes and the next start see it.
-fn persist_needs_login(state: &AppState, id: &AccountId) {
-    let store = state.store.clone();
-    let id = id.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = store.update(&id, &mut |a| {
-            a.state = marathon_store::AccountState::NeedsLogin
-        }) {
-            tracing::warn!("could not persist needs-login state: {e}");
-        }
-    });
 }
 
 fn is_sse(h: &HeaderMap) -> bool {
@@ -862,66 +722,71 @@ fn respond(
     state: &Arc<AppState>,
     rt: &Arc<ProviderRuntime>,
     mut up: Upstream,
-    cur: &Current,
+    account: &Picked,
+    cred: &AccountCred,
     trace: &AttemptTrace,
     replayable: bool,
 ) -> Response<ProxyBody> {
     let mut head = up.head;
     strip_hop_by_hop(&mut head.headers);
-    match (&cur.cred.label_header, &cur.cred.first_try_ok) {
+    match (&cred.label_header, &cred.first_try_ok) {
         // The common case, with the header values built when the account loaded.
         (Some(label), Some(ok))
             if trace.entries.len() == 1
                 && trace.entries[0].status == Some(200)
                 && trace.entries[0].class == Class::Success
                 && trace.entries[0].note.is_none()
-                && *trace.entries[0].label == *cur.cred.label =>
+                && *trace.entries[0].label == *cred.label =>
         {
             head.headers.insert(ACCOUNT_HEADER.clone(), label.clone());
             head.headers.insert(ATTEMPTS_HEADER.clone(), ok.clone());
         }
-        _ => add_trace_headers(&mut head.headers, Some(&cur.label), trace),
+        _ => add_trace_headers(&mut head.headers, Some(&account.label), trace),
     }
     if !replayable {
         head.headers
             .insert(REPLAYABLE_HEADER.clone(), HeaderValue::from_static("false"));
     }
     rt.metrics.count_status(head.status.as_u16());
-    let watch = up.scanner.take().map(|scanner| {
-        let (state, rt, id, label) = (state.clone(), rt.clone(), cur.id.clone(), cur.label.clone());
-        StreamWatch::new(
-            scanner,
-            Arc::new(move |data: &[u8]| {
-                let now = state.now();
-                let c = classify(rt.settings.flavor, &Outcome::StreamError { data }, now);
-                rt.metrics.stream_errors.fetch_add(1, Relaxed);
-                tracing::warn!(provider = %rt.settings.name, account = %label, reason = %c.reason, "error event inside the stream; passed to the client, account benched for the next request");
-                let events = {
-                    let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
-                    // The head was recorded as a success when it arrived, which
-                    // ended this request's slot: record late, never end another's.
-                    let mut events = pool.record_late(&id, &c, now);
-                    let until = now.plus(MID_STREAM_BENCH);
-                    let benched_longer = matches!(
-                        pool.account_status(&id, now).map(|s| s.health),
-                        Some(Health::Cooling { until: u }) if u >= until
-                    );
-                    if !c.class.blames_account() && !benched_longer {
-                        // An overload inside a stream is the provider's, but the
-                        // next request should still start elsewhere (DESIGN §2).
-                        events.extend(pool.set_cooldown(&id, until, &c.reason, now));
-                    }
-                    events
-                };
-                state.publish(events);
-            }),
-        )
-    });
+    let watch = up
+        .scanner
+        .take()
+        .map(|scanner| watch_stream(state, rt, account, scanner));
     let body = match up.rest.take() {
         Some(rest) => ProxyBody::stream(up.prefix, rest, watch, up.reuse.take()),
         None => ProxyBody::full(contiguous(&up.prefix)),
     };
     Response::from_parts(head, body)
+}
+
+/// Watches a passed-through stream for an error event; the machine's rule
+/// for it ([`rotation::stream_error`]) benches the account.
+fn watch_stream(
+    state: &Arc<AppState>,
+    rt: &Arc<ProviderRuntime>,
+    account: &Picked,
+    scanner: ErrorScanner,
+) -> StreamWatch {
+    let (state, rt, id, label) = (
+        state.clone(),
+        rt.clone(),
+        account.id.clone(),
+        account.label.clone(),
+    );
+    StreamWatch::new(
+        scanner,
+        Arc::new(move |data: &[u8]| {
+            let now = state.now();
+            let c = classify(rt.settings.flavor, &Outcome::StreamError { data }, now);
+            rt.metrics.stream_errors.fetch_add(1, Relaxed);
+            tracing::warn!(provider = %rt.settings.name, account = %label, reason = %c.reason, "error event inside the stream; passed to the client, account benched for the next request");
+            let env = Env {
+                state: &state,
+                rt: &rt,
+            };
+            rotation::stream_error(&env, &id, &c, now);
+        }),
+    )
 }
 
 pub(crate) fn add_trace_headers(h: &mut HeaderMap, account: Option<&str>, trace: &AttemptTrace) {

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use marathon_core::budget::RetryBudget;
 use marathon_core::pool::Pool;
+use marathon_core::rotation::RotationConfig;
 use marathon_core::{Clock, SystemClock};
 use marathon_store::{HotAccount, HotState, Store};
 use tokio::net::TcpListener;
@@ -187,6 +188,11 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
             creds: RwLock::new(Default::default()),
             metrics: ProviderMetrics::default(),
             last_exhausted_event: Default::default(),
+            rotation: RotationConfig {
+                provider: p.name.clone(),
+                retry: p.retry.clone(),
+                max_wait: p.max_wait,
+            },
             settings: p.clone(),
         };
         providers.insert(p.name.clone(), Arc::new(rt));

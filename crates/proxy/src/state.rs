@@ -13,6 +13,7 @@ use marathon_core::budget::RetryBudget;
 use marathon_core::decision::{AttemptEntry, AttemptTrace, RetryPolicy};
 use marathon_core::events::Event;
 use marathon_core::pool::{Health, Pool, PoolConfig};
+use marathon_core::rotation::RotationConfig;
 use marathon_core::{AccountId, AccountKind, ApiFlavor, Class, Clock, Reason, Secret, UnixMillis};
 use marathon_store::{AccountState, Credential, Store, StoredAccount};
 
@@ -177,6 +178,8 @@ impl AccountCred {
 /// One provider at run time.
 pub(crate) struct ProviderRuntime {
     pub settings: ProviderSettings,
+    /// The rotation machine's view of `settings` (name, retry policy, max_wait).
+    pub rotation: RotationConfig,
     /// The upstream's connection pool.
     pub endpoint: Endpoint,
     /// Pools of the accounts (by label) with an egress proxy of their own.

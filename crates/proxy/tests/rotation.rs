@@ -191,26 +191,24 @@ async fn expired_api_key_needs_login_and_rotates() {
 
 // ---------------------------------------------------------------- 5xx / 529
 
-async fn provider_error_passes_through_without_cooling(api: Api, status: u16) {
+/// Changed on purpose (issue 10): after its same-account retries a provider
+/// error moves once to another ready account. It used to go to the client
+/// (three tries on a1, a2 never asked) while a2 was ready.
+async fn provider_error_moves_once_to_a_ready_account(api: Api, status: u16) {
     let w = world_with(
         Scenario::new([acct("a1").status(status), acct("a2")]),
         Opts::new(api),
     )
     .await;
     let r = w.call().await;
-    assert_eq!(r.status, status, "{}", r.text());
-    assert_eq!(r.account(), Some("a1"));
-    // One attempt and provider_retries (2) more, on the same account.
+    assert_eq!((r.status, r.account()), (200, Some("a2")), "{}", r.text());
+    // One attempt and provider_retries (2) more on a1, then a2.
     let want = format!("a1={status}");
     assert_eq!(
         attempt_heads(&r),
-        [want.as_str(), want.as_str(), want.as_str()]
+        [want.as_str(), want.as_str(), want.as_str(), "a2=200"]
     );
-    assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (3, 0));
-    // The provider's answer, untouched (ids aside: every answer has its own).
-    let direct = w.direct(w.key("a1"), false).await;
-    assert_eq!(direct.status, status);
-    assert_eq!(normalise_ids(&r.text()), normalise_ids(&direct.text()));
+    assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (3, 1));
     // Nobody is benched for the provider's trouble.
     for label in ["a1", "a2"] {
         let (a, _) = w.account(label).await;
@@ -219,19 +217,53 @@ async fn provider_error_passes_through_without_cooling(api: Api, status: u16) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overloaded_529_is_retried_then_passed_through() {
-    provider_error_passes_through_without_cooling(Api::Anthropic, 529).await;
+/// When the other account fails the same way, the provider's answer goes to
+/// the client untouched (one move, not a tour of the pool).
+async fn provider_error_passes_through_when_every_account_has_it(api: Api, status: u16) {
+    let w = world_with(
+        Scenario::new([acct("a1").status(status), acct("a2").status(status)]),
+        Opts::new(api),
+    )
+    .await;
+    let r = w.call().await;
+    assert_eq!(
+        (r.status, r.account()),
+        (status, Some("a2")),
+        "{}",
+        r.text()
+    );
+    let (a1, a2) = (format!("a1={status}"), format!("a2={status}"));
+    assert_eq!(
+        attempt_heads(&r),
+        [a1.as_str(), a1.as_str(), a1.as_str(), a2.as_str()]
+    );
+    assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (3, 1));
+    // The provider's answer, untouched (ids aside: every answer has its own).
+    let direct = w.direct(w.key("a2"), false).await;
+    assert_eq!(direct.status, status);
+    assert_eq!(normalise_ids(&r.text()), normalise_ids(&direct.text()));
+    for label in ["a1", "a2"] {
+        let (a, _) = w.account(label).await;
+        assert_eq!(a["health"]["state"], "ready", "{a}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn internal_500_is_retried_then_passed_through() {
-    provider_error_passes_through_without_cooling(Api::Anthropic, 500).await;
+async fn overloaded_529_is_retried_then_moves_to_another_account() {
+    provider_error_moves_once_to_a_ready_account(Api::Anthropic, 529).await;
+    provider_error_passes_through_when_every_account_has_it(Api::Anthropic, 529).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unavailable_503_is_retried_then_passed_through() {
-    provider_error_passes_through_without_cooling(Api::Openai, 503).await;
+async fn internal_500_is_retried_then_moves_to_another_account() {
+    provider_error_moves_once_to_a_ready_account(Api::Anthropic, 500).await;
+    provider_error_passes_through_when_every_account_has_it(Api::Anthropic, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_503_is_retried_then_moves_to_another_account() {
+    provider_error_moves_once_to_a_ready_account(Api::Openai, 503).await;
+    provider_error_passes_through_when_every_account_has_it(Api::Openai, 503).await;
 }
 
 // ---------------------------------------------------------------- unusable
@@ -462,6 +494,39 @@ async fn all_accounts_limited_answers_429_with_the_soonest_reset() {
         "retry-after {retry_after}"
     );
     assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (1, 1));
+}
+
+/// Bug guarded (issue 10): when `max_attempts` stopped a request early, the
+/// answer claimed "all 3 accounts are unavailable (… a3 ready); usable again
+/// in 0s" with `retry-after: 1`. Now it says it gave up, naming the attempts
+/// and the ready account, and the next request goes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_attempts_with_an_account_still_ready_gives_up_with_a_503() {
+    let w = world_with(
+        Scenario::new([
+            acct("a1").quota(0, WINDOW, QuotaStyle::AnthropicApi),
+            acct("a2").quota(0, WINDOW, QuotaStyle::AnthropicApi),
+            acct("a3"),
+        ]),
+        Opts::new(Api::Anthropic)
+            .settings(|s| s.provider_mut("anthropic").unwrap().retry.max_attempts = Some(2)),
+    )
+    .await;
+    let r = w.call().await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(attempt_heads(&r), ["a1=429", "a2=429"]);
+    assert_eq!(r.header("retry-after"), None);
+    let body = r.json();
+    assert_eq!(body["error"]["type"], "api_error", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("gave up after 2 attempts") && message.contains("a3 is ready"),
+        "{message}"
+    );
+    assert!(!message.contains("unavailable"), "{message}");
+    assert_eq!(w.sim.count("a3"), 0);
+    let r = w.call().await;
+    assert_eq!((r.status, r.account()), (200, Some("a3")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

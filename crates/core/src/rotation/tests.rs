@@ -156,7 +156,14 @@ fn refusal(a: Action) -> Refusal {
     }
 }
 
-const SEND1: Action = Action::Send { attempt: 1 };
+const SEND1: Action = Action::Send {
+    attempt: 1,
+    picked: true,
+};
+fn send(attempt: u32, picked: bool) -> Action {
+    Action::Send { attempt, picked }
+}
+
 const PASS: Action = Action::Respond(Answer::PassThrough);
 
 #[test]
@@ -185,7 +192,7 @@ fn a_refresh_that_fails_for_good_marks_needs_login_and_rotates() {
         permanent: true,
         reason: "invalid_grant",
     };
-    assert_eq!(r.on_refresh(Err(failure), T0), Action::Send { attempt: 2 });
+    assert_eq!(r.on_refresh(Err(failure), T0), send(2, true));
     assert_eq!(on(&r), "b");
     assert_eq!(w.health("a", T0), Health::NeedsLogin);
     assert_eq!(*w.persisted.borrow(), [id("a")]);
@@ -205,12 +212,9 @@ fn a_401_that_a_refresh_did_not_fix_marks_needs_login() {
     let mut r = w.rotation(T0);
     r.start();
     assert_eq!(r.on_response(unauthorized(), T0), Action::Refresh);
-    assert_eq!(r.on_refresh(Ok(()), T0), Action::Send { attempt: 2 });
+    assert_eq!(r.on_refresh(Ok(()), T0), send(2, false));
     assert_eq!(on(&r), "a", "the same account, with the new token");
-    assert_eq!(
-        r.on_response(unauthorized(), T0),
-        Action::Send { attempt: 3 }
-    );
+    assert_eq!(r.on_response(unauthorized(), T0), send(3, true));
     assert_eq!(on(&r), "b");
     assert_eq!(w.health("a", T0), Health::NeedsLogin);
     assert_eq!(*w.persisted.borrow(), [id("a")]);
@@ -314,10 +318,7 @@ fn max_attempts_with_a_ready_account_left_gives_up_without_claiming_exhaustion()
     let mut r = w.rotation(T0);
     r.start();
     let hour = at_ms(3_600_000);
-    assert_eq!(
-        r.on_response(limited_until(hour), T0),
-        Action::Send { attempt: 2 }
-    );
+    assert_eq!(r.on_response(limited_until(hour), T0), send(2, true));
     let answer = refusal(r.on_response(limited_until(hour), T0));
     assert_eq!((answer.status, answer.kind), (503, RefusalKind::GaveUp));
     assert_eq!(answer.retry_after, None);
@@ -371,13 +372,10 @@ fn a_529_after_the_same_account_retries_moves_once_to_a_ready_account() {
             panic!("a backoff first")
         };
         now = until;
-        assert_eq!(r.on_timer(now), Action::Send { attempt });
+        assert_eq!(r.on_timer(now), send(attempt, false));
         assert_eq!(on(&r), "a");
     }
-    assert_eq!(
-        r.on_response(overloaded(), now),
-        Action::Send { attempt: 4 }
-    );
+    assert_eq!(r.on_response(overloaded(), now), send(4, true));
     assert_eq!(on(&r), "b");
     assert_eq!(r.on_response(overloaded(), now), PASS, "b's 529, once");
     assert_eq!(on(&r), "b");
@@ -427,7 +425,7 @@ fn max_wait_waits_for_the_only_account_and_counts_the_wait() {
         panic!("a wait")
     };
     assert!(until >= at_ms(2_000) && until <= at_ms(2_500), "{until:?}");
-    assert_eq!(r.on_timer(until), Action::Send { attempt: 2 });
+    assert_eq!(r.on_timer(until), send(2, true));
     assert_eq!(r.waited(), T0.until(until));
     assert_eq!(r.on_response(ok(), until), PASS);
 
@@ -481,7 +479,7 @@ fn a_probe_in_flight_is_polled_within_max_wait() {
         panic!("a poll")
     };
     assert_eq!(prober.on_response(ok(), now), PASS);
-    assert_eq!(waiter.on_timer(until), Action::Send { attempt: 1 });
+    assert_eq!(waiter.on_timer(until), send(1, true));
 }
 
 /// Moved from the proxy's `Slot`: a request dropped while it holds an
@@ -508,11 +506,11 @@ fn transport_failures_retry_once_then_rotate_then_answer_502() {
     let reset = || cls(Class::Transport, None, "reset");
     let mut r = w.rotation(T0);
     r.start();
-    assert_eq!(r.on_response(reset(), T0), Action::Send { attempt: 2 });
+    assert_eq!(r.on_response(reset(), T0), send(2, false));
     assert_eq!(on(&r), "a");
-    assert_eq!(r.on_response(reset(), T0), Action::Send { attempt: 3 });
+    assert_eq!(r.on_response(reset(), T0), send(3, true));
     assert_eq!(on(&r), "b");
-    assert_eq!(r.on_response(reset(), T0), Action::Send { attempt: 4 });
+    assert_eq!(r.on_response(reset(), T0), send(4, false));
     let answer = refusal(r.on_response(reset(), T0));
     assert_eq!(
         (answer.status, answer.kind),
