@@ -781,6 +781,12 @@ fn auth_failures_bench_but_needs_login_is_the_proxys_call() {
         p.mark_needs_login(&id("a"), at(2), "again").is_empty(),
         "idempotent"
     );
+    // Requests queued behind the failed refresh fail the same way: old news.
+    assert!(
+        p.refresh_failed(&id("a"), at(3), true, "invalid_grant")
+            .is_empty(),
+        "announced once"
+    );
     for s in 0..5 {
         assert_eq!(serve(&mut p, at(1000 + s), &ok()), "b");
     }

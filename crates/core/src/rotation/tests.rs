@@ -530,3 +530,20 @@ fn an_account_without_a_credential_is_skipped_and_its_slot_released() {
     assert_eq!(r.on_response(ok(), T0), PASS);
     assert_eq!(r.trace().to_string(), "b=200");
 }
+
+/// Bug guarded: after a failed refresh the request moved on still marked
+/// "refreshed", so the next OAuth account's 401 was never refreshed.
+#[test]
+fn the_next_oauth_account_gets_its_own_refresh() {
+    let w = World::new(&[("a", AccountKind::Oauth), ("b", AccountKind::Oauth)]);
+    let mut r = w.rotation(T0);
+    r.start();
+    assert_eq!(r.on_response(unauthorized(), T0), Action::Refresh);
+    let later = RefreshFailure {
+        permanent: false,
+        reason: "timeout",
+    };
+    assert_eq!(r.on_refresh(Err(later), T0), send(2, true));
+    assert_eq!(on(&r), "b");
+    assert_eq!(r.on_response(unauthorized(), T0), Action::Refresh);
+}
