@@ -9,7 +9,7 @@ use marathon_core::rotation::Refusal;
 use serde_json::json;
 
 use crate::body::ProxyBody;
-use crate::forward::add_trace_headers;
+use crate::headers::add_trace_headers;
 
 /// An error body in the provider's format.
 pub(crate) fn error_body(

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -39,7 +39,10 @@ use marathon_core::{
 use crate::body::{ProxyBody, StreamWatch};
 use crate::errors::{proxy_error, refusal_response};
 use crate::guard;
-use crate::headers::{Lookup, prepare_request_headers, strip_hop_by_hop};
+use crate::headers::{
+    ACCOUNT_HEADER, ATTEMPTS_HEADER, Lookup, REPLAYABLE_HEADER, add_trace_headers,
+    prepare_request_headers, strip_hop_by_hop,
+};
 use crate::state::{AccountCred, AppState, ProviderRuntime, TokenError};
 use crate::upstream::Reuse;
 
@@ -49,10 +52,6 @@ const ERROR_BODY_PEEK: usize = 64 * 1024;
 const EXHAUSTED_EVENT_EVERY: Duration = Duration::from_secs(10);
 /// How long to wait for the first SSE event when peeking.
 const PEEK_TIMEOUT: Duration = Duration::from_secs(30);
-
-static ACCOUNT_HEADER: HeaderName = HeaderName::from_static("x-marathon-account");
-static ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-marathon-attempts");
-static REPLAYABLE_HEADER: HeaderName = HeaderName::from_static("x-marathon-replayable");
 
 /// The client's request body: in memory (can be re-sent) or streaming (once).
 enum ClientBody {
@@ -787,21 +786,6 @@ fn watch_stream(
             rotation::stream_error(&env, &id, &c, now);
         }),
     )
-}
-
-pub(crate) fn add_trace_headers(h: &mut HeaderMap, account: Option<&str>, trace: &AttemptTrace) {
-    if let Some(a) = account.and_then(|a| HeaderValue::from_str(a).ok()) {
-        h.insert(ACCOUNT_HEADER.clone(), a);
-    }
-    // No upstream attempt (every account was already benched): no header,
-    // rather than an empty one.
-    // `from_maybe_shared` takes the formatted string's buffer without a copy.
-    if let Some(v) = (!trace.is_empty())
-        .then(|| HeaderValue::from_maybe_shared(Bytes::from(trace.to_string())).ok())
-        .flatten()
-    {
-        h.insert(ATTEMPTS_HEADER.clone(), v);
-    }
 }
 
 fn log_request(

@@ -322,6 +322,34 @@ impl HeaderLookup for Lookup<'_> {
     }
 }
 
+/// Which account answered (`x-marathon-account`).
+pub(crate) static ACCOUNT_HEADER: HeaderName = HeaderName::from_static("x-marathon-account");
+/// The attempt trace (`x-marathon-attempts`).
+pub(crate) static ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-marathon-attempts");
+/// `false` when the request body was too large to be sent more than once.
+pub(crate) static REPLAYABLE_HEADER: HeaderName = HeaderName::from_static("x-marathon-replayable");
+
+/// Sets `x-marathon-account` (when an account answered) and
+/// `x-marathon-attempts`.
+pub(crate) fn add_trace_headers(
+    h: &mut HeaderMap,
+    account: Option<&str>,
+    trace: &marathon_core::decision::AttemptTrace,
+) {
+    if let Some(a) = account.and_then(|a| HeaderValue::from_str(a).ok()) {
+        h.insert(ACCOUNT_HEADER.clone(), a);
+    }
+    // No upstream attempt (every account was already benched): no header,
+    // rather than an empty one.
+    // `from_maybe_shared` takes the formatted string's buffer without a copy.
+    if let Some(v) = (!trace.is_empty())
+        .then(|| HeaderValue::from_maybe_shared(bytes::Bytes::from(trace.to_string())).ok())
+        .flatten()
+    {
+        h.insert(ATTEMPTS_HEADER.clone(), v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
