@@ -10,7 +10,6 @@
 //! machine never asks for another attempt after a pass-through.
 
 use std::collections::VecDeque;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -269,12 +268,11 @@ pub(crate) async fn forward(
         cred: None,
         token: None,
     };
-    let (resp, account) = drive(&mut rotation, &mut exchange).await;
+    let resp = drive(&mut rotation, &mut exchange).await;
     log_request(
         &settings.name,
         &parts,
-        resp.status(),
-        account.as_deref(),
+        &resp,
         rotation.trace(),
         &state,
         started,
@@ -282,12 +280,12 @@ pub(crate) async fn forward(
     resp
 }
 
-/// Carries out the machine's actions until it answers. Returns the answer
-/// and the account it names.
-async fn drive(
-    rotation: &mut Rotation<'_, Env<'_>>,
-    x: &mut Exchange<'_>,
-) -> (Response<ProxyBody>, Option<Arc<str>>) {
+/// Carries out the machine's actions until it answers.
+///
+/// The send step is written out here rather than in a helper future: the
+/// answer and the upstream response are large values, and each extra
+/// `async fn` boundary would copy them once more on every request.
+async fn drive(rotation: &mut Rotation<'_, Env<'_>>, x: &mut Exchange<'_>) -> Response<ProxyBody> {
     let mut action = rotation.start();
     loop {
         action = match action {
@@ -295,12 +293,62 @@ async fn drive(
                 if attempt > 1 {
                     x.rt.metrics.retries.fetch_add(1, Relaxed);
                 }
-                match x.attempt(rotation, picked).await {
-                    ControlFlow::Continue(next) => next,
-                    ControlFlow::Break(resp) => {
-                        let label = rotation.account().map(|a| a.label.clone());
-                        return (resp, label);
+                let Some(account) = rotation.account() else {
+                    action = rotation.on_unusable(Unusable::NoCredential, x.state.now());
+                    continue;
+                };
+                if picked && let Err(e) = x.use_account(account).await {
+                    let why = match &e {
+                        Some(e) => Unusable::Token(refresh_failure(e)),
+                        None => Unusable::NoCredential,
+                    };
+                    action = rotation.on_unusable(why, x.state.now());
+                    continue;
+                }
+                let Some(request) = x.request(account) else {
+                    action = rotation.on_unusable(Unusable::NoCredential, x.state.now());
+                    continue;
+                };
+                let (state, rt) = (x.state, x.rt);
+                // The account's own egress proxy, when it has one.
+                let endpoint = x.cred.as_ref().map_or(&rt.endpoint, |c| c.endpoint(rt));
+                let sent = Instant::now();
+                let result = match state.settings.upstream_timeout {
+                    Some(limit) => {
+                        let send = state.client.send(endpoint, request);
+                        Box::pin(tokio::time::timeout(limit, send)).await
                     }
+                    // No timer on the hot path by default: registering one per
+                    // request makes parked workers sleep on a kernel timer,
+                    // which measurably costs CPU; dead peers are caught by TCP
+                    // keepalive, and a client that gives up cancels the attempt.
+                    None => Ok(state.client.send(endpoint, request).await),
+                };
+                let attempted = match result {
+                    Err(_) => Err(TransportFailure::Timeout),
+                    Ok(Err(e)) if e.is_connect() => Err(TransportFailure::Connect),
+                    Ok(Err(_)) => Err(TransportFailure::ResetBeforeResponse),
+                    Ok(Ok((resp, reuse))) => {
+                        rt.metrics.observe_latency(sent.elapsed());
+                        let peek = state.settings.peek_first_event;
+                        let sse = is_sse(resp.headers());
+                        if !resp.status().is_success() || (peek && sse) {
+                            // Boxed: its timers would otherwise sit in every
+                            // request's future.
+                            let peek_error_for = state.settings.error_body_timeout;
+                            Ok(Box::pin(read_head(resp, reuse, sse, peek, peek_error_for)).await)
+                        } else {
+                            Ok((plain_head(resp, reuse, sse), None))
+                        }
+                    }
+                };
+                let now = x.state.now();
+                let c = classify_attempt(x.rt.settings.flavor, &attempted, now);
+                match rotation.on_response(c, now) {
+                    Action::Respond(Answer::PassThrough) => {
+                        return x.pass_through(attempted, rotation);
+                    }
+                    next => next,
                 }
             }
             Action::Refresh => x.refresh(rotation).await,
@@ -311,58 +359,22 @@ async fn drive(
                 rotation.on_timer(x.state.now())
             }
             Action::Respond(Answer::Refuse(refusal)) => {
-                let account = refusal.account.clone();
-                return (x.refuse(&refusal, rotation.trace()), account);
+                return x.refuse(&refusal, rotation.trace());
             }
-            // A pass-through only ever answers `on_response` (handled in
-            // `attempt`), and `Done` only `client_gone` (never called here).
+            // A pass-through only ever answers `on_response` (handled above),
+            // and `Done` only `client_gone` (never called here).
             Action::Respond(Answer::PassThrough) | Action::Done => {
-                let r = proxy_error(
+                return proxy_error(
                     x.rt.settings.flavor,
                     StatusCode::BAD_GATEWAY,
                     "internal error: the rotation ended without an answer",
                 );
-                return (r, None);
             }
         };
     }
 }
 
 impl Exchange<'_> {
-    /// One attempt: the account's credential, the send, the classified
-    /// outcome. Breaks with the response when the machine passes it on.
-    async fn attempt(
-        &mut self,
-        rotation: &mut Rotation<'_, Env<'_>>,
-        picked: bool,
-    ) -> ControlFlow<Response<ProxyBody>, Action> {
-        let Some(account) = rotation.account() else {
-            return ControlFlow::Continue(
-                rotation.on_unusable(Unusable::NoCredential, self.state.now()),
-            );
-        };
-        if picked && let Err(e) = self.use_account(account).await {
-            let now = self.state.now();
-            return ControlFlow::Continue(match &e {
-                Some(e) => rotation.on_unusable(Unusable::Token(refresh_failure(e)), now),
-                None => rotation.on_unusable(Unusable::NoCredential, now),
-            });
-        }
-        let Some(request) = self.request(account) else {
-            let now = self.state.now();
-            return ControlFlow::Continue(rotation.on_unusable(Unusable::NoCredential, now));
-        };
-        let attempted = self.send(request).await;
-        let now = self.state.now();
-        let c = classify_attempt(self.rt.settings.flavor, &attempted, now);
-        match rotation.on_response(c, now) {
-            Action::Respond(Answer::PassThrough) => {
-                ControlFlow::Break(self.pass_through(attempted, rotation))
-            }
-            next => ControlFlow::Continue(next),
-        }
-    }
-
     /// Takes a newly picked account's credential (and, for OAuth, a current
     /// access token). `Err(None)`: it has none (removed from the store a
     /// moment ago); `Err(Some(_))`: no token could be had.
@@ -416,48 +428,6 @@ impl Exchange<'_> {
         Some(request)
     }
 
-    /// Sends one attempt and reads what classification needs of the answer.
-    async fn send(&self, request: Request<ProxyBody>) -> Attempted {
-        let (state, rt) = (self.state, self.rt);
-        // The account's own egress proxy, when it has one.
-        let endpoint = match &self.cred {
-            Some(cred) => cred.endpoint(rt),
-            None => &rt.endpoint,
-        };
-        let sent = Instant::now();
-        let result = match state.settings.upstream_timeout {
-            Some(limit) => {
-                Box::pin(tokio::time::timeout(
-                    limit,
-                    state.client.send(endpoint, request),
-                ))
-                .await
-            }
-            // No timer on the hot path by default: registering one per request
-            // makes parked workers sleep on a kernel timer, which measurably
-            // costs CPU; dead peers are caught by TCP keepalive, and a client
-            // that gives up cancels the attempt.
-            None => Ok(state.client.send(endpoint, request).await),
-        };
-        let (resp, reuse) = match result {
-            Err(_) => return Err(TransportFailure::Timeout),
-            Ok(Err(e)) if e.is_connect() => return Err(TransportFailure::Connect),
-            Ok(Err(_)) => return Err(TransportFailure::ResetBeforeResponse),
-            Ok(Ok(answer)) => answer,
-        };
-        rt.metrics.observe_latency(sent.elapsed());
-        let peek = state.settings.peek_first_event;
-        let sse = is_sse(resp.headers());
-        if !resp.status().is_success() || (peek && sse) {
-            // Boxed: its timers would otherwise sit in every request's
-            // future, which is moved around by value.
-            let peek_error_for = state.settings.error_body_timeout;
-            Ok(Box::pin(read_head(resp, reuse, sse, peek, peek_error_for)).await)
-        } else {
-            Ok((plain_head(resp, reuse, sse), None))
-        }
-    }
-
     /// Refreshes the current account's token after a 401 and tells the machine.
     async fn refresh(&mut self, rotation: &mut Rotation<'_, Env<'_>>) -> Action {
         let (Some(account), Some(cred)) = (rotation.account(), self.cred.as_ref()) else {
@@ -491,23 +461,22 @@ impl Exchange<'_> {
         attempted: Attempted,
         rotation: &Rotation<'_, Env<'_>>,
     ) -> Response<ProxyBody> {
-        match (attempted, rotation.account(), self.cred.as_ref()) {
-            (Ok((up, _)), Some(account), Some(cred)) => respond(
-                self.state,
-                self.rt,
-                up,
-                account,
-                cred,
-                rotation.trace(),
-                rotation.replayable(),
-            ),
-            // The machine passes on only responses, of accounts it picked.
-            _ => proxy_error(
+        // The machine passes on only responses, of accounts it picked.
+        let internal = || {
+            proxy_error(
                 self.rt.settings.flavor,
                 StatusCode::BAD_GATEWAY,
                 "internal error: no response to pass on",
-            ),
-        }
+            )
+        };
+        let Ok((up, _)) = attempted else {
+            return internal();
+        };
+        let (Some(account), Some(cred)) = (rotation.account(), self.cred.as_ref()) else {
+            return internal();
+        };
+        let (trace, replayable) = (rotation.trace(), rotation.replayable());
+        respond(self.state, self.rt, up, account, cred, trace, replayable)
     }
 
     /// marathon's own answer, in the provider's format.
@@ -791,12 +760,12 @@ fn watch_stream(
 fn log_request(
     provider: &str,
     parts: &http::request::Parts,
-    status: StatusCode,
-    account: Option<&str>,
+    resp: &Response<ProxyBody>,
     trace: &AttemptTrace,
     state: &AppState,
     started: UnixMillis,
 ) {
+    let status = resp.status();
     // A plain success on the first try is the common case and news to nobody:
     // it logs at debug (an access log: MARATHON_LOG=marathon::request=debug),
     // so the default log costs nothing per request. Anything that retried,
@@ -809,7 +778,12 @@ fn log_request(
                 method = %parts.method,
                 path = parts.uri.path(),
                 status = status.as_u16(),
-                account = account.unwrap_or("-"),
+                // The account the answer names, if any.
+                account = resp
+                    .headers()
+                    .get(&ACCOUNT_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-"),
                 attempts = %trace,
                 ms = state.now().0.saturating_sub(started.0),
             )
