@@ -5,7 +5,6 @@ mod backend;
 mod cli;
 mod commands;
 mod output;
-mod tokens;
 
 use std::process::ExitCode;
 

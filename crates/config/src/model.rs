@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use marathon_core::decision::RetryPolicy;
+use marathon_core::pool::PoolConfig;
+use marathon_core::rotation::RotationConfig;
 use marathon_core::strategy::Strategy;
 use marathon_core::{AccountKind, ApiFlavor, Secret};
 
@@ -393,6 +396,36 @@ impl ProviderConfig {
     /// Whether accounts of this provider can log in with OAuth.
     pub fn has_oauth(&self) -> bool {
         self.oauth.is_some() || self.oauth_preset().is_some()
+    }
+
+    /// How this provider's pool rests and picks accounts.
+    pub fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            strategy: self.strategy,
+            rate_limit_cooldown: self.rate_limit_cooldown,
+            auth_failure_cooldown: self.auth_failure_cooldown,
+            proactive_threshold: self.proactive_threshold,
+            ..PoolConfig::default()
+        }
+    }
+
+    /// How often and how long this provider's requests retry.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            transport_retries_same: self.network_retry_attempts,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// The rotation machine's settings for this provider: the one source
+    /// both faces (proxy, client middleware) build theirs from.
+    pub fn rotation_config(&self) -> RotationConfig {
+        RotationConfig {
+            provider: self.name.clone(),
+            retry: self.retry_policy(),
+            max_wait: self.max_wait,
+        }
     }
 }
 

@@ -27,7 +27,8 @@
 //!   over the ones this process holds;
 //! - [`usage_api`]: the subscription usage endpoints' answers as usage windows;
 //! - [`defaults`]: the default of every per-provider setting, read by the
-//!   engine, the config and the OAuth refresher alike.
+//!   engine, the config and the OAuth refresher alike;
+//! - [`tokens`]: the seam drivers get OAuth access tokens through.
 
 pub mod account;
 pub mod budget;
@@ -48,6 +49,7 @@ pub mod secret;
 pub mod sse;
 pub mod status;
 pub mod strategy;
+pub mod tokens;
 pub mod usage_api;
 
 pub use account::{AccountId, AccountKind, AccountMeta};

@@ -87,6 +87,7 @@ use crate::events::{Event, EventKind};
 use crate::fmt::HumanDuration;
 use crate::outcome::{Class, Classification};
 use crate::pool::{AccountStatus, Exhausted, Health, Pick, PickRequest, Pool, SessionKey};
+use crate::reason::Reason;
 
 /// How long an account rests after a provider-side error inside its stream
 /// (after the head was a success): the next request should start elsewhere.
@@ -245,7 +246,7 @@ pub struct RefreshFailure<'r> {
     /// new login helps. Otherwise it may work later (network, 5xx).
     pub permanent: bool,
     /// A short reason, never a token.
-    pub reason: &'r str,
+    pub reason: &'r Reason,
 }
 
 /// Where the machine is.
@@ -655,7 +656,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
         };
         let events = self
             .shared
-            .pool(|p| p.refresh_failed(&id, now, failure.permanent, failure.reason));
+            .pool(|p| p.refresh_failed(&id, now, failure.permanent, failure.reason.clone()));
         if events
             .iter()
             .any(|e| matches!(e.kind, EventKind::NeedsLogin { .. }))

@@ -11,11 +11,15 @@
 //! - [`refresh`]: [`Refresher`], which hands out valid access tokens and
 //!   refreshes them single-flight in-process and under the store's
 //!   per-account lock across processes.
+//! - [`from_config`]: a provider's preset from `marathon-config`, the
+//!   [`Refresher`] for a whole config, and the `Refresher` as the token
+//!   source of both faces (`marathon_core::tokens::TokenSource`);
 //! - [`http`]: the injected [`HttpClient`] (real one: [`HyperHttpClient`]).
 //!
 //! No secret reaches a log line, an error or a `Debug` output: tokens are
 //! [`Secret`]s, request bodies are redacted, and PKCE verifiers are not `Clone`.
 
+pub mod from_config;
 pub mod http;
 pub mod login;
 pub mod pkce;

@@ -42,8 +42,11 @@ use crate::headers::{
     ACCOUNT_HEADER, ATTEMPTS_HEADER, Lookup, REPLAYABLE_HEADER, add_trace_headers,
     prepare_request_headers, strip_hop_by_hop,
 };
-use crate::state::{AccountCred, AppState, ProviderRuntime, TokenError};
+use marathon_core::tokens::TokenError;
+
+use crate::state::{AccountCred, AppState, ProviderRuntime};
 use crate::upstream::Reuse;
+use marathon_config::wire::is_event_stream as is_sse;
 
 /// How much of an error body is read to classify it (the rest streams on).
 const ERROR_BODY_PEEK: usize = 64 * 1024;
@@ -491,16 +494,7 @@ impl Exchange<'_> {
 }
 
 fn refresh_failure(e: &TokenError) -> RefreshFailure<'_> {
-    match e {
-        TokenError::Permanent(reason) => RefreshFailure {
-            permanent: true,
-            reason,
-        },
-        TokenError::Transient(reason) => RefreshFailure {
-            permanent: false,
-            reason,
-        },
-    }
+    e.as_failure()
 }
 
 /// Classifies one attempt's result at `now`.
@@ -553,12 +547,6 @@ fn announce_exhausted(
             kind: EventKind::Exhausted { soonest },
         }]);
     }
-}
-
-fn is_sse(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
 /// The unread rest of a body and the connection it arrives on. A body read to

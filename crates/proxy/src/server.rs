@@ -12,7 +12,7 @@ use marathon_core::budget::RetryBudget;
 use marathon_core::pool::Pool;
 use marathon_core::rotation::RotationConfig;
 use marathon_core::{Clock, SystemClock};
-use marathon_store::{HotAccount, HotState, Store};
+use marathon_store::{HotState, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -23,7 +23,9 @@ use crate::errors::proxy_error;
 use crate::events::EventBus;
 use crate::headers::presented_keys;
 use crate::metrics::ProviderMetrics;
-use crate::state::{AppState, ProviderRuntime, ProxySettings, TokenSource};
+use marathon_core::tokens::TokenSource;
+
+use crate::state::{AppState, ProviderRuntime, ProxySettings};
 use crate::upstream::Endpoint;
 use crate::{ProxyError, ops};
 
@@ -205,7 +207,7 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
     let bus = EventBus::new();
     bus.start_sinks(&settings.sinks, client.clone());
     let client_headers =
-        crate::headers::ClientHeaders::new(settings.providers.iter().map(|p| &p.credentials));
+        crate::headers::client_headers(settings.providers.iter().map(|p| &p.credentials));
     let browser =
         crate::browser::Guard::new(addr, &settings.allowed_hosts, &settings.allowed_origins);
     let access = crate::access::AccessKeys::new(&settings.access_keys);
@@ -505,22 +507,6 @@ fn restore_hot(state: &AppState, hot: &HotState) {
     let now = state.now();
     for rt in state.providers.values() {
         let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let ids: Vec<_> = pool.status(now).into_iter().map(|s| s.id).collect();
-        for id in ids {
-            if let Some(HotAccount {
-                cooling_until: Some(until),
-                reason,
-                ..
-            }) = hot.cooldowns.get(&id)
-                && *until > now
-            {
-                let _ = pool.set_cooldown(
-                    &id,
-                    *until,
-                    reason.clone().unwrap_or("remembered cooldown".into()),
-                    now,
-                );
-            }
-        }
+        marathon_store::pool_sync::restore_hot(&mut pool, hot, now);
     }
 }

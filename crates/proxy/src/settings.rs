@@ -1,13 +1,11 @@
 //! From configuration to proxy settings.
 
 use marathon_config::Config;
-use marathon_core::decision::RetryPolicy;
-use marathon_core::pool::PoolConfig;
 
 use crate::EventSinks;
-use crate::headers::CredentialStyle;
 use crate::state::{ProviderSettings, ProxySettings};
 use crate::upstream::UpstreamBase;
+use marathon_config::wire::CredentialStyle;
 
 /// Why the configuration cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -63,18 +61,8 @@ impl ProxySettings {
                 name: name.clone(),
                 flavor: p.kind.flavor(),
                 upstream,
-                pool: PoolConfig {
-                    strategy: p.strategy,
-                    rate_limit_cooldown: p.rate_limit_cooldown,
-                    auth_failure_cooldown: p.auth_failure_cooldown,
-                    proactive_threshold: p.proactive_threshold,
-                    ..PoolConfig::default()
-                },
-                retry: RetryPolicy {
-                    max_attempts: p.max_attempts,
-                    transport_retries_same: p.network_retry_attempts,
-                    ..RetryPolicy::default()
-                },
+                pool: p.pool_config(),
+                retry: p.retry_policy(),
                 max_wait: p.max_wait,
                 session_headers,
                 credentials,

@@ -2,9 +2,7 @@
 //! credentials, metrics, the event bus.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -12,15 +10,17 @@ use http::HeaderValue;
 use marathon_core::budget::RetryBudget;
 use marathon_core::decision::{AttemptEntry, AttemptTrace, RetryPolicy};
 use marathon_core::events::Event;
-use marathon_core::pool::{Health, Pool, PoolConfig};
+use marathon_core::pool::{Pool, PoolConfig};
 use marathon_core::rotation::RotationConfig;
+use marathon_core::tokens::TokenSource;
 use marathon_core::{AccountId, AccountKind, ApiFlavor, Class, Clock, Reason, Secret, UnixMillis};
 use marathon_store::{AccountState, Credential, Store, StoredAccount};
 
 use crate::events::{EventBus, EventSinks};
-use crate::headers::{ClientHeaders, CredentialStyle, RenderedCredential};
+use crate::headers::ClientHeaders;
 use crate::metrics::ProviderMetrics;
 use crate::upstream::{Endpoint, PathCache, UpstreamBase, UpstreamClient};
+use marathon_config::wire::{CredentialStyle, RenderedCredential};
 
 /// A map read on every request: foldhash instead of SipHash (the keys are
 /// provider names and account ids, not attacker-chosen).
@@ -84,37 +84,6 @@ pub struct ProxySettings {
     pub error_body_timeout: Duration,
     /// Forward proxies and trusted CAs for upstream connections.
     pub egress: crate::EgressSettings,
-}
-
-/// Hands out OAuth access tokens, refreshing them as needed. The OAuth crate
-/// implements this; the proxy only calls it.
-pub trait TokenSource: Send + Sync {
-    /// A currently valid access token for the account.
-    fn access_token<'a>(
-        &'a self,
-        account: &'a AccountId,
-    ) -> BoxFuture<'a, Result<Secret, TokenError>>;
-    /// The upstream rejected `rejected` (401): refresh unless someone already did.
-    fn force_refresh<'a>(
-        &'a self,
-        account: &'a AccountId,
-        rejected: &'a Secret,
-    ) -> BoxFuture<'a, Result<Secret, TokenError>>;
-}
-
-/// A boxed future (object-safe async trait methods).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Why no token could be had. The reason goes into events and the status
-/// view, so it is a [`Reason`]: a token endpoint's free text cannot get there.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// The grant is gone (`invalid_grant`, reused or revoked refresh token): log in again.
-    #[error("refresh failed permanently: {0}")]
-    Permanent(Reason),
-    /// Try again later (network, 5xx).
-    #[error("refresh failed for now: {0}")]
-    Transient(Reason),
 }
 
 /// The credential in memory, as last read from the store, with the headers
@@ -249,34 +218,11 @@ impl AppState {
         for (name, rt) in &self.providers {
             let mine: Vec<&StoredAccount> =
                 accounts.iter().filter(|a| &a.provider == name).collect();
-            {
-                let mut pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
-                let health: HashMap<AccountId, Health> = pool
-                    .status(now)
-                    .into_iter()
-                    .map(|s| (s.id, s.health))
-                    .collect();
-                for id in health.keys() {
-                    if !mine.iter().any(|a| &a.id == id) {
-                        pool.remove(id);
-                    }
-                }
-                for a in &mine {
-                    pool.upsert(a.meta());
-                    let in_pool = health.get(&a.id);
-                    match a.state {
-                        // Old news (or another process's news, already announced there): no event.
-                        AccountState::NeedsLogin if in_pool != Some(&Health::NeedsLogin) => {
-                            let _ = pool.mark_needs_login(&a.id, now, "stored state");
-                        }
-                        // Logged in again since: usable at once.
-                        AccountState::Active if in_pool == Some(&Health::NeedsLogin) => {
-                            let _ = pool.mark_ready(&a.id, now);
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            marathon_store::pool_sync::sync_pool(
+                &mut rt.pool.lock().unwrap_or_else(|e| e.into_inner()),
+                &mine,
+                now,
+            );
             let mut creds = rt.creds.write().unwrap_or_else(|e| e.into_inner());
             creds.clear();
             for a in mine {

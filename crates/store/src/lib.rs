@@ -10,6 +10,9 @@
 //!   several processes can share it without losing an update, and a file it does
 //!   not understand (corrupt, or written by a newer marathon) is refused and
 //!   left byte-for-byte untouched;
+//! - [`pool_sync`]: store → a provider's pool (accounts joining, leaving,
+//!   needing login) and cooldowns saved and restored across restarts, for
+//!   every face that rotates;
 //! - [`MemoryStore`], the same semantics in memory, for tests and embedding;
 //! - [`import`]: readers for other tools' credential files (opencode, Claude
 //!   Code, Codex, Gemini) that produce [`NewAccount`]s;
@@ -39,6 +42,7 @@ mod file;
 pub mod import;
 mod lock;
 mod memory;
+pub mod pool_sync;
 pub mod serve_record;
 
 pub use file::{FileStore, PermissionFix};

@@ -57,7 +57,7 @@ async fn login(
     args: &LoginArgs,
 ) -> anyhow::Result<LoginResult> {
     let client = OAuthClient::system();
-    let preset = crate::tokens::preset_for(provider, client.http().as_ref())
+    let preset = marathon_oauth::from_config::preset_for(provider, client.http().as_ref())
         .await?
         .with_context(|| format!("{name} has no OAuth preset"))?;
     let flow = choose_flow(name, &preset, args)?;

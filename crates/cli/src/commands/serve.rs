@@ -96,8 +96,8 @@ pub(crate) async fn start_proxy(
     let store = opened.store;
     let mut opts = StartOptions::new(store.clone());
     opts.workers = workers;
-    let refresher = crate::tokens::refresher(config, store).await?;
-    opts.tokens = Some(Arc::new(crate::tokens::OAuthTokens(refresher.clone())));
+    let refresher = marathon_oauth::from_config::refresher(config, store).await?;
+    opts.tokens = Some(refresher.clone());
     // A shared store: this instance's news goes to the others, theirs comes in.
     #[cfg(feature = "redis")]
     if let Some(cluster) = &opened.cluster {

@@ -1,29 +1,45 @@
-//! The glue between the proxy's `TokenSource` seam and the OAuth crate's
-//! `Refresher`: the proxy asks for tokens, the refresher refreshes them
-//! safely (single-flight, cross-process lock, rotated tokens written first).
-//! Also the one place a provider's OAuth preset is worked out from config.
+//! From configuration to OAuth: the one place a provider's OAuth preset is
+//! worked out from config, the [`Refresher`] every configured provider
+//! refreshes with, and the `Refresher` as the token source both faces take
+//! (`marathon_core::tokens::TokenSource`): the proxy and the client
+//! middleware ask for tokens, the refresher refreshes them safely
+//! (single-flight, cross-process lock, rotated tokens written first).
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use marathon_config::{Config, OAuthConfig, ProviderConfig};
+use marathon_core::tokens::{BoxFuture, TokenError, TokenSource};
 use marathon_core::{AccountId, Secret, SystemClock};
-use marathon_oauth::{
-    FlowKind, GenericProvider, HttpClient, HyperHttpClient, IdentitySource, Loopback, OAuthPreset,
-    RefreshError, Refresher, RefresherConfig, discover,
-};
-use marathon_proxy::{BoxFuture, TokenError, TokenSource};
 use marathon_store::Store;
+
+use crate::http::{HttpClient, HyperHttpClient};
+use crate::preset::{
+    DiscoveryError, FlowKind, GenericProvider, IdentitySource, Loopback, OAuthPreset, discover,
+};
+use crate::refresh::{RefreshError, Refresher, RefresherConfig};
+
+/// A provider's OAuth server could not be set up from its config.
+#[derive(Debug, thiserror::Error)]
+#[error("provider {provider}: cannot set up its OAuth login{issuer}")]
+pub struct PresetError {
+    /// The provider.
+    pub provider: String,
+    /// ` (issuer <url>)` when an issuer was configured, else empty.
+    issuer: String,
+    /// What went wrong.
+    #[source]
+    pub source: DiscoveryError,
+}
 
 /// The OAuth preset a configured provider logs in and refreshes with, if any:
 /// the built-in preset its `oauth.preset` (or its kind) names, with the
 /// `[providers.<name>.oauth]` overrides applied; or, for a provider without a
 /// built-in preset, the generic server that section describes. An `issuer`
 /// is discovered now (network), so errors name the provider and the URL.
-pub(crate) async fn preset_for(
+pub async fn preset_for(
     p: &ProviderConfig,
     http: &dyn HttpClient,
-) -> anyhow::Result<Option<OAuthPreset>> {
+) -> Result<Option<OAuthPreset>, PresetError> {
     let builtin = p.oauth_preset().and_then(OAuthPreset::builtin);
     let Some(o) = &p.oauth else {
         return Ok(builtin);
@@ -32,15 +48,14 @@ pub(crate) async fn preset_for(
         Some(preset) => override_preset(preset, o, http).await,
         None => generic(&p.name, o).resolve(http).await,
     };
-    resolved.map(Some).with_context(|| {
-        format!(
-            "provider {}: cannot set up its OAuth login{}",
-            p.name,
-            o.issuer
-                .as_deref()
-                .map(|i| format!(" (issuer {i})"))
-                .unwrap_or_default()
-        )
+    resolved.map(Some).map_err(|source| PresetError {
+        provider: p.name.clone(),
+        issuer: o
+            .issuer
+            .as_deref()
+            .map(|i| format!(" (issuer {i})"))
+            .unwrap_or_default(),
+        source,
     })
 }
 
@@ -78,7 +93,7 @@ async fn override_preset(
     mut preset: OAuthPreset,
     o: &OAuthConfig,
     http: &dyn HttpClient,
-) -> Result<OAuthPreset, marathon_oauth::DiscoveryError> {
+) -> Result<OAuthPreset, DiscoveryError> {
     let mut authorize_url = o.authorize_url.clone();
     let mut token_url = o.token_url.clone();
     let mut device_url = o.device_url.clone();
@@ -136,10 +151,10 @@ async fn override_preset(
 /// A refresher for every configured provider that has an OAuth preset,
 /// resolved now (issuer discovery included): a provider whose OAuth server
 /// cannot be set up stops the start, naming the provider and the URL.
-pub(crate) async fn refresher(
+pub async fn refresher(
     config: &Config,
     store: Arc<dyn Store>,
-) -> anyhow::Result<Arc<Refresher>> {
+) -> Result<Arc<Refresher>, PresetError> {
     let lead = config
         .providers
         .values()
@@ -164,10 +179,7 @@ pub(crate) async fn refresher(
     Ok(Arc::new(refresher))
 }
 
-/// [`Refresher`] as the proxy's token source.
-pub(crate) struct OAuthTokens(pub(crate) Arc<Refresher>);
-
-/// The proxy puts the reason in events and the status view next to the
+/// The faces put the reason in events and the status view next to the
 /// account's label, so it carries the cause (`invalid_grant`), not the
 /// account id the refresher's own message names; a needs-login event and
 /// the status view already say what to do.
@@ -179,12 +191,13 @@ fn map(e: RefreshError) -> TokenError {
     }
 }
 
-impl TokenSource for OAuthTokens {
+/// The refresher is the token source of the proxy and of the client middleware.
+impl TokenSource for Refresher {
     fn access_token<'a>(
         &'a self,
         account: &'a AccountId,
     ) -> BoxFuture<'a, Result<Secret, TokenError>> {
-        Box::pin(async move { self.0.access_token(account).await.map_err(map) })
+        Box::pin(async move { Refresher::access_token(self, account).await.map_err(map) })
     }
 
     fn force_refresh<'a>(
@@ -192,7 +205,11 @@ impl TokenSource for OAuthTokens {
         account: &'a AccountId,
         rejected: &'a Secret,
     ) -> BoxFuture<'a, Result<Secret, TokenError>> {
-        Box::pin(async move { self.0.force_refresh(account, rejected).await.map_err(map) })
+        Box::pin(async move {
+            Refresher::force_refresh(self, account, rejected)
+                .await
+                .map_err(map)
+        })
     }
 }
 
@@ -201,8 +218,8 @@ mod tests {
     use std::path::Path;
     use std::sync::Mutex;
 
-    use marathon_oauth::http::BoxFuture as HttpFuture;
-    use marathon_oauth::{HttpError, HttpRequest, HttpResponse, TokenFormat};
+    use crate::http::BoxFuture as HttpFuture;
+    use crate::{HttpError, HttpRequest, HttpResponse, TokenFormat};
 
     use super::*;
 
@@ -247,7 +264,7 @@ mod tests {
         c: &Config,
         name: &str,
         http: &dyn HttpClient,
-    ) -> anyhow::Result<Option<OAuthPreset>> {
+    ) -> Result<Option<OAuthPreset>, PresetError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -383,7 +400,7 @@ mod tests {
         );
         let http = Discovery::new("https://id.example.com", 404);
         let err = resolve(&c, "corp", &http).unwrap_err();
-        let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+        let chain = [err.to_string(), err.source.to_string()];
         assert_eq!(
             chain[0],
             "provider corp: cannot set up its OAuth login (issuer https://id.example.com)"
