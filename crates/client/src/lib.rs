@@ -125,7 +125,7 @@ pub enum Error {
     SessionHeader(String),
     /// A provider's OAuth server could not be set up.
     #[error(transparent)]
-    OAuth(Box<marathon_oauth::from_config::PresetError>),
+    OAuth(#[from] marathon_oauth::from_config::PresetError),
     /// The store could not be read.
     #[error("cannot read accounts: {0}")]
     Store(String),
@@ -216,9 +216,7 @@ impl Marathon {
     /// refresh by `marathon-oauth` (a provider whose OAuth issuer must be
     /// discovered is looked up now).
     pub async fn from_config(config: &Config, store: Arc<dyn Store>) -> Result<Self, Error> {
-        let refresher = marathon_oauth::from_config::refresher(config, store.clone())
-            .await
-            .map_err(|e| Error::OAuth(Box::new(e)))?;
+        let refresher = marathon_oauth::from_config::refresher(config, store.clone()).await?;
         let options = Options {
             tokens: Some(refresher),
             ..Options::default()

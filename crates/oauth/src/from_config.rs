@@ -28,7 +28,7 @@ pub struct PresetError {
     issuer: String,
     /// What went wrong.
     #[source]
-    pub source: DiscoveryError,
+    pub source: Box<DiscoveryError>,
 }
 
 /// The OAuth preset a configured provider logs in and refreshes with, if any:
@@ -55,7 +55,7 @@ pub async fn preset_for(
             .as_deref()
             .map(|i| format!(" (issuer {i})"))
             .unwrap_or_default(),
-        source,
+        source: Box::new(source),
     })
 }
 
