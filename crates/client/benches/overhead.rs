@@ -73,6 +73,10 @@ fn start_upstream() -> String {
     format!("http://{}", rx.recv().unwrap())
 }
 
+const PLAIN: usize = 0;
+const BARE: usize = 1;
+const MARATHON: usize = 2;
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -113,53 +117,51 @@ fn main() {
             .await
             .unwrap();
         let plain = reqwest::Client::new();
+        // reqwest-middleware's own cost, with no middleware in the chain.
+        let bare = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
         let with = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
             .with(marathon.middleware("openai").unwrap())
             .build();
         let url = format!("{upstream}/v1/chat/completions");
+        let one = |which: usize| {
+            let (plain, bare, with, url) = (&plain, &bare, &with, &url);
+            async move {
+                let t = Instant::now();
+                let resp = match which {
+                    PLAIN => plain.post(url).body(REQUEST).send().await.unwrap(),
+                    BARE => bare.post(url).body(REQUEST).send().await.unwrap(),
+                    _ => with.post(url).body(REQUEST).send().await.unwrap(),
+                };
+                assert_eq!(resp.status(), 200);
+                let _ = resp.bytes().await.unwrap();
+                t.elapsed().as_secs_f64() * 1e6
+            }
+        };
 
-        let mut all = [Vec::new(), Vec::new()];
-        let mut added = [Vec::new(), Vec::new()];
         // Warm-up: connections, pools, caches.
         for _ in 0..200 {
-            let _ = plain
-                .post(&url)
-                .body(REQUEST)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await;
-            let _ = with
-                .post(&url)
-                .body(REQUEST)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await;
+            for which in [PLAIN, BARE, MARATHON] {
+                one(which).await;
+            }
         }
+        let mut all: [Vec<f64>; 3] = Default::default();
+        // Per round: (marathon − plain) p50 and p99, (bare − plain) p50.
+        let mut added: [Vec<f64>; 3] = Default::default();
         for round in 0..rounds {
-            let mut times = [Vec::with_capacity(requests), Vec::with_capacity(requests)];
-            for which in [round % 2, (round + 1) % 2] {
+            let mut times: [Vec<f64>; 3] = Default::default();
+            // The order rotates every round.
+            for k in 0..3 {
+                let which = (round + k) % 3;
                 for _ in 0..requests {
-                    let t = Instant::now();
-                    let resp = if which == 0 {
-                        plain.post(&url).body(REQUEST).send().await.unwrap()
-                    } else {
-                        with.post(&url).body(REQUEST).send().await.unwrap()
-                    };
-                    assert_eq!(resp.status(), 200);
-                    let _ = resp.bytes().await.unwrap();
-                    times[which].push(t.elapsed().as_secs_f64() * 1e6);
+                    times[which].push(one(which).await);
                 }
             }
             for t in &mut times {
                 t.sort_by(f64::total_cmp);
             }
-            for (i, p) in [0.5, 0.99].into_iter().enumerate() {
-                added[i].push(percentile(&times[1], p) - percentile(&times[0], p));
-            }
+            added[0].push(percentile(&times[MARATHON], 0.5) - percentile(&times[PLAIN], 0.5));
+            added[1].push(percentile(&times[MARATHON], 0.99) - percentile(&times[PLAIN], 0.99));
+            added[2].push(percentile(&times[BARE], 0.5) - percentile(&times[PLAIN], 0.5));
             for (which, t) in times.into_iter().enumerate() {
                 all[which].extend(t);
             }
@@ -170,27 +172,24 @@ fn main() {
         println!("rounds: {rounds} x {requests} requests each way, one at a time, keep-alive");
         println!("| path | p50 µs | p99 µs |");
         println!("|---|---|---|");
-        for (name, t) in [
-            ("plain reqwest", &all[0]),
-            ("reqwest + marathon middleware", &all[1]),
+        for (name, which) in [
+            ("plain reqwest", PLAIN),
+            ("reqwest-middleware, empty chain", BARE),
+            ("reqwest-middleware + marathon", MARATHON),
         ] {
-            println!(
-                "| {name} | {:.1} | {:.1} |",
-                percentile(t, 0.5),
-                percentile(t, 0.99)
-            );
+            let t = &all[which];
+            println!("| {name} | {:.1} | {:.1} |", percentile(t, 0.5), percentile(t, 0.99));
         }
         println!(
-            "| **added by the middleware** (median over rounds) | **{:.1}** | {:.1} |",
+            "| **added by marathon's middleware over plain reqwest** (median over rounds) | **{:.1}** | {:.1} |",
             median(added[0].clone()),
             median(added[1].clone())
         );
         println!(
-            "per-round added p50: {:?}",
-            added[0]
-                .iter()
-                .map(|v| (v * 10.0).round() / 10.0)
-                .collect::<Vec<_>>()
+            "of which reqwest-middleware itself (empty chain − plain, p50): {:.1} µs",
+            median(added[2].clone())
         );
+        let per_round: Vec<f64> = added[0].iter().map(|v| (v * 10.0).round() / 10.0).collect();
+        println!("per-round added p50: {per_round:?}");
     });
 }
