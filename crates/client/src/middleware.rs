@@ -12,8 +12,8 @@ use http::header::{HeaderMap, HeaderValue};
 use http::{Extensions, StatusCode};
 use http_body_util::BodyExt;
 use marathon_config::wire::{
-    self, CLIENT_CREDENTIAL_HEADERS, Lookup, OwnAnswer, REPLAYABLE_HEADER, add_trace_headers,
-    is_event_stream,
+    self, ACCOUNT_HEADER, ATTEMPTS_HEADER, CLIENT_CREDENTIAL_HEADERS, Lookup, OwnAnswer,
+    REPLAYABLE_HEADER, add_trace_headers, is_event_stream,
 };
 use marathon_core::classify::classify;
 use marathon_core::decision::AttemptTrace;
@@ -23,7 +23,9 @@ use marathon_core::rotation::{
 };
 use marathon_core::sse::ErrorScanner;
 use marathon_core::tokens::TokenError;
-use marathon_core::{AccountKind, Classification, Outcome, Secret, TransportFailure, UnixMillis};
+use marathon_core::{
+    AccountKind, Class, Classification, Outcome, Secret, TransportFailure, UnixMillis,
+};
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
 use reqwest_middleware::{Middleware, Next};
 
@@ -91,16 +93,23 @@ impl MarathonMiddleware {
         Ok(self)
     }
 
-    /// Where a request goes, if it is one to rotate: under the upstream
-    /// (after rewriting). `None`: not this provider's; sent untouched.
-    fn target(&self, url: &Url) -> Option<Url> {
+    /// Whether a request is one to rotate: under the upstream, after
+    /// rewriting its URL if it is under the rewrite base. `false`: not this
+    /// provider's; sent untouched.
+    fn target(&self, url: &mut Url) -> bool {
         let upstream = &self.provider.upstream;
         if let Some(base) = &self.rewrite
             && let Some(rest) = under(url.as_str(), base)
         {
-            return Url::parse(&format!("{upstream}{rest}")).ok();
+            return match Url::parse(&format!("{upstream}{rest}")) {
+                Ok(rewritten) => {
+                    *url = rewritten;
+                    true
+                }
+                Err(_) => false,
+            };
         }
-        under(url.as_str(), upstream).map(|_| url.clone())
+        under(url.as_str(), upstream).is_some()
     }
 }
 
@@ -118,10 +127,9 @@ impl Middleware for MarathonMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let Some(url) = self.target(req.url()) else {
+        if !self.target(req.url_mut()) {
             return next.run(req, extensions).await;
-        };
-        *req.url_mut() = url;
+        }
         for h in &CLIENT_CREDENTIAL_HEADERS {
             req.headers_mut().remove(h);
         }
@@ -132,7 +140,8 @@ impl Middleware for MarathonMiddleware {
             .and_then(|h| req.headers().get(h))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let replayable = req.try_clone().is_some();
+        // What `Request::try_clone` checks, without cloning.
+        let replayable = req.body().is_none_or(|b| b.as_bytes().is_some());
         if !replayable {
             tracing::info!(provider = %self.provider.name, "request body cannot be cloned (a stream): sending it once; it will not be retried on another account");
         }
@@ -378,7 +387,22 @@ impl Exchange<'_, '_> {
                 Response::from(built)
             }
         };
-        add_trace_headers(resp.headers_mut(), Some(&account.label), rotation.trace());
+        let trace = rotation.trace();
+        match self.cred.as_ref().and_then(|c| c.first_try_ok.as_ref()) {
+            // The common case, with the header values built when the account loaded.
+            Some((label, ok))
+                if trace.entries.len() == 1
+                    && trace.entries[0].status == Some(200)
+                    && trace.entries[0].class == Class::Success
+                    && trace.entries[0].note.is_none()
+                    && trace.entries[0].label == account.label =>
+            {
+                let h = resp.headers_mut();
+                h.insert(ACCOUNT_HEADER.clone(), label.clone());
+                h.insert(ATTEMPTS_HEADER.clone(), ok.clone());
+            }
+            _ => add_trace_headers(resp.headers_mut(), Some(&account.label), trace),
+        }
         if !rotation.replayable() {
             resp.headers_mut()
                 .insert(REPLAYABLE_HEADER.clone(), HeaderValue::from_static("false"));
