@@ -88,7 +88,8 @@ use marathon_core::{Clock, SystemClock};
 use marathon_store::{HotState, Store};
 use tokio::sync::broadcast;
 
-pub use marathon_config::wire::BadAuthStyle;
+pub use marathon_wire::BadAuthStyle;
+use marathon_wire::{CLIENT_CREDENTIAL_HEADERS, ClientHeaders};
 pub use middleware::MarathonMiddleware;
 
 use provider::Provider;
@@ -171,6 +172,14 @@ pub(crate) struct Inner {
     pub(crate) tokens: Option<Arc<dyn TokenSource>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) peek_first_event: bool,
+    /// How long the first part of an upstream error body may take in all.
+    pub(crate) error_body_timeout: Duration,
+    /// The program's headers no request forwards: every header a client
+    /// credential travels in, for every configured provider.
+    pub(crate) client_headers: ClientHeaders,
+    /// The per-process key session ids are hashed with (as in the proxy: a
+    /// session id of any length costs the pool eight bytes).
+    pub(crate) session_keys: foldhash::quality::RandomState,
     events: broadcast::Sender<Event>,
 }
 
@@ -235,8 +244,16 @@ impl Marathon {
         for (i, p) in config.providers.values().enumerate() {
             providers.insert(p.name.clone(), Arc::new(Provider::from_config(p, i)?));
         }
+        let client_headers = ClientHeaders::new(
+            &CLIENT_CREDENTIAL_HEADERS,
+            &[],
+            providers.values().map(|p| &p.credentials),
+        );
         let inner = Arc::new(Inner {
             providers,
+            error_body_timeout: config.server.error_body_timeout,
+            client_headers,
+            session_keys: Default::default(),
             store,
             tokens: options.tokens,
             clock: options.clock,

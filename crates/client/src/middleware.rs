@@ -11,12 +11,11 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue};
 use http::{Extensions, StatusCode};
 use http_body_util::BodyExt;
-use marathon_config::wire::{
-    self, ACCOUNT_HEADER, ATTEMPTS_HEADER, CLIENT_CREDENTIAL_HEADERS, Lookup, OwnAnswer,
-    REPLAYABLE_HEADER, add_trace_headers, is_event_stream,
-};
 use marathon_core::classify::classify;
 use marathon_core::decision::AttemptTrace;
+use std::hash::BuildHasher as _;
+
+use marathon_core::pool::SessionKey;
 use marathon_core::rotation::{
     self, Action, Answer, Picked, RefreshFailure, Refusal, RefusalKind, RequestFacts, Rotation,
     Unusable,
@@ -25,6 +24,10 @@ use marathon_core::sse::ErrorScanner;
 use marathon_core::tokens::TokenError;
 use marathon_core::{
     AccountKind, Class, Classification, Outcome, Secret, TransportFailure, UnixMillis,
+};
+use marathon_wire::{
+    self as wire, ACCOUNT_HEADER, ATTEMPTS_HEADER, Lookup, OwnAnswer, REPLAYABLE_HEADER,
+    add_trace_headers, is_event_stream,
 };
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
 use reqwest_middleware::{Middleware, Next};
@@ -35,7 +38,8 @@ use crate::{Error, Inner};
 
 /// How much of an error body is read to classify it (as in the proxy).
 const ERROR_BODY_PEEK: usize = 64 * 1024;
-/// How long to wait for an error body's next chunk or a stream's first event.
+/// How long to wait for a success stream's first event (as in the proxy;
+/// an error body has `[server] error_body_timeout` in all).
 const PEEK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Rotates one provider's accounts for the requests of a
@@ -130,16 +134,13 @@ impl Middleware for MarathonMiddleware {
         if !self.target(req.url_mut()) {
             return next.run(req, extensions).await;
         }
-        for h in &CLIENT_CREDENTIAL_HEADERS {
-            req.headers_mut().remove(h);
-        }
-        let session: Option<String> = self
+        self.inner.client_headers.remove_from(req.headers_mut());
+        let session = self
             .provider
             .session_header
             .as_ref()
             .and_then(|h| req.headers().get(h))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+            .map(|v| SessionKey(self.inner.session_keys.hash_one(v.as_bytes())));
         // What `Request::try_clone` checks, without cloning.
         let replayable = req.body().is_none_or(|b| b.as_bytes().is_some());
         if !replayable {
@@ -152,7 +153,7 @@ impl Middleware for MarathonMiddleware {
         let started = self.inner.clock.now();
         let facts = RequestFacts {
             replayable,
-            session: session.as_deref(),
+            session,
             now: started,
         };
         let mut rotation = Rotation::new(env.clone(), &self.provider.rotation, facts);
@@ -325,7 +326,7 @@ impl Exchange<'_, '_> {
         if resp.status().is_success() && !(sse && self.env.inner.peek_first_event) {
             return Ok((untouched(resp, sse), None));
         }
-        Ok(read_head(resp, sse).await)
+        Ok(read_head(resp, sse, self.env.inner.error_body_timeout).await)
     }
 
     /// Refreshes the current account's token after a 401 and tells the machine.
@@ -480,7 +481,11 @@ fn untouched(resp: Response, sse: bool) -> Upstream {
 /// Reads what classification needs of an answer: an error body's first
 /// bytes, or a success stream's first event. Returns the in-stream error
 /// data if the first event is an error.
-async fn read_head(resp: Response, sse: bool) -> (Upstream, Option<Vec<u8>>) {
+async fn read_head(
+    resp: Response,
+    sse: bool,
+    error_body_timeout: Duration,
+) -> (Upstream, Option<Vec<u8>>) {
     let url = resp.url().clone();
     let (head, mut body) = http::Response::<reqwest::Body>::from(resp).into_parts();
     let mut prefix = VecDeque::new();
@@ -488,7 +493,13 @@ async fn read_head(resp: Response, sse: bool) -> (Upstream, Option<Vec<u8>>) {
     let mut error_data = None;
     let mut ended = false;
     let mut read = 0usize;
-    let deadline = tokio::time::Instant::now() + PEEK_TIMEOUT;
+    // One deadline for the whole read, not one per chunk.
+    let wait = if head.status.is_success() {
+        PEEK_TIMEOUT
+    } else {
+        error_body_timeout
+    };
+    let deadline = tokio::time::Instant::now() + wait;
     while read <= ERROR_BODY_PEEK {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Ok(Some(Ok(frame))) => frame,

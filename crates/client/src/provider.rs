@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use http::{HeaderName, HeaderValue};
 use marathon_config::ProviderConfig;
-use marathon_config::wire::{CLIENT_CREDENTIAL_HEADERS, CredentialStyle, RenderedCredential};
 use marathon_core::budget::RetryBudget;
 use marathon_core::decision::{AttemptEntry, AttemptTrace};
 use marathon_core::events::{Event, EventKind};
@@ -15,6 +14,7 @@ use marathon_core::pool::Pool;
 use marathon_core::rotation::{RotationConfig, Shared};
 use marathon_core::{AccountId, AccountKind, ApiFlavor, Class, Secret, UnixMillis};
 use marathon_store::{Credential, StoredAccount};
+use marathon_wire::{CredentialStyle, RenderedCredential};
 use reqwest::Url;
 
 use crate::{Error, Inner};
@@ -89,13 +89,10 @@ impl Provider {
             provider: p.name.clone(),
             message: e.to_string(),
         })?;
-        let credentials =
-            CredentialStyle::compile(&p.auth, &CLIENT_CREDENTIAL_HEADERS).map_err(|source| {
-                Error::Auth {
-                    provider: p.name.clone(),
-                    source,
-                }
-            })?;
+        let credentials = CredentialStyle::from_config(&p.auth).map_err(|source| Error::Auth {
+            provider: p.name.clone(),
+            source,
+        })?;
         let session_header = match &p.session_header {
             None => None,
             Some(h) => Some(

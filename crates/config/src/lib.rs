@@ -15,10 +15,6 @@
 //!   and key (or the variable). Nothing invalid is replaced by a default, and
 //!   no error message quotes an access key.
 //!
-//! - [`wire`]: what both faces (proxy, client middleware) put on the wire:
-//!   the compiled [`wire::CredentialStyle`], trace headers, marathon's own
-//!   answers in each provider's error format.
-//!
 //! See `example.toml` in this crate for every setting, documented.
 
 mod env;
@@ -26,7 +22,6 @@ mod model;
 mod parse;
 pub mod presets;
 mod values;
-pub mod wire;
 
 use std::path::{Path, PathBuf};
 

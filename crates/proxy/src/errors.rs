@@ -1,13 +1,13 @@
 //! Answers marathon writes itself, in the provider's own error format so
 //! clients and SDKs show them properly. The content is shared with the
-//! client middleware (`marathon_config::wire`); this only makes it a
+//! client middleware (`marathon_wire`); this only makes it a
 //! response with the proxy's body type.
 
 use http::{Response, StatusCode};
-use marathon_config::wire::{self, OwnAnswer};
 use marathon_core::ApiFlavor;
 use marathon_core::decision::AttemptTrace;
 use marathon_core::rotation::Refusal;
+use marathon_wire::{self as wire, OwnAnswer};
 
 use crate::body::ProxyBody;
 

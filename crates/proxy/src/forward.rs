@@ -46,7 +46,7 @@ use marathon_core::tokens::TokenError;
 
 use crate::state::{AccountCred, AppState, ProviderRuntime};
 use crate::upstream::Reuse;
-use marathon_config::wire::is_event_stream as is_sse;
+use marathon_wire::is_event_stream as is_sse;
 
 /// How much of an error body is read to classify it (the rest streams on).
 const ERROR_BODY_PEEK: usize = 64 * 1024;

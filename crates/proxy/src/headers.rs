@@ -2,7 +2,7 @@
 //! credentials out, the chosen account's credentials in.
 
 use http::header::{self, HeaderMap, HeaderName};
-pub(crate) use marathon_config::wire::{
+pub(crate) use marathon_wire::{
     ACCOUNT_HEADER, ATTEMPTS_HEADER, ClientHeaders, CredentialStyle, Lookup, REPLAYABLE_HEADER,
     add_trace_headers,
 };
@@ -81,7 +81,7 @@ fn remove_present(h: &mut HeaderMap, names: &[HeaderName], bits: u64) {
 /// upstream's), and `accept-encoding`, so that error bodies arrive readable
 /// for classification. The configured providers' auth styles add theirs
 /// ([`client_headers`]). The credential headers are
-/// `marathon_config::wire::CLIENT_CREDENTIAL_HEADERS` (a test checks).
+/// `marathon_wire::CLIENT_CREDENTIAL_HEADERS` (a test checks).
 const NOT_FORWARDED: [HeaderName; 8] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn the_credential_headers_are_the_shared_ones() {
-        for h in &marathon_config::wire::CLIENT_CREDENTIAL_HEADERS {
+        for h in &marathon_wire::CLIENT_CREDENTIAL_HEADERS {
             assert!(NOT_FORWARDED.contains(h), "{h}");
         }
     }

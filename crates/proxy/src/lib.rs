@@ -64,8 +64,8 @@ pub use connections::{ConnectionLimits, auto_max_connections, raise_nofile_limit
 pub use egress::{BadEgress, EgressSettings};
 pub use events::EventSinks;
 pub use marathon_config::AccessKey;
-pub use marathon_config::wire::{BadAuthStyle, CredentialStyle};
 pub use marathon_core::tokens::{BoxFuture, TokenError, TokenSource};
+pub use marathon_wire::{BadAuthStyle, CredentialStyle};
 pub use server::{EventSubscription, ProxyHandle, RefreshFeed, StartOptions, start};
 pub use settings::SettingsError;
 pub use shared::{PeerCooldown, PeerInbox, Peers};

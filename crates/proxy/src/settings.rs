@@ -5,7 +5,7 @@ use marathon_config::Config;
 use crate::EventSinks;
 use crate::state::{ProviderSettings, ProxySettings};
 use crate::upstream::UpstreamBase;
-use marathon_config::wire::CredentialStyle;
+use marathon_wire::CredentialStyle;
 
 /// Why the configuration cannot be served.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use crate::events::{EventBus, EventSinks};
 use crate::headers::ClientHeaders;
 use crate::metrics::ProviderMetrics;
 use crate::upstream::{Endpoint, PathCache, UpstreamBase, UpstreamClient};
-use marathon_config::wire::{CredentialStyle, RenderedCredential};
+use marathon_wire::{CredentialStyle, RenderedCredential};
 
 /// A map read on every request: foldhash instead of SipHash (the keys are
 /// provider names and account ids, not attacker-chosen).

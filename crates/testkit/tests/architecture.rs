@@ -103,8 +103,9 @@ fn uses(dir: &str, needles: &[&str]) -> Vec<String> {
     found
 }
 
-const CRATE_DIRS: [&str; 9] = [
-    "cli", "config", "core", "oauth", "proxy", "redis", "sim", "store", "testkit",
+const CRATE_DIRS: [&str; 11] = [
+    "cli", "client", "config", "core", "oauth", "proxy", "redis", "sim", "store", "testkit",
+    "wire",
 ];
 
 /// Invariant: marathon-core does no I/O and reads no clock.
@@ -153,8 +154,10 @@ fn core_does_no_io_and_reads_no_clock() {
 }
 
 /// Invariant: the crates depend on each other as the map draws it: the
-/// engine on nothing of ours, store and config on the engine only, and the
-/// proxy not on the OAuth crate (tokens come through its `TokenSource` seam).
+/// engine on nothing of ours, store and config on the engine only, the
+/// OAuth crate on them (it builds its refresher from the config), what both
+/// faces put on the wire on the engine and the config, and the proxy not on
+/// the OAuth crate (tokens come through core's `TokenSource` seam).
 #[test]
 fn the_crate_graph_is_layered() {
     let graph = dependencies();
@@ -171,11 +174,31 @@ fn the_crate_graph_is_layered() {
     assert_eq!(ours("marathon-sim"), set(&[]));
     assert_eq!(
         ours("marathon-oauth"),
-        set(&["marathon-core", "marathon-store"])
+        set(&["marathon-config", "marathon-core", "marathon-store"])
+    );
+    assert_eq!(
+        ours("marathon-wire"),
+        set(&["marathon-config", "marathon-core"])
     );
     assert_eq!(
         ours("marathon-proxy"),
-        set(&["marathon-config", "marathon-core", "marathon-store"])
+        set(&[
+            "marathon-config",
+            "marathon-core",
+            "marathon-store",
+            "marathon-wire"
+        ])
+    );
+    // The second face: the same engine, config, store, refresher and wire.
+    assert_eq!(
+        ours("marathon-client"),
+        set(&[
+            "marathon-config",
+            "marathon-core",
+            "marathon-oauth",
+            "marathon-store",
+            "marathon-wire"
+        ])
     );
     // The Redis backend is a store: it knows the engine and the store's
     // trait, nothing above; the proxy reaches it only through its `Peers`

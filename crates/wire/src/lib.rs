@@ -1,3 +1,5 @@
+//! # marathon-wire: what both faces put on the wire
+//!
 //! What both of marathon's faces — the proxy and the in-process HTTP client
 //! middleware — put on the wire, as data: how a provider's requests carry an
 //! account's credential ([`CredentialStyle`], compiled from [`AuthStyle`]),
@@ -12,7 +14,7 @@ use marathon_core::rotation::Refusal;
 use marathon_core::{AccountKind, ApiFlavor, HeaderLookup, Secret};
 use serde_json::json;
 
-use crate::model::{AuthStyle, HeaderRule, HeaderSource};
+use marathon_config::{AuthStyle, HeaderRule, HeaderSource};
 
 /// The headers a client credential travels in, in any style marathon
 /// knows (its own access key, each provider's API keys and tokens,
@@ -402,7 +404,7 @@ pub fn refusal_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ProviderKind;
+    use marathon_config::ProviderKind;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -416,7 +418,7 @@ mod tests {
     }
 
     fn style(kind: ProviderKind) -> CredentialStyle {
-        CredentialStyle::from_config(&crate::presets::default_auth(kind)).unwrap()
+        CredentialStyle::from_config(&marathon_config::presets::default_auth(kind)).unwrap()
     }
 
     fn extras(pairs: &[(&str, &str)]) -> serde_json::Map<String, serde_json::Value> {
