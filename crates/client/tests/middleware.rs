@@ -259,3 +259,51 @@ async fn an_unknown_provider_is_named() {
         "no provider named \"nope\" in the configuration"
     );
 }
+
+/// A success stream reaches the program as the upstream sent it, event for
+/// event, while the middleware watches it for an error event.
+#[tokio::test]
+async fn a_long_stream_passes_through_intact_and_in_order() {
+    let sim = marathon_sim::start(Scenario::new([
+        Account::ok("a1", "sk-a1").stream_events(2_000)
+    ]))
+    .await
+    .unwrap();
+    let (_m, client) = client(&sim.url(), &[("a1", "sk-a1")]).await;
+    let body = BODY.replace("\"max_tokens\":16,", "\"max_tokens\":16,\"stream\":true,");
+    let r = client
+        .post(format!("{}/v1/messages", sim.url()))
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("x-marathon-account").unwrap(), "a1");
+    let through = r.text().await.unwrap();
+    let direct = reqwest::Client::new()
+        .post(format!("{}/v1/messages", sim.url()))
+        .header("x-api-key", "sk-a1")
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let deltas = |s: &str| -> Vec<String> {
+        s.split("\n\n")
+            .filter(|e| e.contains("content_block_delta"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(deltas(&through).len(), 2_000);
+    assert_eq!(deltas(&through), deltas(&direct));
+    assert!(
+        through.contains("message_stop"),
+        "the stream ran to its end"
+    );
+}
