@@ -370,7 +370,10 @@ impl Exchange<'_, '_> {
             (Some(resp), None) => resp,
             (untouched, watch) => {
                 if let Some(resp) = untouched {
-                    up.rest = Some(http::Response::<reqwest::Body>::from(resp).into_body());
+                    // Its head, headers included, and its whole body.
+                    let (head, body) = http::Response::<reqwest::Body>::from(resp).into_parts();
+                    up.head = head;
+                    up.rest = Some(body);
                 }
                 let body = PassBody {
                     prefix: up.prefix,

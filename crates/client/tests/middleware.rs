@@ -307,3 +307,68 @@ async fn a_long_stream_passes_through_intact_and_in_order() {
         "the stream ran to its end"
     );
 }
+
+/// Without the first-event peek (`peek_first_event = false`) a stream is
+/// passed on at once, its head intact, and an error event inside it still
+/// benches the account for the next request.
+#[tokio::test]
+async fn without_the_peek_a_stream_keeps_its_head_and_is_still_watched() {
+    use marathon_sim::StreamErrorKind;
+    let sim = marathon_sim::start(Scenario::new([
+        Account::ok("a1", "sk-a1").stream_error_after(2, StreamErrorKind::Overloaded),
+        Account::ok("a2", "sk-a2"),
+    ]))
+    .await
+    .unwrap();
+    let config = marathon_config::load_str(
+        &format!(
+            "[server]\npeek_first_event = false\n[providers.anthropic]\nupstream = \"{}\"\n",
+            sim.url()
+        ),
+        Path::new("test.toml"),
+    )
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    for (label, key) in [("a1", "sk-a1"), ("a2", "sk-a2")] {
+        store
+            .add(NewAccount::api_key(
+                "anthropic",
+                Some(label.into()),
+                Secret::new(key),
+            ))
+            .unwrap();
+    }
+    let options = Options {
+        background: false,
+        ..Options::default()
+    };
+    let marathon = Marathon::with_options(&config, store, options)
+        .await
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(marathon.middleware("anthropic").unwrap())
+        .build();
+    let url = format!("{}/v1/messages", sim.url());
+    let body = BODY.replace("\"max_tokens\":16,", "\"max_tokens\":16,\"stream\":true,");
+    let r = client.post(&url).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(r.headers().get("x-marathon-account").unwrap(), "a1");
+    assert!(r.text().await.unwrap().contains("overloaded_error"));
+    let r = client.post(&url).body(BODY).send().await.unwrap();
+    assert_eq!(r.headers().get("x-marathon-account").unwrap(), "a2");
+    let a1 = marathon
+        .accounts("anthropic")
+        .unwrap()
+        .into_iter()
+        .find(|a| a.label == "a1")
+        .unwrap();
+    assert_eq!(a1.health.as_str(), "cooling");
+}
