@@ -122,7 +122,7 @@ pub enum Error {
         source: BadAuthStyle,
     },
     /// The session header is not a valid header name.
-    #[error("providers.{0}.session_header is not a valid header name")]
+    #[error("providers.{0}.session_headers: not a valid header name")]
     SessionHeader(String),
     /// A provider's OAuth server could not be set up.
     #[error(transparent)]

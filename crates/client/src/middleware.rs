@@ -23,7 +23,7 @@ use marathon_core::rotation::{
 use marathon_core::sse::ErrorScanner;
 use marathon_core::tokens::TokenError;
 use marathon_core::{
-    AccountKind, Class, Classification, Outcome, Secret, TransportFailure, UnixMillis,
+    AccountKind, Class, Classification, Outcome, Reason, Secret, TransportFailure, UnixMillis,
 };
 use marathon_wire::{
     self as wire, ACCOUNT_HEADER, ATTEMPTS_HEADER, Lookup, OwnAnswer, REPLAYABLE_HEADER,
@@ -137,9 +137,9 @@ impl Middleware for MarathonMiddleware {
         self.inner.client_headers.remove_from(req.headers_mut());
         let session = self
             .provider
-            .session_header
-            .as_ref()
-            .and_then(|h| req.headers().get(h))
+            .session_headers
+            .iter()
+            .find_map(|h| req.headers().get(h))
             .map(|v| SessionKey(self.inner.session_keys.hash_one(v.as_bytes())));
         // What `Request::try_clone` checks, without cloning.
         let replayable = req.body().is_none_or(|b| b.as_bytes().is_some());
@@ -334,7 +334,7 @@ impl Exchange<'_, '_> {
         let (Some(account), Some(cred)) = (rotation.account(), self.cred.as_ref()) else {
             let failure = RefreshFailure {
                 permanent: false,
-                reason: "no account",
+                reason: &Reason::fixed("no account"),
             };
             return rotation.on_refresh(Err(failure), self.now());
         };

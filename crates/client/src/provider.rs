@@ -73,7 +73,7 @@ pub(crate) struct Provider {
     /// The upstream base, without a trailing slash.
     pub(crate) upstream: String,
     pub(crate) credentials: CredentialStyle,
-    pub(crate) session_header: Option<HeaderName>,
+    pub(crate) session_headers: Vec<HeaderName>,
     pub(crate) rotation: RotationConfig,
     pub(crate) pool: Mutex<Pool>,
     pub(crate) budget: Mutex<RetryBudget>,
@@ -93,19 +93,20 @@ impl Provider {
             provider: p.name.clone(),
             source,
         })?;
-        let session_header = match &p.session_header {
-            None => None,
-            Some(h) => Some(
+        let session_headers = p
+            .session_headers
+            .iter()
+            .map(|h| {
                 HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| Error::SessionHeader(p.name.clone()))?,
-            ),
-        };
+                    .map_err(|_| Error::SessionHeader(p.name.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Provider {
             name: p.name.clone(),
             flavor: p.kind.flavor(),
             upstream: upstream.as_str().trim_end_matches('/').to_string(),
             credentials,
-            session_header,
+            session_headers,
             rotation: p.rotation_config(),
             pool: Mutex::new(Pool::new(
                 p.name.clone(),

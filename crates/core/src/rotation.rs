@@ -294,9 +294,9 @@ pub struct Rotation<'a, S: Shared> {
     trace: AttemptTrace,
     /// The account and reason of a rotation whose failover event waits for
     /// the next pick.
-    failover_from: Option<(Arc<str>, String)>,
+    failover_from: Option<(Arc<str>, Reason)>,
     /// The reason of the last failure, for a 502 naming it.
-    last_reason: Option<String>,
+    last_reason: Option<Reason>,
     /// Time spent waiting for accounts to recover.
     waited: Duration,
 }
@@ -547,7 +547,9 @@ impl<'a, S: Shared> Rotation<'a, S> {
             let message = format!(
                 "could not reach the {} upstream with any account ({})",
                 self.config.provider,
-                self.last_reason.as_deref().unwrap_or("unreachable")
+                self.last_reason
+                    .as_ref()
+                    .map_or("unreachable", Reason::as_str)
             );
             return self.refuse(502, RefusalKind::Unreachable, message, None);
         }
@@ -854,9 +856,9 @@ fn describe(out: &mut String, a: &AccountStatus) {
 }
 
 /// "429 rate_limit_error" style reason for failover events.
-fn short_reason(c: &Classification) -> String {
+fn short_reason(c: &Classification) -> Reason {
     match c.status {
-        Some(s) => format!("{s} {}", c.reason),
+        Some(s) => Reason::with_status(s, &c.reason),
         None => c.reason.clone(),
     }
 }

@@ -231,7 +231,7 @@ impl World {
 }
 
 fn classify(r: Reply, now: UnixMillis) -> Classification {
-    let c = |class, status: Option<u16>, reason: &str| Classification {
+    let c = |class, status: Option<u16>, reason: &'static str| Classification {
         class,
         status,
         reason: reason.into(),
@@ -420,11 +420,11 @@ impl<'w> Run<'w> {
                 let result = match choice % 4 {
                     0 => Err(RefreshFailure {
                         permanent: true,
-                        reason: "invalid_grant",
+                        reason: &marathon_core::Reason::fixed("invalid_grant"),
                     }),
                     1 => Err(RefreshFailure {
                         permanent: false,
-                        reason: "timeout",
+                        reason: &marathon_core::Reason::fixed("timeout"),
                     }),
                     _ => Ok(()),
                 };
@@ -437,7 +437,7 @@ impl<'w> Run<'w> {
             Pending::Send if choice % 16 == 1 => {
                 let failure = RefreshFailure {
                     permanent: choice & 0x20 != 0,
-                    reason: "invalid_grant",
+                    reason: &marathon_core::Reason::fixed("invalid_grant"),
                 };
                 (
                     live.rotation.on_unusable(Unusable::Token(failure), now),

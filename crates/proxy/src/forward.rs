@@ -32,7 +32,7 @@ use marathon_core::rotation::{
 };
 use marathon_core::sse::ErrorScanner;
 use marathon_core::{
-    AccountId, AccountKind, Class, Classification, Secret, TransportFailure, UnixMillis,
+    AccountId, AccountKind, Class, Classification, Reason, Secret, TransportFailure, UnixMillis,
 };
 
 use crate::body::{ProxyBody, StreamWatch};

@@ -13,8 +13,8 @@ use marathon_core::events::Event;
 use marathon_core::pool::{Pool, PoolConfig};
 use marathon_core::rotation::RotationConfig;
 use marathon_core::tokens::TokenSource;
-use marathon_core::{AccountId, AccountKind, ApiFlavor, Class, Clock, Reason, Secret, UnixMillis};
-use marathon_store::{AccountState, Credential, Store, StoredAccount};
+use marathon_core::{AccountId, AccountKind, ApiFlavor, Class, Clock, Secret, UnixMillis};
+use marathon_store::{Credential, Store, StoredAccount};
 
 use crate::events::{EventBus, EventSinks};
 use crate::headers::ClientHeaders;

@@ -75,7 +75,7 @@ pub fn restore_hot(pool: &mut Pool, hot: &HotState, now: UnixMillis) {
             let _ = pool.set_cooldown(
                 &id,
                 *until,
-                reason.as_deref().unwrap_or("remembered cooldown"),
+                reason.clone().unwrap_or("remembered cooldown".into()),
                 now,
             );
         }

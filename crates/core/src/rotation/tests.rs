@@ -113,7 +113,7 @@ impl World {
     }
 }
 
-fn cls(class: Class, status: Option<u16>, reason: &str) -> Classification {
+fn cls(class: Class, status: Option<u16>, reason: &'static str) -> Classification {
     Classification {
         class,
         status,
@@ -190,7 +190,7 @@ fn a_refresh_that_fails_for_good_marks_needs_login_and_rotates() {
     assert_eq!(w.in_flight(), [1, 0], "the slot lasts across the refresh");
     let failure = RefreshFailure {
         permanent: true,
-        reason: "invalid_grant",
+        reason: &Reason::fixed("invalid_grant"),
     };
     assert_eq!(r.on_refresh(Err(failure), T0), send(2, true));
     assert_eq!(on(&r), "b");
@@ -247,7 +247,7 @@ fn refresh_failures_of_queued_requests_are_announced_once() {
     assert_eq!((on(&first), on(&second)), ("a".into(), "a".into()));
     let dead = RefreshFailure {
         permanent: true,
-        reason: "invalid_grant",
+        reason: &Reason::fixed("invalid_grant"),
     };
     assert_eq!(first.on_response(unauthorized(), T0), Action::Refresh);
     assert_eq!(second.on_response(unauthorized(), T0), Action::Refresh);
@@ -262,7 +262,7 @@ fn refresh_failures_of_queued_requests_are_announced_once() {
     assert_eq!(on(&third), "b");
     let later = RefreshFailure {
         permanent: false,
-        reason: "timeout",
+        reason: &Reason::fixed("timeout"),
     };
     let next = third.on_unusable(Unusable::Token(later), T0);
     assert_eq!(count("refresh_failed"), 2);
@@ -541,7 +541,7 @@ fn the_next_oauth_account_gets_its_own_refresh() {
     assert_eq!(r.on_response(unauthorized(), T0), Action::Refresh);
     let later = RefreshFailure {
         permanent: false,
-        reason: "timeout",
+        reason: &Reason::fixed("timeout"),
     };
     assert_eq!(r.on_refresh(Err(later), T0), send(2, true));
     assert_eq!(on(&r), "b");
