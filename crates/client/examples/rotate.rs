@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     counts.sort();
     println!("the simulator saw: {counts:?}");
     for a in marathon.accounts("anthropic").unwrap_or_default() {
-        println!("{:<8} {}", a.label, a.health.as_str());
+        println!("{:<8} {}", a.label, a.state);
     }
     Ok(())
 }

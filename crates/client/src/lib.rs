@@ -82,7 +82,7 @@ use std::time::Duration;
 
 use marathon_config::Config;
 use marathon_core::events::Event;
-use marathon_core::pool::AccountStatus;
+use marathon_core::status::AccountReport;
 use marathon_core::tokens::TokenSource;
 use marathon_core::{Clock, SystemClock};
 use marathon_store::{HotState, Store};
@@ -310,11 +310,18 @@ impl Marathon {
         self.inner.events.subscribe()
     }
 
-    /// Each account's state in one provider's pool, as the proxy's status shows it.
-    pub fn accounts(&self, provider: &str) -> Option<Vec<AccountStatus>> {
+    /// Each account's state in one provider's pool, in the schema of the
+    /// proxy's `/_marathon/status` ([`AccountReport`]).
+    pub fn accounts(&self, provider: &str) -> Option<Vec<AccountReport>> {
         let p = self.inner.providers.get(provider)?;
         let now = self.inner.clock.now();
-        Some(p.pool.lock().unwrap_or_else(|e| e.into_inner()).status(now))
+        let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
+        Some(
+            pool.status(now)
+                .iter()
+                .map(|s| AccountReport::live(s, now))
+                .collect(),
+        )
     }
 }
 

@@ -370,5 +370,5 @@ async fn without_the_peek_a_stream_keeps_its_head_and_is_still_watched() {
         .into_iter()
         .find(|a| a.label == "a1")
         .unwrap();
-    assert_eq!(a1.health.as_str(), "cooling");
+    assert_eq!(a1.state.as_str(), "cooling");
 }

@@ -404,10 +404,10 @@ impl Seen {
     }
 
     /// Records an account's status (the proxy's `/_marathon/status` entry,
-    /// or the middleware's `AccountStatus`, serialised the same way).
+    /// or the middleware's `AccountReport`: one schema).
     fn account(&mut self, a: &serde_json::Value) {
         let label = a["label"].as_str().expect("label").to_string();
-        let state = a["health"]["state"].as_str().expect("state").to_string();
+        let state = a["state"].as_str().expect("state").to_string();
         self.details.insert(label.clone(), detail(a));
         self.states.insert(label, state);
     }
@@ -585,7 +585,7 @@ async fn answer(seen: &mut Seen, resp: reqwest::Response) {
 /// counters, and its rest rounded to a bucket (the two faces ran at
 /// slightly different instants).
 fn detail(a: &serde_json::Value) -> String {
-    let rest = match a["cooldown_remaining_ms"].as_u64() {
+    let rest = match a["retry_in_ms"].as_u64() {
         None => "-",
         Some(ms) if ms < 15_000 => "<15s",
         Some(ms) if ms < 300_000 => "<5m",
@@ -594,7 +594,7 @@ fn detail(a: &serde_json::Value) -> String {
     };
     format!(
         "{} class={} reason={} ok={} failed={} rest={rest}",
-        a["health"]["state"], a["last_class"], a["last_reason"], a["successes"], a["failures"]
+        a["state"], a["last_class"], a["last_reason"], a["successes"], a["failures"]
     )
 }
 

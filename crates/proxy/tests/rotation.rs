@@ -244,7 +244,7 @@ async fn provider_error_passes_through_when_every_account_has_it(api: Api, statu
     assert_eq!(normalise_ids(&r.text()), normalise_ids(&direct.text()));
     for label in ["a1", "a2"] {
         let (a, _) = w.account(label).await;
-        assert_eq!(a["health"]["state"], "ready", "{a}");
+        assert_eq!(a["state"], "ready", "{a}");
     }
 }
 
