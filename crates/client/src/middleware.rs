@@ -429,11 +429,19 @@ impl Exchange<'_, '_> {
     /// marathon's own answer, in the provider's format.
     fn refuse(&self, refusal: &Refusal, trace: &AttemptTrace) -> Response {
         let p = &self.env.provider;
-        if refusal.kind == RefusalKind::Exhausted {
+        if matches!(refusal.kind, RefusalKind::Exhausted | RefusalKind::Spent) {
             let soonest = refusal.accounts.as_ref().and_then(|ex| ex.soonest);
             self.env.announce_exhausted(self.now(), soonest);
         }
-        self.own(wire::refusal_answer(p.flavor, &p.name, refusal, trace))
+        let audience = self
+            .request
+            .as_ref()
+            .map_or_else(wire::Audience::default, |r| {
+                wire::Audience::of(r.url().path(), r.headers())
+            });
+        self.own(wire::refusal_answer(
+            p.flavor, &p.name, refusal, trace, audience,
+        ))
     }
 
     fn own_error(&self, status: StatusCode, message: &str) -> Response {

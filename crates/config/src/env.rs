@@ -223,6 +223,7 @@ fn set(p: &mut ProviderConfig, suffix: &str, value: &str) -> Result<(), String> 
             p.network_retry_attempts = values::count("network_retry_attempts", value)?
         }
         "MAX_WAIT" => p.max_wait = values::optional_duration(value)?,
+        "SHORT_WAIT" => p.short_wait = values::duration(value)?,
         "REFRESH_LEAD" => p.refresh_lead = values::duration(value)?,
         "PROACTIVE_THRESHOLD" => p.proactive_threshold = values::threshold_str(value)?,
         "USAGE_POLL" => p.usage_poll = values::usage_poll(value)?,

@@ -335,6 +335,10 @@ pub struct ProviderConfig {
     /// When every account is cooling, wait up to this long for one to recover
     /// instead of answering 429 at once; `None` = answer at once.
     pub max_wait: Option<Duration>,
+    /// When every account is resting, a wait up to this long is answered as a
+    /// rate limit (429 + `retry-after`: clients wait and retry); a longer one
+    /// as a spent quota in the form the provider's clients stop on at once.
+    pub short_wait: Duration,
     /// Refresh an OAuth access token this long before it expires.
     pub refresh_lead: Duration,
     /// Move off an account before it hits its limit, once a usage window's
@@ -425,6 +429,7 @@ impl ProviderConfig {
             provider: self.name.clone(),
             retry: self.retry_policy(),
             max_wait: self.max_wait,
+            short_wait: self.short_wait,
         }
     }
 }

@@ -175,6 +175,7 @@ struct RawProvider {
     auth_failure_cooldown: Field,
     network_retry_attempts: Field,
     max_wait: Field,
+    short_wait: Field,
     refresh_lead: Field,
     proactive_threshold: Field,
     usage_poll: Field,
@@ -817,6 +818,7 @@ fn provider(
         defaults::AUTH_FAILURE_COOLDOWN,
     )?;
     let refresh_lead = duration(|r| &r.refresh_lead, "refresh_lead", defaults::REFRESH_LEAD)?;
+    let short_wait = duration(|r| &r.short_wait, "short_wait", defaults::SHORT_WAIT)?;
     let network_retry_attempts = match pick(|r| &r.network_retry_attempts, "network_retry_attempts")
     {
         Some((v, key)) => match v.get_ref() {
@@ -901,6 +903,7 @@ fn provider(
         auth_failure_cooldown,
         network_retry_attempts,
         max_wait,
+        short_wait,
         refresh_lead,
         proactive_threshold,
         usage_poll,

@@ -45,6 +45,13 @@ pub const USAGE_POLL: Option<Duration> = Some(Duration::from_secs(120));
 /// answering 429 at once; `None`: answer at once.
 pub const MAX_WAIT: Option<Duration> = None;
 
+/// When every account is resting, a wait up to this long is answered as a
+/// rate limit the client waits out (429 + `retry-after`); a longer one as a
+/// spent quota, in the form each provider's own clients show at once and do
+/// not retry. 60 s: Claude Code gives up on a longer `retry-after`, and the
+/// OpenAI SDK on one above 120 s.
+pub const SHORT_WAIT: Duration = Duration::from_secs(60);
+
 #[cfg(test)]
 mod tests {
     use super::*;

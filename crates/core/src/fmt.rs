@@ -24,6 +24,56 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
+/// A moment for people, in UTC: `14:05 UTC` when it is less than a day
+/// after `now`, else `2026-12-01 14:05 UTC`. Said beside a duration ("usable
+/// again in 1h00m (at 14:05 UTC)") so a user can plan without arithmetic.
+///
+/// ```
+/// use marathon_core::clock::UnixMillis;
+/// use marathon_core::fmt::ClockTime;
+///
+/// let now = UnixMillis(1_764_547_200_000); // 2025-12-01 00:00 UTC
+/// let soon = ClockTime { at: UnixMillis(now.0 + 3_900_000), now };
+/// assert_eq!(soon.to_string(), "01:05 UTC");
+/// let later = ClockTime { at: UnixMillis(now.0 + 2 * 86_400_000), now };
+/// assert_eq!(later.to_string(), "2025-12-03 00:00 UTC");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockTime {
+    /// The moment.
+    pub at: crate::clock::UnixMillis,
+    /// Now, to decide whether the date is needed.
+    pub now: crate::clock::UnixMillis,
+}
+
+impl fmt::Display for ClockTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.at.as_secs();
+        let (days, rest) = (secs / 86_400, secs % 86_400);
+        let (h, m) = (rest / 3600, rest % 3600 / 60);
+        if self.at.0.saturating_sub(self.now.0) < 86_400_000 {
+            return write!(f, "{h:02}:{m:02} UTC");
+        }
+        let (y, mo, d) = civil_from_days(days as i64);
+        write!(f, "{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
 const MINUTE: u128 = 60;
 const HOUR: u128 = 60 * MINUTE;
 const DAY: u128 = 24 * HOUR;

@@ -84,7 +84,7 @@ use crate::budget::RetryBudget;
 use crate::clock::UnixMillis;
 use crate::decision::{AttemptContext, AttemptTrace, Decision, Limit, RetryPolicy, decide};
 use crate::events::{Event, EventKind};
-use crate::fmt::HumanDuration;
+use crate::fmt::{ClockTime, HumanDuration};
 use crate::outcome::{Class, Classification};
 use crate::pool::{AccountStatus, Exhausted, Health, Pick, PickRequest, Pool, SessionKey};
 use crate::reason::Reason;
@@ -128,7 +128,7 @@ impl<T: Shared> Shared for &T {
 }
 
 /// How one provider's requests rotate. Built once per provider.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RotationConfig {
     /// The provider's name (events and answers name it).
     pub provider: String,
@@ -137,6 +137,21 @@ pub struct RotationConfig {
     /// Wait up to this long in total for an account to recover instead of
     /// answering "all accounts unavailable" at once (`None`: never wait).
     pub max_wait: Option<Duration>,
+    /// When every account rests, a wait up to this long is a
+    /// [`RefusalKind::Exhausted`] answer (wait and retry), a longer one a
+    /// [`RefusalKind::Spent`] answer (shown at once, not retried).
+    pub short_wait: Duration,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig {
+            provider: String::new(),
+            retry: RetryPolicy::default(),
+            max_wait: crate::defaults::MAX_WAIT,
+            short_wait: crate::defaults::SHORT_WAIT,
+        }
+    }
 }
 
 /// What the machine needs to know of a request when it arrives.
@@ -202,8 +217,13 @@ pub enum Answer {
 /// Why marathon answers itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefusalKind {
-    /// No account can take the request (429).
+    /// No account can take the request, and the first is back within
+    /// [`RotationConfig::short_wait`] (429 + `retry-after`: wait and retry).
     Exhausted,
+    /// No account can take the request for longer than
+    /// [`RotationConfig::short_wait`], or none will recover on its own: a
+    /// spent quota, in the form the provider's clients stop on (429).
+    Spent,
     /// A limit (`max_attempts`, the deadline) stopped the request while an
     /// account was ready (503).
     GaveUp,
@@ -227,6 +247,9 @@ pub struct Refusal {
     pub account: Option<Arc<str>>,
     /// Every account's state, for an exhaustion answer's machine-readable part.
     pub accounts: Option<Exhausted>,
+    /// When the first account is usable again (exhaustion answers; `None`:
+    /// none recovers on its own).
+    pub resets_at: Option<UnixMillis>,
 }
 
 /// Why a picked account could not be used before anything was sent.
@@ -563,7 +586,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
                 until: now.plus(wait),
             };
         }
-        let refusal = exhausted_refusal(&self.config.provider, ex, now);
+        let refusal = exhausted_refusal(&self.config, ex, now);
         self.respond(Answer::Refuse(Box::new(refusal)))
     }
 
@@ -591,8 +614,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
             .map(|a| a.label.as_str())
             .collect();
         if ready.is_empty() {
-            let refusal =
-                exhausted_refusal(&self.config.provider, Exhausted { soonest, accounts }, now);
+            let refusal = exhausted_refusal(&self.config, Exhausted { soonest, accounts }, now);
             return self.respond(Answer::Refuse(Box::new(refusal)));
         }
         let why = match limit {
@@ -729,6 +751,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
             retry_after: None,
             account,
             accounts: None,
+            resets_at: None,
         })))
     }
 
@@ -806,8 +829,10 @@ fn usable(a: &AccountStatus) -> bool {
 }
 
 /// "All accounts unavailable": 429, `retry-after` the soonest reset, a
-/// message naming each account's state.
-fn exhausted_refusal(provider: &str, ex: Exhausted, now: UnixMillis) -> Refusal {
+/// message naming each account's state and when the first is back. A wait
+/// longer than `short_wait` (or no recovery at all) is [`RefusalKind::Spent`].
+fn exhausted_refusal(config: &RotationConfig, ex: Exhausted, now: UnixMillis) -> Refusal {
+    let provider = &config.provider;
     let mut states = String::new();
     for (i, a) in ex.accounts.iter().enumerate() {
         if i > 0 {
@@ -819,16 +844,25 @@ fn exhausted_refusal(provider: &str, ex: Exhausted, now: UnixMillis) -> Refusal 
         states.push_str("no accounts configured: add one with `marathon auth add`");
     }
     let next = match ex.soonest {
-        Some(t) if t > now => format!("; the first one is usable again in {}", HumanDuration(now.until(t))),
+        Some(t) if t > now => format!(
+            "; the first one is usable again in {} (at {})",
+            HumanDuration(now.until(t)),
+            ClockTime { at: t, now }
+        ),
         Some(_) => "; one is being probed and may be usable again in a moment".into(),
         None => "; none will recover on its own: run `marathon auth list` and log in again or add an account".into(),
     };
     let retry_after = ex
         .soonest
         .map_or(60, |t| now.until(t).as_secs_f64().ceil().max(1.0) as u64);
+    let kind = match ex.soonest {
+        Some(t) if now.until(t) <= config.short_wait => RefusalKind::Exhausted,
+        _ => RefusalKind::Spent,
+    };
+    let resets_at = ex.soonest.map(|t| t.max(now));
     Refusal {
         status: 429,
-        kind: RefusalKind::Exhausted,
+        kind,
         message: format!(
             "all {} {provider} accounts are unavailable ({states}){next}",
             ex.accounts.len()
@@ -836,6 +870,7 @@ fn exhausted_refusal(provider: &str, ex: Exhausted, now: UnixMillis) -> Refusal 
         retry_after: Some(retry_after),
         account: None,
         accounts: Some(ex),
+        resets_at,
     }
 }
 

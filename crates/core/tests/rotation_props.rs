@@ -215,6 +215,7 @@ impl World {
                     ..RetryPolicy::default()
                 },
                 max_wait: s.max_wait_ms.map(Duration::from_millis),
+                ..RotationConfig::default()
             },
             now: Cell::new(T0),
             published: Cell::new(0),

@@ -33,6 +33,9 @@ pub(crate) fn refusal_response(
     provider: &str,
     refusal: &Refusal,
     trace: &AttemptTrace,
+    audience: wire::Audience,
 ) -> Response<ProxyBody> {
-    response(wire::refusal_answer(flavor, provider, refusal, trace))
+    response(wire::refusal_answer(
+        flavor, provider, refusal, trace, audience,
+    ))
 }

@@ -46,6 +46,7 @@ use marathon_core::tokens::TokenError;
 
 use crate::state::{AccountCred, AppState, ProviderRuntime};
 use crate::upstream::Reuse;
+use marathon_wire::Audience;
 use marathon_wire::is_event_stream as is_sse;
 
 /// How much of an error body is read to classify it (the rest streams on).
@@ -485,11 +486,13 @@ impl Exchange<'_> {
     /// marathon's own answer, in the provider's format.
     fn refuse(&self, refusal: &Refusal, trace: &AttemptTrace) -> Response<ProxyBody> {
         let settings = &self.rt.settings;
-        if refusal.kind == RefusalKind::Exhausted {
+        if matches!(refusal.kind, RefusalKind::Exhausted | RefusalKind::Spent) {
             let soonest = refusal.accounts.as_ref().and_then(|ex| ex.soonest);
             announce_exhausted(self.state, self.rt, self.state.now(), soonest);
         }
-        refusal_response(settings.flavor, &settings.name, refusal, trace)
+        // Read only here, off the path of every answered request.
+        let audience = Audience::of(self.parts.uri.path(), &self.base_headers);
+        refusal_response(settings.flavor, &settings.name, refusal, trace, audience)
     }
 }
 

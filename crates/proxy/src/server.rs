@@ -194,6 +194,7 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
                 provider: p.name.clone(),
                 retry: p.retry.clone(),
                 max_wait: p.max_wait,
+                short_wait: p.short_wait,
             },
             settings: p.clone(),
         };

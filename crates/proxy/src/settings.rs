@@ -64,6 +64,7 @@ impl ProxySettings {
                 pool: p.pool_config(),
                 retry: p.retry_policy(),
                 max_wait: p.max_wait,
+                short_wait: p.short_wait,
                 session_headers,
                 credentials,
                 usage: p.usage_poll.and_then(|interval| {

@@ -41,6 +41,8 @@ pub struct ProviderSettings {
     pub retry: RetryPolicy,
     /// Wait up to this long for an account to recover instead of answering 429 at once.
     pub max_wait: Option<Duration>,
+    /// Exhaustion: a wait up to this long is "retry soon", longer is "spent".
+    pub short_wait: Duration,
     /// Headers whose value (the first present) pins a client session to one account.
     pub session_headers: Vec<http::HeaderName>,
     /// How upstream requests carry the account's credential.

@@ -461,7 +461,8 @@ async fn openai_sdk_gets_marathons_rate_limit_error_when_every_account_is_out() 
         } else {
             &e["body"]
         };
-        assert_eq!(body["type"], "rate_limit_exceeded", "{e}");
+        // An hour is a spent quota: the form Codex stops on, and x-should-retry: false.
+        assert_eq!(body["type"], "usage_limit_reached", "{e}");
         let message = s(e, "message");
         assert!(
             message.contains("marathon: all 2 openai accounts are unavailable (alice cooling for "),

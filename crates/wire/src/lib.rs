@@ -10,9 +10,11 @@
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use marathon_core::decision::AttemptTrace;
-use marathon_core::rotation::Refusal;
 use marathon_core::{AccountKind, ApiFlavor, HeaderLookup, Secret};
 use serde_json::json;
+
+mod refusal;
+pub use refusal::{Audience, refusal_answer};
 
 use marathon_config::{AuthStyle, HeaderRule, HeaderSource};
 
@@ -320,7 +322,7 @@ pub fn error_body(
     }
 }
 
-fn json_answer(status: StatusCode, body: &serde_json::Value) -> OwnAnswer {
+pub(crate) fn json_answer(status: StatusCode, body: &serde_json::Value) -> OwnAnswer {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -348,7 +350,7 @@ pub fn own_error(flavor: ApiFlavor, status: StatusCode, message: &str) -> OwnAns
 }
 
 /// The provider's error type for a status marathon answers with.
-fn error_kind(flavor: ApiFlavor, status: StatusCode) -> &'static str {
+pub(crate) fn error_kind(flavor: ApiFlavor, status: StatusCode) -> &'static str {
     match (flavor, status.as_u16()) {
         (ApiFlavor::Anthropic, 429) => "rate_limit_error",
         (ApiFlavor::Anthropic, 400..=499) => "invalid_request_error",
@@ -360,45 +362,6 @@ fn error_kind(flavor: ApiFlavor, status: StatusCode) -> &'static str {
         (_, 400..=499) => "invalid_request_error",
         _ => "upstream_error",
     }
-}
-
-/// The rotation machine's own answer ("all accounts unavailable", "gave up
-/// after N attempts", "could not reach the upstream") in the provider's
-/// format, with `retry-after` and the attempt trace. An exhaustion answer
-/// carries each account's state under `marathon` for programs.
-pub fn refusal_answer(
-    flavor: ApiFlavor,
-    provider: &str,
-    refusal: &Refusal,
-    trace: &AttemptTrace,
-) -> OwnAnswer {
-    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let message = format!("marathon: {}", refusal.message);
-    let mut body = error_body(flavor, status, error_kind(flavor, status), &message);
-    if let (Some(ex), Some(obj)) = (&refusal.accounts, body.as_object_mut()) {
-        obj.insert(
-            "marathon".into(),
-            json!({
-                "provider": provider,
-                "soonest_reset": ex.soonest.map(|t| t.as_secs()),
-                "accounts": ex.accounts.iter().map(|a| json!({
-                    "label": a.label,
-                    "state": a.health.as_str(),
-                    // Rounded up like `retry-after`: 0.4 s left is not "retry in 0".
-                    "retry_in_seconds": a.cooldown_remaining.map(|d| d.as_secs_f64().ceil() as u64),
-                    "last_error": a.last_reason,
-                })).collect::<Vec<_>>(),
-            }),
-        );
-    }
-    let mut answer = json_answer(status, &body);
-    if let Some(seconds) = refusal.retry_after {
-        answer
-            .headers
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    add_trace_headers(&mut answer.headers, refusal.account.as_deref(), trace);
-    answer
 }
 
 #[cfg(test)]

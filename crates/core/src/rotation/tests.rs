@@ -223,8 +223,10 @@ fn a_401_that_a_refresh_did_not_fix_marks_needs_login() {
         ["refreshed", "cooldown", "needs_login", "failover"]
     );
     // An API key the provider refuses needs a new key: no refresh first.
+    // Nothing recovers on its own: a spent answer, which clients show at once.
     let answer = refusal(r.on_response(unauthorized(), T0));
-    assert_eq!((answer.status, answer.kind), (429, RefusalKind::Exhausted));
+    assert_eq!((answer.status, answer.kind), (429, RefusalKind::Spent));
+    assert_eq!(answer.resets_at, None);
     assert_eq!(w.health("b", T0), Health::NeedsLogin);
     assert!(
         answer.message.contains("a needs login, b needs login"),
@@ -546,4 +548,47 @@ fn the_next_oauth_account_gets_its_own_refresh() {
     assert_eq!(r.on_refresh(Err(later), T0), send(2, true));
     assert_eq!(on(&r), "b");
     assert_eq!(r.on_response(unauthorized(), T0), Action::Refresh);
+}
+
+/// Issue 11: every account spent for an hour is not "retry soon". The
+/// answer is `Spent` (clients show it at once) and says when the first is
+/// back, as a duration and a UTC time; a reset within `short_wait` stays a
+/// rate limit clients wait out.
+#[test]
+fn a_long_wait_is_spent_and_a_short_one_is_a_rate_limit() {
+    let hour = 3_600_000;
+    let mut w = World::keys(&["a", "b"]);
+    let mut r = w.rotation(T0);
+    r.start();
+    r.on_response(limited_until(at_ms(hour)), T0);
+    let answer = refusal(r.on_response(limited_until(at_ms(2 * hour)), T0));
+    assert_eq!((answer.status, answer.kind), (429, RefusalKind::Spent));
+    // The hint plus the pool's small jitter.
+    let resets_at = answer.resets_at.expect("a reset time");
+    assert!(
+        (at_ms(hour)..=at_ms(hour + 60_000)).contains(&resets_at),
+        "{resets_at:?}"
+    );
+    assert_eq!(
+        answer.retry_after,
+        Some(T0.until(resets_at).as_secs_f64().ceil() as u64)
+    );
+    let at = crate::fmt::ClockTime {
+        at: resets_at,
+        now: T0,
+    }
+    .to_string();
+    assert!(
+        answer
+            .message
+            .contains(&format!("usable again in 1h00m (at {at})")),
+        "{}",
+        answer.message
+    );
+    // The same hour under a longer short_wait is a plain rate limit.
+    drop(r);
+    w.config.short_wait = Duration::from_secs(2 * 3600);
+    let mut r = w.rotation(T0);
+    let answer = refusal(r.start());
+    assert_eq!(answer.kind, RefusalKind::Exhausted);
 }
