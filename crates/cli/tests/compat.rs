@@ -472,11 +472,15 @@ fn all_spent_for_an_hour(client: Client) {
         run.output
     );
     // marathon's words, and the reset time (59m5xs, 1h00m, or a clock time).
-    let reset_shown = ["59m", "1h00m", "1h0m"]
+    // Codex prints its own line for `usage_limit_reached` ("You've hit your
+    // usage limit. Try again at 2:45 AM."): the reset, not marathon's words.
+    let reset_shown = ["59m", "1h00m", "1h0m", "Try again at"]
         .iter()
         .any(|t| run.output.contains(t));
+    let reason_shown = run.output.contains("marathon")
+        || (matches!(client, Client::Codex) && run.output.contains("hit your usage limit"));
     assert!(
-        run.output.contains("marathon") && reset_shown,
+        reason_shown && reset_shown,
         "{client:?} did not show marathon's reason and reset time:\n{}",
         run.output
     );
@@ -541,21 +545,13 @@ macro_rules! rows {
 }
 
 rows!(claude_code, Client::ClaudeCode);
-rows!(
-    codex,
-    Client::Codex,
-    spent: #[ignore = "needs issue 11 item 1 (exhaustion forms): Codex retries marathon's plain 429 (Reconnecting 1/5…) instead of stopping; it stops only on usage_limit_reached with resets_at"]
-);
+rows!(codex, Client::Codex);
 rows!(
     opencode,
     Client::Opencode,
-    spent: #[ignore = "needs issue 11 item 1 (exhaustion forms): opencode waits out any 429's retry-after (no cap); it stops only on a non-retryable status (402) or an in-stream error"]
+    spent: #[ignore = "opencode 1.18.33 retries every 429 and 402 alike, printing nothing (5 attempts in 1 s seen with 402); no answer form found yet that makes it stop and show marathon's message"]
 );
-rows!(
-    gemini_cli,
-    Client::GeminiCli,
-    spent: #[ignore = "needs issue 11 item 1 (exhaustion forms): Gemini CLI retries a 429 without google.rpc RetryInfo over 300 s (or QUOTA_EXHAUSTED) with backoff"]
-);
+rows!(gemini_cli, Client::GeminiCli);
 
 /// Codex's built-in OpenAI provider opens a WebSocket to `{base}/responses`
 /// first. Through marathon it must work as it does straight at the provider:

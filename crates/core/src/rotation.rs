@@ -586,7 +586,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
                 until: now.plus(wait),
             };
         }
-        let refusal = exhausted_refusal(&self.config, ex, now);
+        let refusal = exhausted_refusal(self.config, ex, now);
         self.respond(Answer::Refuse(Box::new(refusal)))
     }
 
@@ -614,7 +614,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
             .map(|a| a.label.as_str())
             .collect();
         if ready.is_empty() {
-            let refusal = exhausted_refusal(&self.config, Exhausted { soonest, accounts }, now);
+            let refusal = exhausted_refusal(self.config, Exhausted { soonest, accounts }, now);
             return self.respond(Answer::Refuse(Box::new(refusal)));
         }
         let why = match limit {
@@ -831,7 +831,7 @@ fn usable(a: &AccountStatus) -> bool {
 /// "All accounts unavailable": 429, `retry-after` the soonest reset, a
 /// message naming each account's state and when the first is back. A wait
 /// longer than `short_wait` (or no recovery at all) is [`RefusalKind::Spent`].
-fn exhausted_refusal(config: &RotationConfig, ex: Exhausted, now: UnixMillis) -> Refusal {
+pub fn exhausted_refusal(config: &RotationConfig, ex: Exhausted, now: UnixMillis) -> Refusal {
     let provider = &config.provider;
     let mut states = String::new();
     for (i, a) in ex.accounts.iter().enumerate() {

@@ -42,11 +42,11 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::body::ProxyBody;
-use crate::errors::{exhausted_response, proxy_error};
-use crate::forward::add_trace_headers;
+use crate::errors::{proxy_error, refusal_response};
 use crate::guard;
 use crate::headers::{Lookup, prepare_request_headers};
 use crate::state::{AppState, ProviderRuntime};
+use marathon_wire::add_trace_headers;
 
 /// The most of a refused handshake's body read to classify it.
 const MAX_REFUSAL_BODY: usize = 64 * 1024;
@@ -266,7 +266,16 @@ fn exhausted(
 ) -> Response<ProxyBody> {
     let settings = &rt.settings;
     tracing::info!(provider = %settings.name, "WebSocket handshake: every account is unavailable");
-    exhausted_response(settings.flavor, &settings.name, now, ex, trace)
+    // The same answer a plain request gets: a spent quota at the handshake
+    // is final for Codex (`usage_limit_reached`), a short wait a 429.
+    let refusal = marathon_core::rotation::exhausted_refusal(&rt.rotation, ex.clone(), now);
+    refusal_response(
+        settings.flavor,
+        &settings.name,
+        &refusal,
+        trace,
+        marathon_wire::Audience::default(),
+    )
 }
 
 /// `101` to the client with the upstream's handshake headers, and a task that

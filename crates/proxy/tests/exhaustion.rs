@@ -67,25 +67,6 @@ async fn an_hour_spent_tells_anthropic_clients_to_stop_with_the_reset_time() {
     assert_eq!((w.sim.count("a1"), w.sim.count("a2")), (1, 1));
 }
 
-/// Guards: opencode retries every 429, however long, with nothing on
-/// screen. A status it does not retry (402) makes it show the message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_hour_spent_is_a_402_for_opencode() {
-    let w = world(Scenario::new([spent("a1", HOUR, QuotaStyle::AnthropicApi)])).await;
-    let ua = [(
-        "user-agent",
-        "opencode/1.18.10 ai-sdk/provider-utils/3.0.10 runtime/bun/1.3.1",
-    )];
-    let r = spend_all_then_call(&w, false, &ua).await;
-    assert_eq!(r.status, 402, "{}", r.text());
-    assert!(
-        r.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("usable again in")
-    );
-}
-
 /// Guards: Codex showed "exceeded retry limit, last status: 429" (or kept
 /// reconnecting) instead of the usage limit. `usage_limit_reached` with
 /// `resets_at` is what Codex prints as "You've hit your usage limit. Try

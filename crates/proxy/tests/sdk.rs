@@ -552,7 +552,6 @@ async fn sdk_waits_for_a_reset_in_20s(sdk: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs issue 11 item 1 (exhaustion forms): the anthropic SDK retries marathon's 429 for minutes; it stops at once only on x-should-retry: false"]
 async fn anthropic_sdk_raises_at_once_when_every_account_is_spent_for_an_hour() {
     sdk_spent_for_an_hour(0).await;
 }

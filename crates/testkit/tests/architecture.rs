@@ -104,8 +104,7 @@ fn uses(dir: &str, needles: &[&str]) -> Vec<String> {
 }
 
 const CRATE_DIRS: [&str; 11] = [
-    "cli", "client", "config", "core", "oauth", "proxy", "redis", "sim", "store", "testkit",
-    "wire",
+    "cli", "client", "config", "core", "oauth", "proxy", "redis", "sim", "store", "testkit", "wire",
 ];
 
 /// Invariant: marathon-core does no I/O and reads no clock.

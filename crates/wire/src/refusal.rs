@@ -13,7 +13,7 @@
 //! | Claude Code, Anthropic and OpenAI SDKs | `x-should-retry: false` | 429 + `retry-after` (≤ 60 s) |
 //! | Codex | 429 `error.type = usage_limit_reached` (+ `resets_at`) | only `response.failed` with `rate_limit_exceeded` and "try again in Ns" (never a plain 429) |
 //! | Gemini CLI | 429 `RetryInfo.retryDelay` > 300 s | 429 with a shorter `RetryInfo` |
-//! | opencode | a status it does not retry (402) | any 429, with no cap |
+//! | opencode 1.18 | nothing found yet: it retries 429 and 402 alike, silently | any 429, with no cap |
 
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -28,9 +28,6 @@ use crate::{OwnAnswer, add_trace_headers, error_body, error_kind, json_answer};
 /// exhaustion in a form that client acts on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Audience {
-    /// The client retries every 429 and honours any `retry-after` (opencode,
-    /// by its `user-agent`): only a status it does not retry stops it.
-    pub retries_every_429: bool,
     /// A streamed Responses API request (`POST …/responses` accepting
     /// `text/event-stream`, as Codex sends): Codex never retries a plain
     /// HTTP 429, but waits out a `response.failed` event that says
@@ -41,17 +38,11 @@ pub struct Audience {
 impl Audience {
     /// The audience of a request, from its path and headers.
     pub fn of(path: &str, headers: &HeaderMap) -> Audience {
-        let user_agent = headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
         let wants_events = headers
             .get_all(header::ACCEPT)
             .iter()
             .any(|v| v.as_bytes().windows(17).any(|w| w == b"text/event-stream"));
         Audience {
-            retries_every_429: user_agent.starts_with("opencode/")
-                || user_agent.contains(" opencode/"),
             responses_stream: wants_events && path.trim_end_matches('/').ends_with("/responses"),
         }
     }
@@ -76,7 +67,7 @@ pub fn refusal_answer(
             response_failed_event(refusal)
         }
         RefusalKind::Exhausted => short_wait(flavor, provider, refusal),
-        RefusalKind::Spent => spent(flavor, provider, refusal, audience),
+        RefusalKind::Spent => spent(flavor, provider, refusal),
         RefusalKind::GaveUp | RefusalKind::Unreachable => plain(flavor, refusal),
     };
     if let Some(seconds) = refusal.retry_after {
@@ -155,14 +146,8 @@ fn response_failed_event(refusal: &Refusal) -> OwnAnswer {
 /// Every account is spent for longer than `short_wait` (or will not recover
 /// on its own): the provider's spent-quota form, which its clients show at
 /// once instead of retrying.
-fn spent(flavor: ApiFlavor, provider: &str, refusal: &Refusal, audience: Audience) -> OwnAnswer {
-    // opencode retries every 429 however long the wait: only a status it
-    // does not retry makes it show the message.
-    let status = if audience.retries_every_429 {
-        StatusCode::PAYMENT_REQUIRED
-    } else {
-        StatusCode::TOO_MANY_REQUESTS
-    };
+fn spent(flavor: ApiFlavor, provider: &str, refusal: &Refusal) -> OwnAnswer {
+    let status = StatusCode::TOO_MANY_REQUESTS;
     let message = format!("marathon: {}", refusal.message);
     let resets_at = refusal.resets_at.map(|t| t.as_secs());
     let mut body = match flavor {
@@ -196,9 +181,7 @@ fn spent(flavor: ApiFlavor, provider: &str, refusal: &Refusal, audience: Audienc
         }
         ApiFlavor::Anthropic => error_body(flavor, status, "rate_limit_error", &message),
     };
-    if !audience.retries_every_429 {
-        add_accounts(&mut body, provider, refusal);
-    }
+    add_accounts(&mut body, provider, refusal);
     let mut answer = json_answer(status, &body);
     answer
         .headers
@@ -385,38 +368,5 @@ mod tests {
             Audience::default(),
         );
         assert_eq!(body(&short)["error"]["details"][0]["retryDelay"], "20s");
-    }
-
-    /// opencode retries every 429 with no cap; 402 it shows and stops on.
-    #[test]
-    fn opencode_gets_a_status_it_does_not_retry() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(
-                "opencode/1.18.10 ai-sdk/provider-utils/3.0.0 runtime/bun/1.3.0",
-            ),
-        );
-        let audience = Audience::of("/anthropic/v1/messages", &h);
-        assert!(audience.retries_every_429);
-        let a = answer(
-            ApiFlavor::Anthropic,
-            &refusal(RefusalKind::Spent, 3600),
-            audience,
-        );
-        assert_eq!(a.status, 402);
-        assert!(
-            body(&a)["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("usable again in 1h00m")
-        );
-        // A short wait stays a 429 opencode waits out.
-        let short = answer(
-            ApiFlavor::Anthropic,
-            &refusal(RefusalKind::Exhausted, 20),
-            audience,
-        );
-        assert_eq!(short.status, 429);
     }
 }
