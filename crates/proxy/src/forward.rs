@@ -45,7 +45,7 @@ use crate::headers::{
 use marathon_core::tokens::TokenError;
 
 use crate::state::{AccountCred, AppState, ProviderRuntime};
-use crate::upstream::Reuse;
+use crate::upstream::{Endpoint, Reuse};
 use marathon_wire::Audience;
 use marathon_wire::is_event_stream as is_sse;
 
@@ -129,9 +129,9 @@ async fn read_client_body(
 /// drops the lock; none is held across an `.await`), the event bus, the
 /// store.
 #[derive(Clone, Copy)]
-struct Env<'a> {
-    state: &'a AppState,
-    rt: &'a ProviderRuntime,
+pub(crate) struct Env<'a> {
+    pub(crate) state: &'a AppState,
+    pub(crate) rt: &'a ProviderRuntime,
 }
 
 impl Shared for Env<'_> {
@@ -191,6 +191,15 @@ struct Exchange<'a> {
     base_headers: HeaderMap,
     body: ClientBody,
     /// The current account's credential.
+    key: AttemptKey,
+}
+
+/// The credential the current attempt goes out with: the picked account's
+/// stored one, or the refresher's access token when that is newer. Both
+/// drivers (HTTP here, the WebSocket handshake) carry out the machine's
+/// `Send` and `Refresh` with it.
+#[derive(Default)]
+pub(crate) struct AttemptKey {
     cred: Option<Arc<AccountCred>>,
     /// The refresher's access token, when it is not the stored one.
     token: Option<Secret>,
@@ -269,8 +278,7 @@ pub(crate) async fn forward(
         uri,
         base_headers,
         body,
-        cred: None,
-        token: None,
+        key: AttemptKey::default(),
     };
     let resp = drive(&mut rotation, &mut exchange).await;
     log_request(
@@ -301,7 +309,7 @@ async fn drive(rotation: &mut Rotation<'_, Env<'_>>, x: &mut Exchange<'_>) -> Re
                     action = rotation.on_unusable(Unusable::NoCredential, x.state.now());
                     continue;
                 };
-                if picked && let Err(e) = x.use_account(account).await {
+                if picked && let Err(e) = x.key.take(x.state, x.rt, account).await {
                     let why = match &e {
                         Some(e) => Unusable::Token(refresh_failure(e)),
                         None => Unusable::NoCredential,
@@ -315,7 +323,7 @@ async fn drive(rotation: &mut Rotation<'_, Env<'_>>, x: &mut Exchange<'_>) -> Re
                 };
                 let (state, rt) = (x.state, x.rt);
                 // The account's own egress proxy, when it has one.
-                let endpoint = x.cred.as_ref().map_or(&rt.endpoint, |c| c.endpoint(rt));
+                let endpoint = x.key.endpoint(rt);
                 let sent = Instant::now();
                 let result = match state.settings.upstream_timeout {
                     Some(limit) => {
@@ -355,7 +363,7 @@ async fn drive(rotation: &mut Rotation<'_, Env<'_>>, x: &mut Exchange<'_>) -> Re
                     next => next,
                 }
             }
-            Action::Refresh => x.refresh(rotation).await,
+            Action::Refresh => x.key.refresh(x.state, x.rt, rotation).await,
             Action::Wait { until } => {
                 let wait = x.state.now().until(until);
                 // Boxed, like every timer here: off the hot path, out of its future.
@@ -378,21 +386,25 @@ async fn drive(rotation: &mut Rotation<'_, Env<'_>>, x: &mut Exchange<'_>) -> Re
     }
 }
 
-impl Exchange<'_> {
+impl AttemptKey {
     /// Takes a newly picked account's credential (and, for OAuth, a current
     /// access token). `Err(None)`: it has none (removed from the store a
     /// moment ago); `Err(Some(_))`: no token could be had.
-    async fn use_account(&mut self, account: &Picked) -> Result<(), Option<TokenError>> {
+    pub(crate) async fn take(
+        &mut self,
+        state: &AppState,
+        rt: &ProviderRuntime,
+        account: &Picked,
+    ) -> Result<(), Option<TokenError>> {
         self.token = None;
-        self.cred = self
-            .rt
+        self.cred = rt
             .creds
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&account.id)
             .cloned();
         let cred = self.cred.as_ref().ok_or(None)?;
-        if let (AccountKind::Oauth, Some(tokens)) = (cred.kind, &self.state.tokens) {
+        if let (AccountKind::Oauth, Some(tokens)) = (cred.kind, &state.tokens) {
             let token = tokens.access_token(&account.id).await.map_err(Some)?;
             // The stored token (the usual case) has its headers built already.
             if !token.same_as(cred.stored_secret()) {
@@ -402,12 +414,18 @@ impl Exchange<'_> {
         Ok(())
     }
 
-    /// The upstream request with the account's credential; `None` if the
-    /// credential cannot be a header value.
-    fn request(&mut self, account: &Picked) -> Option<Request<ProxyBody>> {
-        let cred = self.cred.as_ref()?;
-        let settings = &self.rt.settings;
-        let mut headers = self.base_headers.clone();
+    /// Puts the credential into `headers`; `false` if it cannot be a header
+    /// value (the account is skipped).
+    pub(crate) fn apply(
+        &self,
+        rt: &ProviderRuntime,
+        account: &Picked,
+        headers: &mut HeaderMap,
+    ) -> bool {
+        let Some(cred) = self.cred.as_ref() else {
+            return false;
+        };
+        let settings = &rt.settings;
         let fresh;
         let rendered = match (&self.token, &cred.rendered) {
             (None, Some(r)) => Some(r),
@@ -422,41 +440,63 @@ impl Exchange<'_> {
         };
         let Some(rendered) = rendered else {
             tracing::error!(provider = %settings.name, account = %account.label, "stored credential is not a valid header value; skipping the account");
-            return None;
+            return false;
         };
-        settings.credentials.apply_rendered(&mut headers, rendered);
-        let mut request = Request::new(self.body.for_attempt());
-        *request.method_mut() = self.parts.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = headers;
-        Some(request)
+        settings.credentials.apply_rendered(headers, rendered);
+        true
+    }
+
+    /// Where the attempt goes: the account's own egress proxy, when it has one.
+    pub(crate) fn endpoint<'r>(&'r self, rt: &'r ProviderRuntime) -> &'r Endpoint {
+        self.cred.as_ref().map_or(&rt.endpoint, |c| c.endpoint(rt))
     }
 
     /// Refreshes the current account's token after a 401 and tells the machine.
-    async fn refresh(&mut self, rotation: &mut Rotation<'_, Env<'_>>) -> Action {
+    pub(crate) async fn refresh(
+        &mut self,
+        state: &AppState,
+        rt: &ProviderRuntime,
+        rotation: &mut Rotation<'_, Env<'_>>,
+    ) -> Action {
         let (Some(account), Some(cred)) = (rotation.account(), self.cred.as_ref()) else {
             let failure = RefreshFailure {
                 permanent: false,
                 reason: &Reason::fixed("no account"),
             };
-            return rotation.on_refresh(Err(failure), self.state.now());
+            return rotation.on_refresh(Err(failure), state.now());
         };
         let rejected = self.token.as_ref().unwrap_or_else(|| cred.stored_secret());
-        let refreshed = match &self.state.tokens {
+        let refreshed = match &state.tokens {
             Some(tokens) => tokens.force_refresh(&account.id, rejected).await,
             None => Err(TokenError::Permanent(
                 "no OAuth refresher is configured".into(),
             )),
         };
-        let now = self.state.now();
+        let now = state.now();
         match refreshed {
             Ok(token) => {
-                self.rt.metrics.refreshes.fetch_add(1, Relaxed);
+                rt.metrics.refreshes.fetch_add(1, Relaxed);
                 self.token = Some(token);
                 rotation.on_refresh(Ok(()), now)
             }
             Err(e) => rotation.on_refresh(Err(refresh_failure(&e)), now),
         }
+    }
+}
+
+impl Exchange<'_> {
+    /// The upstream request with the account's credential; `None` if the
+    /// credential cannot be a header value.
+    fn request(&mut self, account: &Picked) -> Option<Request<ProxyBody>> {
+        let mut headers = self.base_headers.clone();
+        if !self.key.apply(self.rt, account, &mut headers) {
+            return None;
+        }
+        let mut request = Request::new(self.body.for_attempt());
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = headers;
+        Some(request)
     }
 
     /// The client gets the upstream's answer.
@@ -476,7 +516,7 @@ impl Exchange<'_> {
         let Ok((up, _)) = attempted else {
             return internal();
         };
-        let (Some(account), Some(cred)) = (rotation.account(), self.cred.as_ref()) else {
+        let (Some(account), Some(cred)) = (rotation.account(), self.key.cred.as_ref()) else {
             return internal();
         };
         let (trace, replayable) = (rotation.trace(), rotation.replayable());
@@ -485,15 +525,27 @@ impl Exchange<'_> {
 
     /// marathon's own answer, in the provider's format.
     fn refuse(&self, refusal: &Refusal, trace: &AttemptTrace) -> Response<ProxyBody> {
-        let settings = &self.rt.settings;
-        if matches!(refusal.kind, RefusalKind::Exhausted | RefusalKind::Spent) {
-            let soonest = refusal.accounts.as_ref().and_then(|ex| ex.soonest);
-            announce_exhausted(self.state, self.rt, self.state.now(), soonest);
-        }
         // Read only here, off the path of every answered request.
         let audience = Audience::of(self.parts.uri.path(), &self.base_headers);
-        refusal_response(settings.flavor, &settings.name, refusal, trace, audience)
+        own_answer(self.state, self.rt, refusal, trace, audience)
     }
+}
+
+/// marathon's own answer (the machine's [`Refusal`]) for `audience`, in the
+/// provider's format; an exhaustion answer is counted and announced.
+pub(crate) fn own_answer(
+    state: &AppState,
+    rt: &ProviderRuntime,
+    refusal: &Refusal,
+    trace: &AttemptTrace,
+    audience: Audience,
+) -> Response<ProxyBody> {
+    let settings = &rt.settings;
+    if matches!(refusal.kind, RefusalKind::Exhausted | RefusalKind::Spent) {
+        let soonest = refusal.accounts.as_ref().and_then(|ex| ex.soonest);
+        announce_exhausted(state, rt, state.now(), soonest);
+    }
+    refusal_response(settings.flavor, &settings.name, refusal, trace, audience)
 }
 
 fn refresh_failure(e: &TokenError) -> RefreshFailure<'_> {

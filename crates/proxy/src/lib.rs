@@ -10,7 +10,7 @@
 //! - `browser`: the Host and Origin checks that keep web pages out;
 //! - `connections`: connection cap, head and idle timeouts, parking idle
 //!   connections without their buffers, graceful shutdown;
-//! - `websocket`: `Upgrade: websocket` requests: the handshake rotates like a
+//! - `websocket`: `Upgrade: websocket` requests: the machine drives the handshake like a
 //!   request, then bytes pass both ways (spent-account error events read);
 //! - `forward`: the per-request rotation loop (pick → send → classify → decide);
 //! - `body`: the one body type both ways, streaming chunk by chunk;

@@ -2,18 +2,21 @@
 //!
 //! Codex's built-in OpenAI provider opens a WebSocket to `{base}/responses`
 //! before anything else. An `Upgrade: websocket` request on a provider route
-//! comes here instead of `forward`: the handshake goes upstream on a
-//! connection of its own with the picked account's credential (the client's
-//! is removed like on every route); a handshake the upstream refuses for the
-//! account (429, 401, 403, …) is recorded against it and the next account is
-//! tried, as for any request; with no account left the client gets
-//! marathon's "all accounts unavailable" answer instead of `101`. Once both
-//! sides have switched protocols, bytes pass both ways unchanged. The
+//! comes here instead of `forward`. The handshake is a request the rotation
+//! machine drives like any other (it has no body, so it can always be sent
+//! again): each attempt goes upstream on a connection of its own with the
+//! picked account's credential (the client's is removed like on every
+//! route), and its answer is classified and reported to the machine, which
+//! rotates on a 429/403, refreshes an OAuth token refused with a 401 and
+//! tries it once more, waits within `max_wait`, or answers with marathon's
+//! own "all accounts unavailable" form instead of `101`. The first `101` it
+//! passes on joins the two sides: bytes pass both ways unchanged. The
 //! upstream's frames are read on the way (never altered) for an error event
 //! saying the account is spent — Codex's `{"type":"error","status":429,…}`,
-//! or a `response.failed` with a quota code — which benches the account for
-//! the next connection (the socket itself stays the client's: its
-//! conversation lives on that account).
+//! or a `response.failed` with a quota code — to which the machine's rule
+//! for an error after the head applies ([`rotation::stream_error`]): the
+//! account is benched for the next connection (the socket itself stays the
+//! client's: its conversation lives on that account).
 //!
 //! `permessage-deflate` is not offered upstream (the client's offer is
 //! removed), so the frames can be read without inflating them.
@@ -28,7 +31,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -36,17 +39,19 @@ use hyper_util::rt::TokioIo;
 use marathon_core::classify::classify;
 use marathon_core::decision::AttemptTrace;
 use marathon_core::outcome::Outcome;
-use marathon_core::pool::{Exhausted, Pick, PickRequest};
-use marathon_core::{AccountId, AccountKind, Class, Classification, Secret, UnixMillis};
+use marathon_core::rotation::{self, Action, Answer, Picked, RequestFacts, Rotation, Unusable};
+use marathon_core::{AccountId, Class, Classification, TransportFailure, UnixMillis};
+use marathon_wire::{Audience, add_trace_headers};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::body::ProxyBody;
-use crate::errors::{proxy_error, refusal_response};
+use crate::errors::proxy_error;
+use crate::forward::{AttemptKey, Env, own_answer};
 use crate::guard;
 use crate::headers::{Lookup, prepare_request_headers};
 use crate::state::{AppState, ProviderRuntime};
-use marathon_wire::add_trace_headers;
+use crate::upstream::Endpoint;
 
 /// The most of a refused handshake's body read to classify it.
 const MAX_REFUSAL_BODY: usize = 64 * 1024;
@@ -69,7 +74,9 @@ pub(crate) fn wants_upgrade(h: &HeaderMap) -> bool {
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
 
-/// Serves one WebSocket handshake on a provider route.
+/// Serves one WebSocket handshake on a provider route: the rotation machine
+/// drives it like any request (the handshake has no body, so it is always
+/// replayable), and the first `101` it passes on joins the two sides.
 pub(crate) async fn forward(
     state: Arc<AppState>,
     rt: Arc<ProviderRuntime>,
@@ -105,176 +112,191 @@ pub(crate) async fn forward(
             "the request path is not valid",
         );
     };
-    let mut trace = AttemptTrace::new();
-    let mut excluded: Vec<AccountId> = Vec::new();
-    loop {
-        let now = state.now();
-        let pick = rt.pool.lock().unwrap_or_else(|e| e.into_inner()).pick(
-            now,
-            &PickRequest {
-                session,
-                exclude: &excluded,
-            },
-        );
-        let (id, label) = match pick {
-            Pick::Account { id, label, .. } => (id, label),
-            Pick::Exhausted(ex) => return exhausted(&rt, now, &ex, &trace),
-        };
-        let Some(headers) = account_headers(&state, &rt, &id, &base).await else {
-            rt.pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .release(&id);
-            excluded.push(id);
-            continue;
-        };
-        let mut up = Request::new(ProxyBody::Empty);
-        *up.uri_mut() = uri.clone();
-        *up.headers_mut() = headers;
-        let (classification, handshake) = match state.client.upgrade(&rt.endpoint, up).await {
-            Err(e) => {
-                let t = if e.is_connect() {
-                    marathon_core::TransportFailure::Connect
-                } else {
-                    marathon_core::TransportFailure::ResetBeforeResponse
-                };
-                let c = classify(settings.flavor, &Outcome::Transport(t), now);
-                (c, Handshake::Failed)
-            }
-            Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                // A success; usage headers on the answer count like any other's.
-                let c = classify(
-                    settings.flavor,
-                    &Outcome::Response {
-                        status: 200,
-                        headers: &Lookup(resp.headers()),
-                        body: b"",
-                    },
-                    now,
-                );
-                (c, Handshake::Switched(resp))
-            }
-            Ok(resp) => refused_handshake(settings.flavor, resp, now).await,
-        };
-        let now = state.now();
-        trace.record(label.clone(), &classification, now);
-        let events =
-            rt.pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(&id, &classification, now);
-        state.publish(events);
-        match (classification.class, handshake) {
-            (Class::Success, Handshake::Switched(resp)) => {
-                return switch(&state, &rt, client_side, resp, id, &label, &trace);
-            }
-            // The client's own mistake (a bad path, a bad handshake): its answer.
-            (Class::Success | Class::Request, Handshake::Answered(mut r)) => {
-                add_trace_headers(r.headers_mut(), Some(&label), &trace);
-                return r;
-            }
-            _ => {
-                rt.metrics.failovers.fetch_add(1, Relaxed);
-                excluded.push(id);
-            }
-        }
-    }
-}
-
-/// What the upstream did with a handshake.
-enum Handshake {
-    /// `101`: both sides switch protocols.
-    Switched(Response<Incoming>),
-    /// Any other answer, its body read.
-    Answered(Response<ProxyBody>),
-    /// No answer (connect failure, reset).
-    Failed,
-}
-
-/// The handshake's headers for one account: its credential in the provider's
-/// style (an OAuth account's current access token), `None` if it has none.
-async fn account_headers(
-    state: &AppState,
-    rt: &ProviderRuntime,
-    id: &AccountId,
-    base: &HeaderMap,
-) -> Option<HeaderMap> {
-    let cred = rt
-        .creds
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(id)
-        .cloned()?;
-    let token: Option<Secret> = match (cred.kind, &state.tokens) {
-        (AccountKind::Oauth, Some(tokens)) => match tokens.access_token(id).await {
-            Ok(s) if s.same_as(cred.stored_secret()) => None,
-            Ok(s) => Some(s),
-            Err(_) => return None,
-        },
-        _ => None,
+    let facts = RequestFacts {
+        replayable: true,
+        session,
+        now: state.now(),
     };
-    let mut headers = base.clone();
-    let settings = &rt.settings;
-    match (&token, &cred.rendered) {
-        (None, Some(r)) => settings.credentials.apply_rendered(&mut headers, r),
-        (t, _) => {
-            let secret = t.as_ref().unwrap_or_else(|| cred.stored_secret());
-            let r = settings
-                .credentials
-                .render(cred.kind, secret, &cred.extras)
-                .ok()?;
-            settings.credentials.apply_rendered(&mut headers, &r);
+    let env = Env {
+        state: &state,
+        rt: &rt,
+    };
+    let mut rotation = Rotation::new(env, &rt.rotation, facts);
+    let handshake = Handshake { uri, base };
+    let answer = handshake.drive(&state, &rt, &mut rotation).await;
+    match answer {
+        Answered::Switched(resp) => {
+            let (Some(account), trace) = (rotation.account(), rotation.trace()) else {
+                return internal(&rt);
+            };
+            switch(&state, &rt, client_side, resp, account, trace)
         }
+        Answered::Other(r) => r,
     }
-    Some(headers)
 }
 
-/// A handshake answered with anything but `101`: its body read (bounded) and
-/// classified like any answer, and kept for the client in case it is passed
-/// through.
-async fn refused_handshake(
+/// The handshake every attempt sends, with the attempt's credential added.
+struct Handshake {
+    uri: Uri,
+    /// The client's headers, prepared (its credentials removed).
+    base: HeaderMap,
+}
+
+/// What the client gets.
+enum Answered {
+    /// The upstream's `101`: both sides switch protocols.
+    Switched(Response<Incoming>),
+    /// Anything else: the upstream's refusal passed on, or marathon's own.
+    Other(Response<ProxyBody>),
+}
+
+/// One attempt's result, before the machine has judged it.
+enum Attempt {
+    Switched(Response<Incoming>),
+    /// Any other answer, its body read (bounded).
+    Refused(http::response::Parts, Bytes),
+    Failed(TransportFailure),
+}
+
+impl Handshake {
+    /// Carries out the machine's actions until it answers. Every rule
+    /// (which account, rotate, refresh, wait, give up) is the machine's.
+    async fn drive(
+        &self,
+        state: &AppState,
+        rt: &ProviderRuntime,
+        rotation: &mut Rotation<'_, Env<'_>>,
+    ) -> Answered {
+        let mut key = AttemptKey::default();
+        let mut action = rotation.start();
+        loop {
+            action = match action {
+                Action::Send { picked, .. } => {
+                    let Some(account) = rotation.account() else {
+                        action = rotation.on_unusable(Unusable::NoCredential, state.now());
+                        continue;
+                    };
+                    if picked && let Err(e) = key.take(state, rt, account).await {
+                        let why = match &e {
+                            Some(e) => Unusable::Token(e.as_failure()),
+                            None => Unusable::NoCredential,
+                        };
+                        action = rotation.on_unusable(why, state.now());
+                        continue;
+                    }
+                    let mut headers = self.base.clone();
+                    if !key.apply(rt, account, &mut headers) {
+                        action = rotation.on_unusable(Unusable::NoCredential, state.now());
+                        continue;
+                    }
+                    let attempt = self.send(state, key.endpoint(rt), headers).await;
+                    let now = state.now();
+                    let c = classify_attempt(rt.settings.flavor, &attempt, now);
+                    match rotation.on_response(c, now) {
+                        Action::Respond(Answer::PassThrough) => {
+                            return pass_through(rt, attempt, rotation);
+                        }
+                        next => next,
+                    }
+                }
+                Action::Refresh => key.refresh(state, rt, rotation).await,
+                Action::Wait { until } => {
+                    tokio::time::sleep(state.now().until(until)).await;
+                    rotation.on_timer(state.now())
+                }
+                Action::Respond(Answer::Refuse(refusal)) => {
+                    tracing::info!(provider = %rt.settings.name, "WebSocket handshake answered by marathon: {}", refusal.message);
+                    // A spent quota at the handshake is final for Codex
+                    // (`usage_limit_reached`), a short wait a 429.
+                    let r = own_answer(state, rt, &refusal, rotation.trace(), Audience::default());
+                    return Answered::Other(r);
+                }
+                Action::Respond(Answer::PassThrough) | Action::Done => {
+                    return Answered::Other(internal(rt));
+                }
+            };
+        }
+    }
+
+    /// Sends the handshake upstream on a connection of its own.
+    async fn send(&self, state: &AppState, endpoint: &Endpoint, headers: HeaderMap) -> Attempt {
+        let mut up = Request::new(ProxyBody::Empty);
+        *up.uri_mut() = self.uri.clone();
+        *up.headers_mut() = headers;
+        let sent = state.client.upgrade(endpoint, up);
+        let result = match state.settings.upstream_timeout {
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(r) => r,
+                Err(_) => return Attempt::Failed(TransportFailure::Timeout),
+            },
+            None => sent.await,
+        };
+        match result {
+            Err(e) if e.is_connect() => Attempt::Failed(TransportFailure::Connect),
+            Err(_) => Attempt::Failed(TransportFailure::ResetBeforeResponse),
+            Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => Attempt::Switched(resp),
+            Ok(resp) => {
+                let (head, body) = resp.into_parts();
+                let body = Limited::new(body, MAX_REFUSAL_BODY)
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                Attempt::Refused(head, body)
+            }
+        }
+    }
+}
+
+/// Classifies one handshake attempt: a `101` is a success (usage headers on
+/// it count like any answer's), a refusal is classified like any answer.
+fn classify_attempt(
     flavor: marathon_core::ApiFlavor,
-    resp: Response<Incoming>,
+    attempt: &Attempt,
     now: UnixMillis,
-) -> (Classification, Handshake) {
-    let (parts, body) = resp.into_parts();
-    let body: Bytes = Limited::new(body, MAX_REFUSAL_BODY)
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let c = classify(
+) -> Classification {
+    let (status, headers, body): (u16, &HeaderMap, &[u8]) = match attempt {
+        Attempt::Failed(t) => return classify(flavor, &Outcome::Transport(*t), now),
+        Attempt::Switched(resp) => (200, resp.headers(), b""),
+        Attempt::Refused(head, body) => (head.status.as_u16(), &head.headers, body),
+    };
+    classify(
         flavor,
         &Outcome::Response {
-            status: parts.status.as_u16(),
-            headers: &Lookup(&parts.headers),
-            body: &body,
+            status,
+            headers: &Lookup(headers),
+            body,
         },
         now,
-    );
-    let mut answer = Response::from_parts(parts, ProxyBody::full(body));
-    crate::headers::strip_hop_by_hop(answer.headers_mut());
-    (c, Handshake::Answered(answer))
+    )
 }
 
-/// No account left: marathon's own answer instead of `101`.
-fn exhausted(
+/// The machine passes an answer on: the `101`, or the upstream's refusal
+/// (the client's own mistake: a bad path, a bad handshake).
+fn pass_through(
     rt: &ProviderRuntime,
-    now: UnixMillis,
-    ex: &Exhausted,
-    trace: &AttemptTrace,
-) -> Response<ProxyBody> {
-    let settings = &rt.settings;
-    tracing::info!(provider = %settings.name, "WebSocket handshake: every account is unavailable");
-    // The same answer a plain request gets: a spent quota at the handshake
-    // is final for Codex (`usage_limit_reached`), a short wait a 429.
-    let refusal = marathon_core::rotation::exhausted_refusal(&rt.rotation, ex.clone(), now);
-    refusal_response(
-        settings.flavor,
-        &settings.name,
-        &refusal,
-        trace,
-        marathon_wire::Audience::default(),
+    attempt: Attempt,
+    rotation: &Rotation<'_, Env<'_>>,
+) -> Answered {
+    match attempt {
+        Attempt::Switched(resp) => Answered::Switched(resp),
+        Attempt::Refused(head, body) => {
+            let mut r = Response::from_parts(head, ProxyBody::full(body));
+            crate::headers::strip_hop_by_hop(r.headers_mut());
+            let label = rotation.account().map(|a| &*a.label);
+            add_trace_headers(r.headers_mut(), label, rotation.trace());
+            Answered::Other(r)
+        }
+        // The machine answers a transport failure itself.
+        Attempt::Failed(_) => Answered::Other(internal(rt)),
+    }
+}
+
+fn internal(rt: &ProviderRuntime) -> Response<ProxyBody> {
+    proxy_error(
+        rt.settings.flavor,
+        StatusCode::BAD_GATEWAY,
+        "internal error: the rotation ended without an answer",
     )
 }
 
@@ -285,15 +307,14 @@ fn switch(
     rt: &Arc<ProviderRuntime>,
     client_side: OnUpgrade,
     mut upstream: Response<Incoming>,
-    id: AccountId,
-    label: &str,
+    account: &Picked,
     trace: &AttemptTrace,
 ) -> Response<ProxyBody> {
     let upstream_side = hyper::upgrade::on(&mut upstream);
     let watch = SpentWatch {
         state: state.clone(),
         rt: rt.clone(),
-        id,
+        id: account.id.clone(),
     };
     tokio::spawn(async move {
         let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) else {
@@ -303,7 +324,7 @@ fn switch(
     });
     let (parts, _) = upstream.into_parts();
     let mut r = Response::from_parts(parts, ProxyBody::Empty);
-    add_trace_headers(r.headers_mut(), Some(label), trace);
+    add_trace_headers(r.headers_mut(), Some(&account.label), trace);
     r
 }
 
@@ -389,14 +410,14 @@ impl SpentWatch {
         if matches!(c.class, Class::Success | Class::Request) {
             return;
         }
-        // The handshake's slot ended with its success: this is a late outcome.
-        let events = self
-            .rt
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_late(&self.id, &c, now);
-        self.state.publish(events);
+        self.rt.metrics.stream_errors.fetch_add(1, Relaxed);
+        // The handshake's slot ended with its success: the machine's rule
+        // for an error after the head applies.
+        let env = Env {
+            state: &self.state,
+            rt: &self.rt,
+        };
+        rotation::stream_error(&env, &self.id, &c, now);
     }
 }
 

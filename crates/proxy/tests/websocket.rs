@@ -150,3 +150,120 @@ async fn a_spent_error_event_in_the_frames_benches_the_account_for_the_next_conn
     assert!(refused.contains("marathon"), "{refused}");
     assert_eq!(w.sim.count("alice"), 1, "{:?}", w.sim.counts());
 }
+
+/// Guards the handshake rotating outside the machine's rules: alice's
+/// handshake is answered 429 (rate limited), the socket goes to bob, and
+/// alice rests for the `retry-after` the upstream gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_answered_429_rotates_to_the_next_account() {
+    let w = codex_world(
+        Account::ok("alice", "sk-test-alice-0123456789")
+            .status(429)
+            .retry_after(600),
+        Account::ok("bob", "sk-test-bob-9876543210"),
+    )
+    .await;
+    let (mut ws, resp) = connect(&w).await.expect("handshake through marathon");
+    assert_eq!(resp.headers()["x-marathon-account"], "bob");
+    let attempts = resp.headers()["x-marathon-attempts"].to_str().unwrap();
+    assert!(attempts.starts_with("alice=429"), "{attempts}");
+    assert_eq!(text(&turn(&mut ws).await), REPLY);
+    ws.close(None).await.unwrap();
+    assert_eq!(w.health("alice").await, "cooling");
+    // The next connection does not try alice again.
+    let (_ws, resp) = connect(&w).await.expect("the next connection");
+    assert_eq!(resp.headers()["x-marathon-attempts"], "bob=200");
+    assert_eq!((w.sim.count("alice"), w.sim.count("bob")), (0, 1));
+}
+
+/// An OAuth login of the Codex provider whose stored access token the
+/// simulator no longer accepts; it knows `oauth-fresh-alice`.
+async fn oauth_codex_world(tokens: std::sync::Arc<FakeTokens>) -> World {
+    world_with(
+        Scenario::new([
+            Account::ok("alice", "oauth-fresh-alice"),
+            Account::ok("bob", "sk-test-bob-9876543210"),
+        ]),
+        Opts::new(Api::Codex)
+            .oauth("alice", "oauth-stale-alice")
+            .tokens(tokens),
+    )
+    .await
+}
+
+/// Guards a 401 at the handshake benching an OAuth account whose token only
+/// needed a refresh: the token is refreshed once and the handshake sent
+/// again to the same account, which keeps the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refused_at_the_handshake_is_refreshed_and_retried_once() {
+    let tokens = std::sync::Arc::new(FakeTokens::new(
+        "oauth-stale-alice",
+        Ok("oauth-fresh-alice"),
+    ));
+    let w = oauth_codex_world(tokens.clone()).await;
+    let (mut ws, resp) = connect(&w).await.expect("handshake through marathon");
+    assert_eq!(resp.headers()["x-marathon-account"], "alice");
+    let attempts = resp.headers()["x-marathon-attempts"].to_str().unwrap();
+    assert!(
+        attempts.starts_with("alice=401") && attempts.contains("alice=200"),
+        "{attempts}"
+    );
+    assert_eq!(
+        tokens.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(text(&turn(&mut ws).await), REPLY);
+    ws.close(None).await.unwrap();
+    assert_eq!(w.health("alice").await, "ready");
+    assert_eq!((w.sim.count("alice"), w.sim.count("bob")), (1, 0));
+}
+
+/// Guards a refresh loop: a token still refused after its one refresh
+/// marks the account needs-login and the socket goes to the next account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_still_refused_after_its_refresh_needs_login_and_rotates() {
+    let tokens = std::sync::Arc::new(FakeTokens::new(
+        "oauth-stale-alice",
+        Ok("oauth-also-rejected"),
+    ));
+    let w = oauth_codex_world(tokens.clone()).await;
+    let (mut ws, resp) = connect(&w).await.expect("handshake through marathon");
+    assert_eq!(resp.headers()["x-marathon-account"], "bob");
+    let attempts = resp.headers()["x-marathon-attempts"].to_str().unwrap();
+    assert!(attempts.starts_with("alice=401"), "{attempts}");
+    assert_eq!(
+        tokens.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(text(&turn(&mut ws).await), REPLY);
+    assert_eq!(w.health("alice").await, "needs_login");
+}
+
+/// Guards a spent pool answering `101` or a bare error: every account
+/// refuses the handshake for an hour, and the client gets marathon's
+/// spent-quota answer (Codex's `usage_limit_reached`, not retried) naming
+/// the accounts and when the first is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_account_refusing_the_handshake_gets_the_exhaustion_answer() {
+    let w = codex_world(
+        Account::ok("alice", "sk-test-alice-0123456789")
+            .status(429)
+            .retry_after(3600),
+        Account::ok("bob", "sk-test-bob-9876543210")
+            .status(429)
+            .retry_after(3600),
+    )
+    .await;
+    let refused = connect(&w).await.expect_err("no account left");
+    assert!(refused.starts_with("429"), "{refused}");
+    for part in [
+        "usage_limit_reached",
+        "marathon",
+        "alice cooling",
+        "bob cooling",
+        "usable again in",
+    ] {
+        assert!(refused.contains(part), "{part:?} missing in {refused}");
+    }
+    assert_eq!((w.sim.count("alice"), w.sim.count("bob")), (0, 0));
+}

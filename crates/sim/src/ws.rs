@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::scenario::ErrorKind;
 use crate::server::{Kill, Shared, SimBody, credential, identify};
 use crate::shapes::{self, Answer, Api, Canned, Flavour, Text};
 use crate::world::Outcome;
@@ -43,12 +44,17 @@ fn plain(status: u16, body: Canned) -> Response<SimBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static(body.content_type),
     );
+    for (name, value) in &body.headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            r.headers_mut().insert(*name, v);
+        }
+    }
     r
 }
 
-/// Answers the handshake: `101` for a known, unexpired credential (the socket
-/// is then served by a task of its own), else the HTTP error a client sees
-/// before any frame.
+/// Answers the handshake: `101` for a known, unexpired credential of an
+/// account not failing every request (the socket is then served by a task
+/// of its own), else the HTTP error a client sees before any frame.
 pub(crate) async fn accept(
     shared: &Arc<Shared>,
     kill: &Arc<Kill>,
@@ -79,7 +85,20 @@ pub(crate) async fn accept(
         Ok(who) if who.account().is_some_and(|a| a.expired) => {
             return plain(401, shapes::unauthorized(Flavour::OpenAi, true, &rid));
         }
-        Ok(_) => {}
+        // An account failing every request (a `status`/`error` without
+        // `fail_first`) refuses the handshake the same way, as an upstream
+        // refusing the account does before any frame.
+        Ok(who) => {
+            if let Some(a) = who.account().filter(|a| a.fail_first.is_none())
+                && let Some(status) = a.status.or(a.error.map(ErrorKind::default_status))
+            {
+                let mut c = shapes::failure(Flavour::OpenAi, status, a.error, &rid);
+                if let Some(s) = a.retry_after {
+                    c.headers.push(("retry-after", s.to_string()));
+                }
+                return plain(c.status, c);
+            }
+        }
     }
     let Some(presented) = presented else {
         unreachable!("identify refuses a request without a credential")

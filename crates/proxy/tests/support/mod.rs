@@ -615,3 +615,71 @@ pub fn normalise_ids(body: &str) -> String {
     }
     out
 }
+
+// ---------------------------------------------------------------- OAuth (token source)
+
+/// A token source: hands out `current`, and on a forced refresh answers as
+/// `refresh` says.
+pub struct FakeTokens {
+    pub current: std::sync::Mutex<String>,
+    pub refresh: Result<&'static str, marathon_proxy::TokenError>,
+    pub fail_next_access: std::sync::atomic::AtomicBool,
+    pub refreshes: std::sync::atomic::AtomicU32,
+}
+
+impl FakeTokens {
+    pub fn new(stored: &str, refresh: Result<&'static str, marathon_proxy::TokenError>) -> Self {
+        FakeTokens {
+            current: std::sync::Mutex::new(stored.to_owned()),
+            refresh,
+            fail_next_access: Default::default(),
+            refreshes: Default::default(),
+        }
+    }
+}
+
+impl marathon_proxy::TokenSource for FakeTokens {
+    fn access_token<'a>(
+        &'a self,
+        _account: &'a marathon_core::AccountId,
+    ) -> marathon_proxy::BoxFuture<'a, Result<marathon_core::Secret, marathon_proxy::TokenError>>
+    {
+        Box::pin(async move {
+            if self
+                .fail_next_access
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(marathon_proxy::TokenError::Transient(
+                    "token endpoint unreachable".into(),
+                ));
+            }
+            Ok(marathon_core::Secret::new(
+                self.current.lock().unwrap().clone(),
+            ))
+        })
+    }
+
+    fn force_refresh<'a>(
+        &'a self,
+        _account: &'a marathon_core::AccountId,
+        _rejected: &'a marathon_core::Secret,
+    ) -> marathon_proxy::BoxFuture<'a, Result<marathon_core::Secret, marathon_proxy::TokenError>>
+    {
+        Box::pin(async move {
+            self.refreshes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match &self.refresh {
+                Ok(fresh) => {
+                    *self.current.lock().unwrap() = (*fresh).to_owned();
+                    Ok(marathon_core::Secret::new(*fresh))
+                }
+                Err(marathon_proxy::TokenError::Permanent(r)) => {
+                    Err(marathon_proxy::TokenError::Permanent(r.clone()))
+                }
+                Err(marathon_proxy::TokenError::Transient(r)) => {
+                    Err(marathon_proxy::TokenError::Transient(r.clone()))
+                }
+            }
+        })
+    }
+}
