@@ -41,6 +41,7 @@ impl Home {
             .env_remove("CODEX_HOME")
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("GEMINI_CLI_SYSTEM_SETTINGS_PATH")
+            .env_remove("GEMINI_CLI_HOME")
             .env_remove("MARATHON_LOG")
             .env_remove("RUST_LOG");
         cmd
@@ -376,7 +377,7 @@ fn fake_client(bin: &Path, name: &str, request: &str) {
          out=\"$FAKE_OUT/{name}\"\n\
          printf '%s\\n' \"$@\" > \"$out.args\"\n\
          env > \"$out.env\"\n\
-         [ -n \"$GEMINI_CLI_SYSTEM_SETTINGS_PATH\" ] && cat \"$GEMINI_CLI_SYSTEM_SETTINGS_PATH\" > \"$out.settings\"\n\
+         [ -n \"$GEMINI_CLI_HOME\" ] && cat \"$GEMINI_CLI_HOME/.gemini/settings.json\" > \"$out.settings\" && cat \"$GEMINI_CLI_HOME/.gemini/GEMINI.md\" > \"$out.memory\"\n\
          {request} > \"$out.reply\"\n\
          exit \"${{FAKE_EXIT:-0}}\"\n"
     );
@@ -520,7 +521,12 @@ fn run_starts_each_client_with_its_settings_and_passes_its_exit_code_through() {
     );
     assert!(!home.user().join(".config/opencode").exists());
 
-    // Gemini CLI: its own settings layer selecting API-key auth.
+    // Gemini CLI: a home of its own whose `.gemini` is the user's with
+    // API-key auth merged into the settings.
+    let gemini_dir = home.user().join(".gemini");
+    std::fs::create_dir_all(&gemini_dir).unwrap();
+    std::fs::write(gemini_dir.join("settings.json"), GEMINI_SETTINGS).unwrap();
+    std::fs::write(gemini_dir.join("GEMINI.md"), "remember this\n").unwrap();
     assert!(run(&["gemini-cli", "-p", "hi"], "0").status.success());
     let env = env_of(&out, "gemini");
     assert_eq!(
@@ -535,12 +541,22 @@ fn run_starts_each_client_with_its_settings_and_passes_its_exit_code_through() {
         serde_json::from_str(&std::fs::read_to_string(out.join("gemini.settings")).unwrap())
             .unwrap();
     assert_eq!(layer["security"]["auth"]["selectedType"], "gemini-api-key");
-    let layer_path = var(&env, "GEMINI_CLI_SYSTEM_SETTINGS_PATH").unwrap();
-    assert!(
-        !Path::new(&layer_path).exists(),
-        "the layer is removed after the run"
+    // The user's own settings and files are there too.
+    assert_eq!(layer["ui"]["theme"], "GitHub");
+    assert_eq!(
+        std::fs::read_to_string(out.join("gemini.memory")).unwrap(),
+        "remember this\n"
     );
-    assert!(!home.user().join(".gemini").exists());
+    let run_home = var(&env, "GEMINI_CLI_HOME").unwrap();
+    assert!(
+        !Path::new(&run_home).exists(),
+        "the run's home is removed after the run"
+    );
+    assert_eq!(
+        std::fs::read_to_string(gemini_dir.join("settings.json")).unwrap(),
+        GEMINI_SETTINGS
+    );
+    assert_eq!(std::fs::read_dir(&gemini_dir).unwrap().count(), 2);
 
     // An SDK program is given as the command; a missing program is said plainly.
     let o = run(&["anthropic-sdk", "--", "claude", "x"], "3");

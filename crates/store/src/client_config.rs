@@ -188,6 +188,38 @@ pub fn write_json_layer(
     write_atomic(target, text.as_bytes(), false)
 }
 
+/// Fills `shadow` (a directory of marathon's, e.g. the `.gemini` of the
+/// home `GEMINI_CLI_HOME` names) as a stand-in for the user's `real` one:
+/// every entry of `real` is linked in, except `settings`, which is written
+/// as the user's file with `patch` merged in (0600). The client then reads
+/// marathon's settings, and everything else (credentials, history, memory,
+/// extensions) is the user's own, written through the links; nothing of the
+/// user's is changed. Entries the client creates anew stay in `shadow`.
+pub fn shadow_dir(
+    real: &Path,
+    shadow: &Path,
+    settings: &str,
+    patch: &Map<String, Value>,
+) -> Result<(), StoreError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(shadow)
+        .map_err(io_err("create", shadow))?;
+    if let Ok(entries) = std::fs::read_dir(real) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name == settings {
+                continue;
+            }
+            let link = shadow.join(&name);
+            std::os::unix::fs::symlink(entry.path(), &link).map_err(io_err("link", &link))?;
+        }
+    }
+    let user = real.join(settings);
+    write_json_layer(&shadow.join(settings), Some(&user), patch)
+}
+
 /// The file a symlink points to (dotfiles kept in a repository are often
 /// linked into place): the link stays, the file it names is edited.
 fn real_path(path: &Path) -> PathBuf {

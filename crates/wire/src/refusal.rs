@@ -13,12 +13,18 @@
 //! | Claude Code, Anthropic and OpenAI SDKs | `x-should-retry: false` | 429 + `retry-after` (≤ 60 s) |
 //! | Codex | 429 `error.type = usage_limit_reached` (+ `resets_at`) | only `response.failed` with `rate_limit_exceeded` and "try again in Ns" (never a plain 429) |
 //! | Gemini CLI | 429 `RetryInfo.retryDelay` > 300 s | 429 with a shorter `RetryInfo` |
-//! | opencode 1.18 | nothing found yet: it retries 429 and 402 alike, silently | any 429, with no cap |
+//! | opencode 1.18 (`User-Agent: opencode/…`) | a 4xx other than 408/409/429 whose message and body name no retryable status or rate limit: marathon's `402` | 429, 5xx, and any answer mentioning `429`, `500`, `rate_limit`, `overloaded`, … (`retry-after-ms`) |
 
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::fmt::Write as _;
+use std::time::Duration;
+
 use marathon_core::ApiFlavor;
+use marathon_core::clock::UnixMillis;
 use marathon_core::decision::AttemptTrace;
+use marathon_core::fmt::{ClockTime, HumanDuration};
+use marathon_core::pool::Health;
 use marathon_core::rotation::{Refusal, RefusalKind};
 use serde_json::json;
 
@@ -33,6 +39,14 @@ pub struct Audience {
     /// HTTP 429, but waits out a `response.failed` event that says
     /// `rate_limit_exceeded` and "try again in Ns".
     pub responses_stream: bool,
+    /// opencode (`User-Agent: opencode/…`). It ignores `x-should-retry` and
+    /// retries (silently, with no cap on the wait) every 429 and 5xx, and
+    /// any answer whose message or body matches its retryable patterns: the
+    /// numbers 429, 500, 502, 503, 504 or 524 anywhere, "rate limit" /
+    /// `rate_limit`, "overloaded", "resource exhausted", "try again in", …
+    /// (`packages/opencode/src/session/retry.ts`, `retryable`). Any other
+    /// 4xx it shows at once and stops.
+    pub opencode: bool,
 }
 
 impl Audience {
@@ -42,8 +56,12 @@ impl Audience {
             .get_all(header::ACCEPT)
             .iter()
             .any(|v| v.as_bytes().windows(17).any(|w| w == b"text/event-stream"));
+        let opencode = headers
+            .get(header::USER_AGENT)
+            .is_some_and(|v| v.as_bytes().starts_with(b"opencode/"));
         Audience {
             responses_stream: wants_events && path.trim_end_matches('/').ends_with("/responses"),
+            opencode,
         }
     }
 }
@@ -67,6 +85,7 @@ pub fn refusal_answer(
             response_failed_event(refusal)
         }
         RefusalKind::Exhausted => short_wait(flavor, provider, refusal),
+        RefusalKind::Spent if audience.opencode => spent_for_opencode(flavor, provider, refusal),
         RefusalKind::Spent => spent(flavor, provider, refusal),
         RefusalKind::GaveUp | RefusalKind::Unreachable => plain(flavor, refusal),
     };
@@ -183,6 +202,57 @@ fn spent(flavor: ApiFlavor, provider: &str, refusal: &Refusal) -> OwnAnswer {
     };
     add_accounts(&mut body, provider, refusal);
     let mut answer = json_answer(status, &body);
+    answer
+        .headers
+        .insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+    answer
+}
+
+/// opencode's spent quota: a 402 (Anthropic's `billing_error`), the one
+/// form it shows at once. The message names each account's state and the
+/// first reset but no upstream reason (`rate_limit_error` would make
+/// opencode retry it), and the machine-readable part is left out for the
+/// same reason.
+fn spent_for_opencode(flavor: ApiFlavor, provider: &str, refusal: &Refusal) -> OwnAnswer {
+    let status = StatusCode::PAYMENT_REQUIRED;
+    let mut states = String::new();
+    let accounts = refusal.accounts.as_ref().map_or(&[][..], |ex| &ex.accounts);
+    for (i, a) in accounts.iter().enumerate() {
+        if i > 0 {
+            states.push_str(", ");
+        }
+        states.push_str(&a.label);
+        match (a.health, a.cooldown_remaining) {
+            (Health::Cooling { .. }, Some(d)) => {
+                let _ = write!(states, " resting for {}", HumanDuration(d));
+            }
+            (Health::NeedsLogin, _) => states.push_str(" needs login"),
+            (h, _) => {
+                let _ = write!(states, " {}", h.as_str());
+            }
+        }
+    }
+    let next = match (refusal.resets_at, refusal.retry_after) {
+        (Some(at), Some(seconds)) => format!(
+            "; the first one is usable again in {} (at {})",
+            HumanDuration(Duration::from_secs(seconds)),
+            ClockTime {
+                at,
+                now: UnixMillis(at.0.saturating_sub(seconds * 1000)),
+            }
+        ),
+        _ => "; none will recover on its own: run `marathon auth list`".to_owned(),
+    };
+    let message = format!(
+        "marathon: all {} {provider} accounts are spent ({states}){next}",
+        accounts.len()
+    );
+    let kind = match flavor {
+        ApiFlavor::Anthropic => "billing_error",
+        ApiFlavor::Google => "FAILED_PRECONDITION",
+        ApiFlavor::Openai | ApiFlavor::Copilot => "insufficient_quota",
+    };
+    let mut answer = json_answer(status, &error_body(flavor, status, kind, &message));
     answer
         .headers
         .insert(SHOULD_RETRY, HeaderValue::from_static("false"));
@@ -368,5 +438,117 @@ mod tests {
             Audience::default(),
         );
         assert_eq!(body(&short)["error"]["details"][0]["retryDelay"], "20s");
+    }
+
+    /// opencode's retryable patterns (1.18.33,
+    /// `packages/opencode/src/session/retry.ts`): a match anywhere in the
+    /// message or the body makes it retry instead of showing the answer.
+    fn opencode_would_retry(text: &str) -> bool {
+        let t = text.to_ascii_lowercase();
+        ["429", "500", "502", "503", "504", "524"]
+            .iter()
+            .any(|n| t.contains(n))
+            || [
+                "rate limit",
+                "rate-limit",
+                "rate_limit",
+                "too many requests",
+                "overloaded",
+                "server error",
+                "server_error",
+                "internal error",
+                "resource exhausted",
+                "resource_exhausted",
+                "try again later",
+                "try again in",
+                "at capacity",
+            ]
+            .iter()
+            .any(|p| t.contains(p))
+    }
+
+    fn cooling(label: &str, reason: &str) -> marathon_core::pool::AccountStatus {
+        use marathon_core::{AccountId, AccountKind, Reason};
+        marathon_core::pool::AccountStatus {
+            id: AccountId(label.into()),
+            label: label.into(),
+            kind: AccountKind::ApiKey,
+            priority: 0,
+            enabled: true,
+            health: Health::Cooling {
+                until: UnixMillis(1_800_000_000_000),
+            },
+            cooldown_remaining: Some(Duration::from_secs(3600)),
+            successes: 0,
+            failures: 1,
+            failure_streak: 1,
+            last_class: None,
+            last_reason: Reason::untrusted(reason),
+            usage: vec![],
+            forecast: vec![],
+            in_flight: 0,
+        }
+    }
+
+    /// Guards opencode sitting silently in its retry loop for the whole
+    /// cooldown: its spent answer is a 402 it does not retry, whose message
+    /// and body avoid every pattern that would make it retry, and which
+    /// still names the accounts and the first reset.
+    #[test]
+    fn opencode_gets_a_spent_answer_it_shows_at_once() {
+        let mut r = refusal(RefusalKind::Spent, 3600);
+        r.accounts = Some(Exhausted {
+            soonest: r.resets_at,
+            accounts: vec![
+                cooling("a1", "rate_limit_error"),
+                cooling("a2", "rate_limit_error"),
+            ],
+        });
+        let opencode = Audience {
+            opencode: true,
+            ..Audience::default()
+        };
+        for flavor in [ApiFlavor::Anthropic, ApiFlavor::Openai, ApiFlavor::Google] {
+            let a = answer(flavor, &r, opencode);
+            assert_eq!(a.status, 402, "{flavor:?}");
+            assert!(!opencode_would_retry(&a.body), "{flavor:?}: {}", a.body);
+            let b = body(&a);
+            let message = b["error"]["message"].as_str().unwrap();
+            assert_eq!(
+                message,
+                "marathon: all 2 p accounts are spent (a1 resting for 1h00m, a2 resting for 1h00m); the first one is usable again in 1h00m (at 08:00 UTC)"
+            );
+        }
+        assert_eq!(
+            body(&answer(ApiFlavor::Anthropic, &r, opencode))["error"]["type"],
+            "billing_error"
+        );
+        // Everyone else keeps the provider's own spent form.
+        assert_eq!(
+            answer(ApiFlavor::Anthropic, &r, Audience::default()).status,
+            429
+        );
+        // A short wait stays a 429 opencode waits out.
+        let short = answer(
+            ApiFlavor::Anthropic,
+            &refusal(RefusalKind::Exhausted, 20),
+            opencode,
+        );
+        assert_eq!(short.status, 429);
+    }
+
+    #[test]
+    fn opencode_is_known_by_its_user_agent() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("opencode/1.18.33 ai-sdk/anthropic/3.0.1"),
+        );
+        assert!(Audience::of("/v1/messages", &h).opencode);
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("claude-cli/2.1.332 (external, cli)"),
+        );
+        assert!(!Audience::of("/v1/messages", &h).opencode);
     }
 }

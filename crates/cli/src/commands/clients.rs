@@ -157,6 +157,8 @@ pub(crate) struct Places {
     pub(crate) home: PathBuf,
     pub(crate) codex_home: Option<PathBuf>,
     pub(crate) xdg_config_home: Option<PathBuf>,
+    /// `GEMINI_CLI_HOME`: the home Gemini CLI keeps its `.gemini` in.
+    pub(crate) gemini_cli_home: Option<PathBuf>,
 }
 
 impl Places {
@@ -170,6 +172,7 @@ impl Places {
             home: var("HOME").unwrap_or_else(|| PathBuf::from(".")),
             codex_home: var("CODEX_HOME"),
             xdg_config_home: var("XDG_CONFIG_HOME").filter(|p| p.is_absolute()),
+            gemini_cli_home: var("GEMINI_CLI_HOME"),
         }
     }
 
@@ -189,7 +192,11 @@ impl Places {
     }
 
     fn gemini_settings(&self) -> PathBuf {
-        self.home.join(".gemini").join("settings.json")
+        self.gemini_cli_home
+            .as_ref()
+            .unwrap_or(&self.home)
+            .join(".gemini")
+            .join("settings.json")
     }
 
     /// `path` with the home directory written `~`, as people write it.
@@ -441,6 +448,7 @@ mod tests {
             home: "/home/ana".into(),
             codex_home: None,
             xdg_config_home: None,
+            gemini_cli_home: None,
         }
     }
 

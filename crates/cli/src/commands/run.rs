@@ -1,12 +1,12 @@
 //! `marathon run <client> [args…]`: runs the client with marathon's settings
 //! in its environment — against the running proxy, or one started in this
 //! process for the run — without changing the user's files: Codex gets `-c`
-//! overrides, opencode `OPENCODE_CONFIG_CONTENT`, Gemini CLI a settings
-//! layer of its own (`GEMINI_CLI_SYSTEM_SETTINGS_PATH`). The client's exit
-//! code is marathon's.
+//! overrides, opencode `OPENCODE_CONFIG_CONTENT`, Gemini CLI a home of its
+//! own for the run (`GEMINI_CLI_HOME`) whose `.gemini` links to the user's
+//! and holds the user's settings with marathon's merged in. The client's
+//! exit code is marathon's.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -151,37 +151,31 @@ impl Launch {
                     .push(("OPENCODE_CONFIG_CONTENT".to_owned(), content));
             }
             Client::GeminiCli => {
-                let dir = tempfile::tempdir()?;
-                let path = dir.path().join("settings.json");
-                marathon_store::client_config::write_json_layer(
-                    &path,
-                    Some(&gemini_system_settings()),
+                // Gemini CLI takes a settings layer only from a root-owned
+                // path; it reads the user's from `$GEMINI_CLI_HOME/.gemini`.
+                let home = tempfile::tempdir()?;
+                let real = file.path.parent().unwrap_or(&file.path);
+                let name = file
+                    .path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("settings.json");
+                marathon_store::client_config::shadow_dir(
+                    real,
+                    &home.path().join(".gemini"),
+                    name,
                     &file.settings,
                 )?;
                 launch.env.push((
-                    "GEMINI_CLI_SYSTEM_SETTINGS_PATH".to_owned(),
-                    path.display().to_string(),
+                    "GEMINI_CLI_HOME".to_owned(),
+                    home.path().display().to_string(),
                 ));
-                launch._files = Some(dir);
+                launch._files = Some(home);
             }
             _ => {}
         }
         Ok(launch)
     }
-}
-
-/// Gemini CLI's system settings file (the layer over the user's), which the
-/// run's own layer replaces and so must repeat.
-fn gemini_system_settings() -> PathBuf {
-    std::env::var_os("GEMINI_CLI_SYSTEM_SETTINGS_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(if cfg!(target_os = "macos") {
-                "/Library/Application Support/GeminiCli/settings.json"
-            } else {
-                "/etc/gemini-cli/settings.json"
-            })
-        })
 }
 
 fn not_started(client: Client, program: &OsString, e: std::io::Error) -> anyhow::Error {
