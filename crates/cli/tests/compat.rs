@@ -9,7 +9,9 @@
 //! answer arrives intact; every account spent for an hour makes the client
 //! stop within 10 s showing marathon's reason and reset time; a soonest reset
 //! of 20 s makes it wait and then succeed. And Codex's built-in provider
-//! (WebSocket first) works through marathon without reconnect errors.
+//! (WebSocket first) works through marathon without reconnect errors, and
+//! Gemini CLI works with the files `connect --write` writes and the lines
+//! it prints.
 //!
 //! A missing client is a failure that says how to install it, never a skip:
 //! the suite exists to catch the clients changing under us.
@@ -283,15 +285,8 @@ impl Marathon {
     fn client_command(&self, client: Client, args: &[String]) -> Command {
         require(client);
         if client == Client::GeminiCli {
-            // The user's own settings: updates and telemetry off. `run`
-            // keeps them and adds API-key auth in a home of its own.
-            let settings = self.path().join("user/.gemini/settings.json");
-            std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
-            std::fs::write(
-                &settings,
-                r#"{"general":{"disableAutoUpdate":true,"disableUpdateNag":true},"privacy":{"usageStatisticsEnabled":false},"telemetry":{"enabled":false}}"#,
-            )
-            .unwrap();
+            // `run` keeps them and adds API-key auth in a home of its own.
+            self.gemini_user_settings();
         }
         let mut cmd = self.marathon();
         cmd.args(["run", client.name(), "--"]);
@@ -302,6 +297,17 @@ impl Marathon {
         }
         cmd.args(args);
         cmd
+    }
+
+    /// The user's own Gemini CLI settings: updates and telemetry off.
+    fn gemini_user_settings(&self) {
+        let settings = self.path().join("user/.gemini/settings.json");
+        std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+        std::fs::write(
+            &settings,
+            r#"{"general":{"disableAutoUpdate":true,"disableUpdateNag":true},"privacy":{"usageStatisticsEnabled":false},"telemetry":{"enabled":false}}"#,
+        )
+        .unwrap();
     }
 
     /// Runs `client` with one prompt; its exit, output (stdout and stderr
@@ -588,4 +594,41 @@ fn codex_builtin_provider_websocket_through_marathon() {
         direct.elapsed,
         through.elapsed
     );
+}
+
+/// `marathon connect gemini-cli --write`, then Gemini CLI started by hand
+/// with the lines `connect` prints: the other way the README gives, which
+/// must work without a prompt (API-key auth from the settings, the folder
+/// trusted by the environment).
+#[test]
+fn gemini_cli_with_connect_write_and_the_printed_lines() {
+    let client = Client::GeminiCli;
+    let sim = Sim::start(
+        Account::ok("alice", key("alice")),
+        Account::ok("bob", key("bob")),
+    );
+    let m = Marathon::start(&sim, client);
+    m.gemini_user_settings();
+    let out = m
+        .marathon()
+        .args(["connect", "gemini-cli", "--write"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(m.path().join("user/.gemini/settings.json")).unwrap();
+    assert!(written.contains("gemini-api-key"), "{written}");
+    let mut cmd = Command::new(require(client));
+    m.env(&mut cmd);
+    for line in text(&out.stdout).lines() {
+        if let Some((k, v)) = line
+            .strip_prefix("export ")
+            .and_then(|kv| kv.split_once('='))
+        {
+            cmd.env(k, v.trim_matches('\''));
+        }
+    }
+    cmd.args(client.prompt_args("say hi"));
+    m.run_command(cmd, PROMPT_TIMEOUT)
+        .assert_answered(client, REPLY);
+    assert!(sim.sim.count("alice") >= 1, "{:?}", sim.sim.counts());
 }
