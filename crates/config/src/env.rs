@@ -36,10 +36,11 @@ pub const GLOBAL_VARS: [&str; 22] = [
 
 /// Provider settings: `MARATHON_<PROVIDER>_<SUFFIX>`, where `<PROVIDER>` is the
 /// provider name upper-cased with `-` as `_` (`my-llm` → `MY_LLM`).
-pub const PROVIDER_SUFFIXES: [&str; 13] = [
+pub const PROVIDER_SUFFIXES: [&str; 14] = [
     "UPSTREAM",
     "STRATEGY",
     "MAX_ATTEMPTS",
+    "MAX_IN_FLIGHT",
     "RATE_LIMIT_COOLDOWN",
     "AUTH_FAILURE_COOLDOWN",
     "NETWORK_RETRY_ATTEMPTS",
@@ -217,6 +218,7 @@ fn set(p: &mut ProviderConfig, suffix: &str, value: &str) -> Result<(), String> 
         "UPSTREAM" => p.upstream = values::upstream_url(value)?,
         "STRATEGY" => p.strategy = values::strategy(value)?,
         "MAX_ATTEMPTS" => p.max_attempts = values::max_attempts_str(value)?,
+        "MAX_IN_FLIGHT" => p.max_in_flight = values::max_in_flight_str(value)?,
         "RATE_LIMIT_COOLDOWN" => p.rate_limit_cooldown = values::duration(value)?,
         "AUTH_FAILURE_COOLDOWN" => p.auth_failure_cooldown = values::duration(value)?,
         "NETWORK_RETRY_ATTEMPTS" => {

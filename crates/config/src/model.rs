@@ -39,11 +39,17 @@ pub struct StoreConfig {
     pub password: Option<Secret>,
     /// Prefix of every key, so several gateways can share one Redis.
     pub prefix: String,
+    /// How long a concurrency slot taken in Redis (`max_in_flight`) lives
+    /// without being renewed: the slots of an instance that died come back
+    /// after this long. Renewed every third of it while held.
+    pub slot_lease: std::time::Duration,
 }
 
 impl StoreConfig {
     /// The default key prefix.
     pub const DEFAULT_PREFIX: &'static str = "marathon";
+    /// The default `slot_lease`.
+    pub const DEFAULT_SLOT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 }
 
 impl Default for StoreConfig {
@@ -54,6 +60,7 @@ impl Default for StoreConfig {
             username: None,
             password: None,
             prefix: Self::DEFAULT_PREFIX.to_owned(),
+            slot_lease: Self::DEFAULT_SLOT_LEASE,
         }
     }
 }
@@ -365,6 +372,14 @@ pub struct ProviderConfig {
     /// forward proxy (`http://[user:password@]host:port`), e.g. one egress IP
     /// per account. Secrets: the URLs may hold passwords.
     pub account_proxies: BTreeMap<String, Secret>,
+    /// The most requests one account of this provider serves at once
+    /// (`max_in_flight`; `None`: no cap). A request holds its slot until its
+    /// answer's body has ended. With the Redis store the cap holds across
+    /// every instance together; with the file store, per process.
+    pub max_in_flight: Option<u32>,
+    /// Per-account caps by label (`account_max_in_flight`), over
+    /// `max_in_flight`.
+    pub account_max_in_flight: BTreeMap<String, u32>,
 }
 
 impl ProviderConfig {
@@ -409,6 +424,8 @@ impl ProviderConfig {
             rate_limit_cooldown: self.rate_limit_cooldown,
             auth_failure_cooldown: self.auth_failure_cooldown,
             proactive_threshold: self.proactive_threshold,
+            max_in_flight: self.max_in_flight,
+            account_max_in_flight: self.account_max_in_flight.clone(),
             ..PoolConfig::default()
         }
     }

@@ -155,6 +155,7 @@ struct RawStore {
     username: Field,
     password: Option<Spanned<Secret>>,
     prefix: Field,
+    slot_lease: Field,
 }
 
 #[derive(Deserialize, Default)]
@@ -184,6 +185,8 @@ struct RawProvider {
     /// The older spelling: one header, `""` for none.
     session_header: Field,
     account_proxies: Option<BTreeMap<Spanned<String>, Spanned<Secret>>>,
+    max_in_flight: Field,
+    account_max_in_flight: Option<BTreeMap<Spanned<String>, Spanned<Scalar>>>,
     auth: Option<Spanned<RawAuth>>,
     oauth: Option<Spanned<RawOAuth>>,
 }
@@ -248,6 +251,18 @@ pub(crate) fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
             proxies.span(),
             "defaults.account_proxies",
             "account_proxies is set per provider, not in [defaults]".to_owned(),
+        ));
+    }
+    if let Some(caps) = raw
+        .defaults
+        .account_max_in_flight
+        .as_ref()
+        .and_then(|p| p.keys().next())
+    {
+        return Err(cx.err(
+            caps.span(),
+            "defaults.account_max_in_flight",
+            "account_max_in_flight is set per provider, not in [defaults]".to_owned(),
         ));
     }
     if let Some(oauth) = &raw.defaults.oauth {
@@ -570,6 +585,42 @@ fn account_proxies(
     Ok(out)
 }
 
+/// `providers.<name>.account_max_in_flight`: account label → cap.
+fn account_max_in_flight(
+    cx: &Cx<'_>,
+    raw: &RawProvider,
+    path: &str,
+) -> Result<BTreeMap<String, u32>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (label, cap) in raw.account_max_in_flight.iter().flatten() {
+        let key = format!("{path}.account_max_in_flight.{}", label.get_ref());
+        let n = in_flight_cap(cx, cap, &key)?
+            .ok_or_else(|| cx.err(cap.span(), &key, "an account's cap is a number of at least 1; remove the entry for no cap".to_owned()))?;
+        out.insert(label.get_ref().clone(), n);
+    }
+    Ok(out)
+}
+
+/// A `max_in_flight` value: a number of at least 1, or "off".
+fn in_flight_cap(
+    cx: &Cx<'_>,
+    v: &Spanned<Scalar>,
+    key: &str,
+) -> Result<Option<u32>, ConfigError> {
+    match v.get_ref() {
+        Scalar::Int(n) => values::max_in_flight_int(*n).map_err(|m| cx.err(v.span(), key, m)),
+        Scalar::Str(s) => values::max_in_flight_str(s).map_err(|m| cx.err(v.span(), key, m)),
+        other => Err(cx.err(
+            v.span(),
+            key,
+            format!(
+                "expected a number of requests (at least 1) or \"off\", found {}",
+                other.type_name()
+            ),
+        )),
+    }
+}
+
 /// Timeouts and the connection cap of `[server]`.
 fn connection_limits(
     cx: &Cx<'_>,
@@ -688,6 +739,15 @@ fn store(cx: &Cx<'_>, raw: RawStore) -> Result<StoreConfig, ConfigError> {
     s.password = raw.password.map(Spanned::into_inner);
     if let Some(v) = &raw.prefix {
         s.prefix = with_str(cx, v, "store.prefix", "a key prefix", values::key_prefix)?;
+    }
+    if let Some(v) = &raw.slot_lease {
+        s.slot_lease = with_str(
+            cx,
+            v,
+            "store.slot_lease",
+            "a duration such as \"30s\"",
+            values::slot_lease,
+        )?;
     }
     if s.backend == StoreBackend::Redis && s.url.is_none() {
         let span = raw.backend.as_ref().map(|v| v.span()).unwrap_or_default();
@@ -892,6 +952,11 @@ fn provider(
         None => None,
     };
     let account_proxies = account_proxies(cx, own, &own_path)?;
+    let max_in_flight = match pick(|r| &r.max_in_flight, "max_in_flight") {
+        Some((v, key)) => in_flight_cap(cx, &v, &key)?,
+        None => None,
+    };
+    let account_max_in_flight = account_max_in_flight(cx, own, &own_path)?;
 
     Ok(ProviderConfig {
         name: name.to_owned(),
@@ -912,6 +977,8 @@ fn provider(
         auth,
         oauth,
         account_proxies,
+        max_in_flight,
+        account_max_in_flight,
     })
 }
 

@@ -165,6 +165,38 @@ pub(crate) fn max_attempts_str(s: &str) -> Result<Option<u32>, String> {
     max_attempts_int(n)
 }
 
+/// `max_in_flight` as text: `off` (no cap) or a number of at least 1.
+pub(crate) fn max_in_flight_str(s: &str) -> Result<Option<u32>, String> {
+    let s = s.trim();
+    if s == "off" {
+        return Ok(None);
+    }
+    let n: i64 = s.parse().map_err(|_| {
+        format!("invalid max_in_flight {s:?} (expected a number of at least 1, or \"off\")")
+    })?;
+    max_in_flight_int(n)
+}
+
+/// `max_in_flight` as a number: at least 1.
+pub(crate) fn max_in_flight_int(n: i64) -> Result<Option<u32>, String> {
+    match u32::try_from(n) {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(format!(
+            "max_in_flight must be at least 1 (got {n}); \"off\" (or no key) means no cap"
+        )),
+    }
+}
+
+/// `store.slot_lease`: at least one second, so renewals (every third of it)
+/// are not a busy loop.
+pub(crate) fn slot_lease(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is under one second; give e.g. \"30s\""));
+    }
+    Ok(d)
+}
+
 pub(crate) fn max_attempts_int(n: i64) -> Result<Option<u32>, String> {
     match u32::try_from(n) {
         Ok(n) if n >= 1 => Ok(Some(n)),

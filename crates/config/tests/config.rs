@@ -1422,3 +1422,54 @@ fn network_settings_from_the_environment() {
     let e = env("", &[("MARATHON_EXTRA_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
     assert!(e.to_string().contains("MARATHON_EXTRA_CA_FILE"), "{e}");
 }
+
+#[test]
+fn max_in_flight_per_provider_and_per_account() {
+    let c = parse(
+        "[defaults]\nmax_in_flight = 8\n[providers.anthropic]\nmax_in_flight = 4\n\
+         account_max_in_flight = { work = 2 }\n[providers.openai]\n",
+    );
+    let a = &c.providers["anthropic"];
+    assert_eq!(a.max_in_flight, Some(4));
+    assert_eq!(a.account_max_in_flight["work"], 2);
+    // The pool reads them: an account's own cap, else the provider's.
+    let pool = a.pool_config();
+    assert_eq!(pool.cap_of("work"), Some(2));
+    assert_eq!(pool.cap_of("home"), Some(4));
+    // [defaults] applies to every provider; no key at all: no cap.
+    assert_eq!(c.providers["openai"].max_in_flight, Some(8));
+    assert_eq!(
+        parse("[providers.anthropic]\n").providers["anthropic"].max_in_flight,
+        None
+    );
+    assert_eq!(
+        parse("[providers.anthropic]\nmax_in_flight = \"off\"").providers["anthropic"]
+            .max_in_flight,
+        None
+    );
+}
+
+#[test]
+fn bad_max_in_flight_names_file_line_and_key() {
+    let e = error("[providers.anthropic]\nstrategy = \"sticky\"\nmax_in_flight = 0");
+    assert!(e.contains(":3"), "{e}");
+    assert!(e.contains("providers.anthropic.max_in_flight"), "{e}");
+    assert!(e.contains("at least 1"), "{e}");
+    let e = error("[providers.anthropic]\nmax_in_flight = true");
+    assert!(e.contains("providers.anthropic.max_in_flight"), "{e}");
+    let e = error("[providers.anthropic]\naccount_max_in_flight = { work = -1 }");
+    assert!(
+        e.contains("providers.anthropic.account_max_in_flight.work"),
+        "{e}"
+    );
+    let e = error("[providers.anthropic]\naccount_max_in_flight = { work = \"off\" }");
+    assert!(e.contains("account_max_in_flight.work"), "{e}");
+    let e = error("[defaults]\naccount_max_in_flight = { work = 2 }");
+    assert!(e.contains("defaults.account_max_in_flight"), "{e}");
+    let e = error("[store]\nslot_lease = \"100ms\"");
+    assert!(e.contains("store.slot_lease"), "{e}");
+    let c = env("", &[("MARATHON_ANTHROPIC_MAX_IN_FLIGHT", "3")]).unwrap();
+    assert_eq!(c.providers["anthropic"].max_in_flight, Some(3));
+    let e = env("", &[("MARATHON_ANTHROPIC_MAX_IN_FLIGHT", "none")]).unwrap_err();
+    assert!(e.to_string().contains("MARATHON_ANTHROPIC_MAX_IN_FLIGHT"), "{e}");
+}

@@ -92,6 +92,22 @@ pub struct PoolConfig {
     pub proactive_threshold: Option<f64>,
     /// Jitter as a fraction of a computed backoff (default 0.1).
     pub jitter: f64,
+    /// The most requests one account serves at once (`None`: no cap). An
+    /// account at its cap is not picked until one of its slots ends; it is
+    /// not a failure (no cooldown, no event).
+    pub max_in_flight: Option<u32>,
+    /// Caps of single accounts, by label, over `max_in_flight`.
+    pub account_max_in_flight: std::collections::BTreeMap<String, u32>,
+}
+
+impl PoolConfig {
+    /// The cap of the account labelled `label`, if it has one.
+    pub fn cap_of(&self, label: &str) -> Option<u32> {
+        self.account_max_in_flight
+            .get(label)
+            .copied()
+            .or(self.max_in_flight)
+    }
 }
 
 impl Default for PoolConfig {
@@ -106,6 +122,8 @@ impl Default for PoolConfig {
             dedupe_window: Duration::from_secs(2),
             proactive_threshold: crate::defaults::PROACTIVE_THRESHOLD,
             jitter: 0.1,
+            max_in_flight: None,
+            account_max_in_flight: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -171,6 +189,8 @@ pub enum Pick {
         kind: AccountKind,
         /// Whether this request is the one probe of an account whose cooldown ended.
         probe: bool,
+        /// The account's concurrency cap (`max_in_flight`), if it has one.
+        cap: Option<u32>,
     },
     /// No account can take the request now.
     Exhausted(Exhausted),
@@ -236,6 +256,18 @@ pub struct AccountStatus {
     pub forecast: Vec<WindowForecast>,
     /// Requests on this account right now.
     pub in_flight: u32,
+    /// Its concurrency cap (`max_in_flight`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+}
+
+impl AccountStatus {
+    /// Usable, but every one of its slots is taken: it takes a request as
+    /// soon as one ends.
+    pub fn at_cap(&self) -> bool {
+        matches!(self.health, Health::Ready | Health::Probing)
+            && self.max_in_flight.is_some_and(|cap| self.in_flight >= cap)
+    }
 }
 
 mod opt_millis {
@@ -319,6 +351,10 @@ struct Slot {
     /// Headroom: rank of the headroom for the time left (0 = most).
     headroom_rank: u64,
     in_flight: u32,
+    /// `max_in_flight` for this account, if it has one.
+    cap: Option<u32>,
+    /// Whether this slot counts in `Pool::at_cap`.
+    cap_counted: bool,
     last_pick: u64,
     last_cooled: Option<UnixMillis>,
     hot: bool,
@@ -354,6 +390,9 @@ pub struct Pool {
     pick_seq: u64,
     /// Enabled accounts whose probe is out: usable again shortly.
     probes_in_flight: usize,
+    /// Enabled, usable accounts at their concurrency cap: usable again as
+    /// soon as one of their requests ends.
+    at_cap: usize,
 }
 
 impl Pool {
@@ -377,6 +416,7 @@ impl Pool {
             next_seq: 0,
             pick_seq: 0,
             probes_in_flight: 0,
+            at_cap: 0,
         }
     }
 
@@ -414,6 +454,7 @@ impl Pool {
             if let Some(s) = self.slots[i].as_mut() {
                 if s.meta.label != meta.label {
                     s.label = meta.label.as_str().into();
+                    s.cap = self.config.cap_of(&meta.label);
                 }
                 s.meta = meta;
             }
@@ -436,6 +477,8 @@ impl Pool {
             explored: false,
             headroom_rank: 0,
             in_flight: 0,
+            cap: self.config.cap_of(&meta.label),
+            cap_counted: false,
             last_pick: 0,
             last_cooled: None,
             hot: false,
@@ -478,6 +521,9 @@ impl Pool {
         }
         if s.probe_counted {
             self.probes_in_flight -= 1;
+        }
+        if s.cap_counted {
+            self.at_cap -= 1;
         }
         if self.sticky == Some(i) {
             self.sticky = None;
@@ -540,6 +586,7 @@ impl Pool {
             label: s.label.clone(),
             kind: s.meta.kind,
             probe,
+            cap: s.cap,
         };
         self.sync(i);
         pick
@@ -921,7 +968,7 @@ impl Pool {
     /// probe is in flight: it will be free shortly), else the end of the
     /// earliest cooldown, else `None`.
     pub fn soonest_ready(&self, now: UnixMillis) -> Option<UnixMillis> {
-        if !self.usable.is_empty() || self.probes_in_flight > 0 {
+        if !self.usable.is_empty() || self.probes_in_flight > 0 || self.at_cap > 0 {
             return Some(now);
         }
         self.cooling.first().map(|&(t, _)| t.max(now))
@@ -1111,6 +1158,15 @@ impl Pool {
             }
             s.probe_counted = want_probe;
         }
+        let want_cap = s.meta.enabled && s.usable_state() && s.is_full();
+        if s.cap_counted != want_cap {
+            if want_cap {
+                self.at_cap += 1;
+            } else {
+                self.at_cap -= 1;
+            }
+            s.cap_counted = want_cap;
+        }
     }
 }
 
@@ -1141,7 +1197,7 @@ impl UsageRules {
 
 /// The slot's place in the usable set, or `None` if it may not be picked.
 fn key_for(cfg: &PoolConfig, s: &Slot, idx: usize) -> Option<Key> {
-    if !s.meta.enabled || !matches!(s.state, State::Ready | State::Probing { taken: false }) {
+    if !s.meta.enabled || !s.usable_state() || s.is_full() {
         return None;
     }
     const M63: u64 = (1 << 63) - 1;
@@ -1268,6 +1324,15 @@ impl Slot {
     /// request have finished": never two probes at once. The outcomes
     /// themselves still count as they come: any success makes the account
     /// ready, any account-scoped failure re-cools it.
+    fn usable_state(&self) -> bool {
+        matches!(self.state, State::Ready | State::Probing { taken: false })
+    }
+
+    /// Every slot of its concurrency cap is taken.
+    fn is_full(&self) -> bool {
+        self.cap.is_some_and(|cap| self.in_flight >= cap)
+    }
+
     fn end_probe_if_idle(&mut self) {
         if self.state == (State::Probing { taken: true }) && self.in_flight == 0 {
             self.state = State::Probing { taken: false };
@@ -1307,6 +1372,7 @@ impl Slot {
             usage: self.usage.clone(),
             forecast: self.tracker.forecast(&self.usage),
             in_flight: self.in_flight,
+            max_in_flight: self.cap,
         }
     }
 }

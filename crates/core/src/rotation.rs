@@ -56,6 +56,17 @@
 //! requests interleaved on one pool: after every step, each account's
 //! in-flight count equals the number of machines holding it.
 //!
+//! An account with a concurrency cap (`max_in_flight`) keeps its slot past
+//! a passed-through answer's head, until the body ends: the answer is
+//! recorded ([`Pool::record_late`]) and the slot handed to the driver as a
+//! [`StreamSlot`], which it ends with one [`Pool::release`] (dropping the
+//! machine ends a slot no driver took). An account at its cap is not picked;
+//! when every usable account is at its cap the request waits for a slot
+//! ([`SLOT_POLL`], within `max_wait`, or the deadline when that is off): a
+//! full account is busy, not failing, and gets no cooldown and no event.
+//! A driver sharing the cap with other instances reports an account whose
+//! slots they hold with [`Rotation::on_busy`].
+//!
 //! ## Waiting for an account to recover (`max_wait`)
 //!
 //! When no account can take the request, a replayable request waits for the
@@ -96,6 +107,10 @@ pub const MID_STREAM_BENCH: Duration = Duration::from_secs(5);
 /// How often a request waiting for recovery looks again while the only
 /// account that could serve it is being probed by another request.
 pub const PROBE_POLL: Duration = Duration::from_millis(50);
+
+/// How often a request that found every account at its concurrency cap
+/// (`max_in_flight`) looks for a free slot again.
+pub const SLOT_POLL: Duration = Duration::from_millis(25);
 
 /// The state every request of one provider shares: its pool of accounts, its
 /// retry budget, and where events and needs-login states go. The machine
@@ -174,6 +189,22 @@ pub struct Picked {
     pub label: Arc<str>,
     /// OAuth or API key.
     pub kind: AccountKind,
+    /// Its concurrency cap (`max_in_flight`), if it has one: a driver
+    /// sharing the cap with other instances takes a shared slot for it
+    /// before sending ([`Rotation::on_busy`] when there is none).
+    pub cap: Option<u32>,
+}
+
+/// The concurrency slot of a capped account whose answer is being passed
+/// through: it stays taken until the answer's body has ended (a stream may
+/// run for minutes). The driver that takes it ([`Rotation::take_stream_slot`])
+/// ends it with exactly one [`Pool::release`] when the body ends or is
+/// dropped; if no driver takes it, dropping the machine ends it.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a stream slot must be ended with Pool::release"]
+pub struct StreamSlot {
+    /// The account whose slot it is.
+    pub account: AccountId,
 }
 
 /// What the driver does next.
@@ -322,6 +353,11 @@ pub struct Rotation<'a, S: Shared> {
     last_reason: Option<Reason>,
     /// Time spent waiting for accounts to recover.
     waited: Duration,
+    /// Accounts whose cap other instances fill ([`Rotation::on_busy`]),
+    /// until the next wait for a slot.
+    busy: Vec<AccountId>,
+    /// The slot handed to the answer's body, until the driver takes it.
+    stream_slot: Option<AccountId>,
 }
 
 impl<'a, S: Shared> Rotation<'a, S> {
@@ -340,6 +376,8 @@ impl<'a, S: Shared> Rotation<'a, S> {
             failover_from: None,
             last_reason: None,
             waited: Duration::ZERO,
+            busy: Vec::new(),
+            stream_slot: None,
         }
     }
 
@@ -406,7 +444,11 @@ impl<'a, S: Shared> Rotation<'a, S> {
             self.shared.budget(|b| decide(policy, ctx, &c, now, b))
         };
         self.ctx.advance(&decision, &c, self.ctx.kind);
-        if !matches!(
+        if decision == Decision::PassThrough && account.cap.is_some() && c.class != Class::Transport
+        {
+            // A capped account's slot lasts as long as the answer's body.
+            self.hand_over(&c, now);
+        } else if !matches!(
             decision,
             Decision::RetrySame { .. } | Decision::RefreshAndRetry
         ) {
@@ -445,6 +487,31 @@ impl<'a, S: Shared> Rotation<'a, S> {
         }
         self.exclude_current();
         self.pick(now, Duration::ZERO, false)
+    }
+
+    /// The account just picked has no free slot across the instances sharing
+    /// its cap (another instance holds them all); nothing was sent. Ends its
+    /// slot here without an outcome (it is not a failure: no cooldown, no
+    /// event) and picks another account, or waits for a slot when none is
+    /// free.
+    pub fn on_busy(&mut self, now: UnixMillis) -> Action {
+        if !matches!(self.phase, Phase::Sending) {
+            return self.misuse("on_busy");
+        }
+        self.end_slot(None, now);
+        if let Some(account) = self.account.as_ref() {
+            self.busy.push(account.id.clone());
+        }
+        self.exclude_current();
+        self.pick(now, Duration::ZERO, false)
+    }
+
+    /// After a pass-through of a capped account's answer: its slot, for the
+    /// driver to end when the body ends (see [`StreamSlot`]).
+    pub fn take_stream_slot(&mut self) -> Option<StreamSlot> {
+        self.stream_slot
+            .take()
+            .map(|account| StreamSlot { account })
     }
 
     /// The result of an [`Action::Refresh`]: retry with the new token, or
@@ -504,6 +571,7 @@ impl<'a, S: Shared> Rotation<'a, S> {
                 // wait brings `max_wait` closer; as long as it took if late.
                 self.waited += planned.max(since.until(now));
                 self.excluded.clear();
+                self.busy.clear();
                 self.pick(now, Duration::ZERO, false)
             }
         }
@@ -530,7 +598,11 @@ impl<'a, S: Shared> Rotation<'a, S> {
         self.ctx.accounts_in_pool = u32::try_from(accounts).unwrap_or(u32::MAX);
         match pick {
             Pick::Account {
-                id, label, kind, ..
+                id,
+                label,
+                kind,
+                cap,
+                ..
             } => {
                 debug_assert!(!self.holding, "a pick while holding a slot");
                 self.holding = true;
@@ -548,7 +620,12 @@ impl<'a, S: Shared> Rotation<'a, S> {
                         },
                     )]);
                 }
-                self.account = Some(Picked { id, label, kind });
+                self.account = Some(Picked {
+                    id,
+                    label,
+                    kind,
+                    cap,
+                });
                 self.send_after(now, pause, true)
             }
             Pick::Exhausted(_) if pass_on_empty => self.respond(Answer::PassThrough),
@@ -562,10 +639,9 @@ impl<'a, S: Shared> Rotation<'a, S> {
         // was at fault (unreachable, timing out): that is the upstream's
         // failure, not "all accounts unavailable", and waiting for a
         // recovery that is not coming would loop.
-        let tried_usable = ex
-            .accounts
-            .iter()
-            .any(|a| usable(a) && self.excluded.contains(&a.id));
+        let tried_usable = ex.accounts.iter().any(|a| {
+            usable(a) && self.excluded.contains(&a.id) && !self.busy.contains(&a.id)
+        });
         if tried_usable {
             let message = format!(
                 "could not reach the {} upstream with any account ({})",
@@ -576,7 +652,18 @@ impl<'a, S: Shared> Rotation<'a, S> {
             );
             return self.refuse(502, RefusalKind::Unreachable, message, None);
         }
-        if let Some(wait) = self.recovery_wait(ex.soonest, now) {
+        // Accounts at their cap are busy, not unavailable: wait for a slot.
+        let for_slot = !self.busy.is_empty()
+            || ex
+                .accounts
+                .iter()
+                .any(|a| a.at_cap() && !self.excluded.contains(&a.id));
+        let wait = if for_slot {
+            self.slot_wait(now)
+        } else {
+            self.recovery_wait(ex.soonest, now)
+        };
+        if let Some(wait) = wait {
             self.phase = Phase::Waiting {
                 then: AfterWait::Recover,
                 since: now,
@@ -603,6 +690,20 @@ impl<'a, S: Shared> Rotation<'a, S> {
         let fits = self.waited + wait <= max_wait
             && now.plus(wait) < self.ctx.started.plus(self.config.retry.deadline);
         fits.then_some(wait)
+    }
+
+    /// How long to wait before looking for a free slot again: within
+    /// `max_wait` (the deadline when it is off, as a slot is normally free
+    /// within one request's time), and only while the request can still be
+    /// sent (replayable, or nothing sent yet).
+    fn slot_wait(&self, now: UnixMillis) -> Option<Duration> {
+        if !self.ctx.replayable && !self.trace.is_empty() {
+            return None;
+        }
+        let limit = self.config.max_wait.unwrap_or(self.config.retry.deadline);
+        let fits = self.waited + SLOT_POLL <= limit
+            && now.plus(SLOT_POLL) < self.ctx.started.plus(self.config.retry.deadline);
+        fits.then_some(SLOT_POLL)
     }
 
     /// A limit stopped the request after an account-scoped failure.
@@ -725,6 +826,20 @@ impl<'a, S: Shared> Rotation<'a, S> {
         }
     }
 
+    /// Records a capped account's passed-through answer and hands its slot
+    /// to the answer's body.
+    fn hand_over(&mut self, c: &Classification, now: UnixMillis) {
+        let Some(account) = self.account.as_ref().filter(|_| self.holding) else {
+            debug_assert!(false, "no slot to hand over");
+            return;
+        };
+        self.holding = false;
+        let id = account.id.clone();
+        let events = self.shared.pool(|p| p.record_late(&id, c, now));
+        self.stream_slot = Some(id);
+        self.publish(events);
+    }
+
     fn exclude_current(&mut self) {
         if let Some(account) = self.account.as_ref() {
             self.excluded.push(account.id.clone());
@@ -779,6 +894,9 @@ impl<S: Shared> Drop for Rotation<'_, S> {
     fn drop(&mut self) {
         if self.holding {
             self.end_slot(None, self.ctx.started);
+        }
+        if let Some(id) = self.stream_slot.take() {
+            self.shared.pool(|p| p.release(&id));
         }
     }
 }

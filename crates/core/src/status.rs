@@ -346,6 +346,7 @@ mod tests {
             usage: vec![],
             forecast: vec![],
             in_flight: 0,
+            max_in_flight: None,
         };
         let v = serde_json::to_value(AccountReport::live(&status, now)).unwrap();
         assert_eq!(v["state"], "cooling");
