@@ -16,6 +16,9 @@ pub(crate) struct Opened {
     pub(crate) store: Arc<dyn Store>,
     #[cfg(feature = "redis")]
     pub(crate) cluster: Option<marathon_redis::Cluster>,
+    /// Concurrency slots shared with the other instances.
+    #[cfg(feature = "redis")]
+    pub(crate) slots: Option<marathon_redis::Slots>,
 }
 
 /// Opens the configured store: the data directory's files, or Redis.
@@ -25,6 +28,8 @@ pub(crate) fn open(data_dir: &Path, config: &Config) -> anyhow::Result<Opened> {
             store: Arc::new(open_files(data_dir)?),
             #[cfg(feature = "redis")]
             cluster: None,
+            #[cfg(feature = "redis")]
+            slots: None,
         }),
         // serve.json (where a running proxy listens) stays in the data
         // directory, which the record creates.
@@ -51,9 +56,11 @@ pub(crate) fn open_files(dir: &Path) -> anyhow::Result<FileStore> {
 fn open_redis(config: &StoreConfig) -> anyhow::Result<Opened> {
     let store = redis_store(config, config.url.as_deref().unwrap_or_default())?;
     let cluster = Some(store.cluster());
+    let slots = Some(store.slots(config.slot_lease));
     Ok(Opened {
         store: Arc::new(store),
         cluster,
+        slots,
     })
 }
 
@@ -123,6 +130,32 @@ impl marathon_proxy::Peers for RedisPeers {
             reason: c.reason,
         });
         self.0.announce(json, wire);
+    }
+}
+
+/// The proxy's `SharedSlots` seam on Redis (`max_in_flight` across instances).
+#[cfg(feature = "redis")]
+pub(crate) struct RedisSlots(pub(crate) marathon_redis::Slots);
+
+#[cfg(feature = "redis")]
+impl marathon_proxy::SharedSlots for RedisSlots {
+    fn acquire<'a>(
+        &'a self,
+        account: &'a marathon_core::AccountId,
+        cap: u32,
+    ) -> marathon_core::tokens::BoxFuture<'a, marathon_proxy::SlotAnswer> {
+        Box::pin(async move {
+            match self.0.acquire(account, cap).await {
+                marathon_redis::Acquired::Held(lease) => {
+                    marathon_proxy::SlotAnswer::Held(Box::new(lease))
+                }
+                marathon_redis::Acquired::Full => marathon_proxy::SlotAnswer::Full,
+                marathon_redis::Acquired::Unavailable(why) => {
+                    tracing::debug!("concurrency slot not checked in Redis: {why}");
+                    marathon_proxy::SlotAnswer::Unavailable
+                }
+            }
+        })
     }
 }
 

@@ -20,6 +20,8 @@ use marathon_testkit::redis::RedisServer;
 use support::{Flow, Home, OidcServer, accounts_in, block_on, login, text};
 
 const BODY: &str = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM_BODY: &str =
+    r#"{"model":"m","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
 /// A running `marathon serve`; killed on drop.
 struct Serve {
@@ -70,6 +72,15 @@ impl Serve {
 
     /// One request, read to the end: its status.
     fn post(&self) -> u16 {
+        self.post_body(BODY)
+    }
+
+    /// One streamed request (SSE), read to the end: its status.
+    fn post_stream(&self) -> u16 {
+        self.post_body(STREAM_BODY)
+    }
+
+    fn post_body(&self, body: &str) -> u16 {
         let Ok(mut s) = std::net::TcpStream::connect(self.addr()) else {
             return 0;
         };
@@ -78,9 +89,9 @@ impl Serve {
             s,
             "POST /anthropic/v1/messages HTTP/1.1\r\nhost: {}\r\nx-api-key: client\r\n\
              anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
             self.addr(),
-            BODY.len()
+            body.len()
         );
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
@@ -564,5 +575,171 @@ fn store_copy_moves_everything_to_redis_and_back() {
         copied.load_hot().unwrap().cooldowns[&limited_id]
             .cooling_until
             .is_some()
+    );
+}
+
+/// Item 4: `max_in_flight = 2` holds across three instances (separate
+/// homes, one Redis). 30 concurrent streamed requests, 10 per instance,
+/// against two accounts capped at 2 each: the simulator never sees more
+/// than 2 open requests on either account (each instance alone would allow
+/// 2, so 6 together without shared slots), and no request fails: those
+/// that find both accounts full wait for a slot.
+#[test]
+fn max_in_flight_holds_across_three_instances_on_redis() {
+    let redis = RedisServer::start(true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = sim(
+        &rt,
+        Scenario::new([
+            Account::ok("capped", "sk-capped")
+                .slow_ms(60)
+                .stream_events(6),
+            Account::ok("other", "sk-other")
+                .slow_ms(60)
+                .stream_events(6),
+        ]),
+    );
+    let config = format!(
+        "{}max_in_flight = 2\n",
+        anthropic_config(&sim, &redis_section(&redis))
+    );
+    let homes: Vec<Home> = (0..3).map(|_| Home::new(&config)).collect();
+    add_key(&homes[0], "capped", "sk-capped", 0);
+    add_key(&homes[0], "other", "sk-other", 1);
+    let proxies: Arc<Vec<Serve>> =
+        Arc::new(homes.iter().map(|h| Serve::start(h.marathon())).collect());
+    let started = Instant::now();
+    let clients: Vec<_> = (0..30)
+        .map(|i| {
+            let proxies = proxies.clone();
+            std::thread::spawn(move || proxies[i % 3].post_stream())
+        })
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let took = started.elapsed();
+    let max = sim.max_concurrency();
+    let counts = sim.counts();
+    eprintln!(
+        "max_in_flight=2 x 2 accounts, 3 instances, 30 concurrent streams: {took:?}; \
+         most open at once: {max:?}; calls: {counts:?}"
+    );
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    assert_eq!(failed, 0, "{statuses:?}");
+    assert_eq!(
+        counts.values().sum::<u64>(),
+        30,
+        "one call per request: {counts:?}"
+    );
+    for account in ["capped", "other"] {
+        let most = max.get(account).copied().unwrap_or(0);
+        assert!(
+            most <= 2,
+            "{account} had {most} requests open at once: {max:?}"
+        );
+    }
+    // The cap was reached (so the check above could have failed).
+    assert_eq!(max.get("capped").copied(), Some(2), "{max:?}");
+    for p in proxies.iter() {
+        let log = p.log.lock().unwrap().clone();
+        assert!(
+            !log.contains("cooldown"),
+            "being at the cap is no failure:\n{log}"
+        );
+    }
+}
+
+/// An instance SIGKILLed while it holds both slots of a capped account:
+/// another instance's request waits, and gets a slot once the dead
+/// instance's leases end (`slot_lease = "3s"`), not before and not never.
+#[test]
+fn a_killed_instances_slots_return_after_the_lease() {
+    const LEASE: Duration = Duration::from_secs(3);
+    let redis = RedisServer::start(true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Streams of ~20 s: they outlive the test's waits.
+    let sim = sim(
+        &rt,
+        Scenario::new([Account::ok("capped", "sk-capped")
+            .slow_ms(200)
+            .stream_events(100)]),
+    );
+    let config = format!(
+        "{}max_in_flight = 2\n",
+        anthropic_config(
+            &sim,
+            &format!("{}slot_lease = \"3s\"\n", redis_section(&redis))
+        )
+    );
+    let homes: Vec<Home> = (0..2).map(|_| Home::new(&config)).collect();
+    add_key(&homes[0], "capped", "sk-capped", 0);
+    let mut doomed = Serve::start(homes[0].marathon());
+    let survivor = Serve::start(homes[1].marathon());
+    let addr = doomed.addr();
+    let _streams: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
+                let _ = write!(
+                    s,
+                    "POST /anthropic/v1/messages HTTP/1.1\r\nhost: {addr}\r\nx-api-key: client\r\n\
+                     anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{STREAM_BODY}",
+                    STREAM_BODY.len()
+                );
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.open_requests().get("capped").copied().unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "the two streams never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A lease renewal (every second) may have just happened: the slots
+    // live up to 3 s from here.
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let killed = Instant::now();
+    assert_eq!(survivor.post(), 200);
+    let waited = killed.elapsed();
+    eprintln!("slots of a SIGKILLed instance came back after {waited:?} (lease {LEASE:?})");
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the survivor did not wait for the dead instance's slots: {waited:?}"
+    );
+    assert!(
+        waited < LEASE + Duration::from_secs(3),
+        "the slots did not come back with the lease: {waited:?}"
+    );
+    let log = survivor.log.lock().unwrap().clone();
+    assert!(!log.contains("cooldown"), "{log}");
+}
+
+/// Redis killed under a capped account: no request fails (the local cap
+/// applies alone), and the instance says so once, loudly, not per request.
+#[test]
+fn redis_down_leaves_the_local_cap_and_fails_no_request() {
+    let mut redis = RedisServer::start(true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = sim(&rt, Scenario::new([Account::ok("capped", "sk-capped")]));
+    let config = format!(
+        "{}max_in_flight = 1\n",
+        anthropic_config(&sim, &redis_section(&redis))
+    );
+    let home = Home::new(&config);
+    add_key(&home, "capped", "sk-capped", 0);
+    let proxy = Serve::start(home.marathon());
+    assert_eq!(proxy.post(), 200);
+    redis.kill();
+    let statuses: Vec<u16> = (0..8).map(|_| proxy.post()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(sim.count("capped"), 9);
+    let log = proxy.log.lock().unwrap().clone();
+    assert_eq!(
+        log.matches("cannot be reached for concurrency slots")
+            .count(),
+        1,
+        "said once:\n{log}"
     );
 }

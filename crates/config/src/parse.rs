@@ -594,19 +594,21 @@ fn account_max_in_flight(
     let mut out = BTreeMap::new();
     for (label, cap) in raw.account_max_in_flight.iter().flatten() {
         let key = format!("{path}.account_max_in_flight.{}", label.get_ref());
-        let n = in_flight_cap(cx, cap, &key)?
-            .ok_or_else(|| cx.err(cap.span(), &key, "an account's cap is a number of at least 1; remove the entry for no cap".to_owned()))?;
+        let n = in_flight_cap(cx, cap, &key)?.ok_or_else(|| {
+            cx.err(
+                cap.span(),
+                &key,
+                "an account's cap is a number of at least 1; remove the entry for no cap"
+                    .to_owned(),
+            )
+        })?;
         out.insert(label.get_ref().clone(), n);
     }
     Ok(out)
 }
 
 /// A `max_in_flight` value: a number of at least 1, or "off".
-fn in_flight_cap(
-    cx: &Cx<'_>,
-    v: &Spanned<Scalar>,
-    key: &str,
-) -> Result<Option<u32>, ConfigError> {
+fn in_flight_cap(cx: &Cx<'_>, v: &Spanned<Scalar>, key: &str) -> Result<Option<u32>, ConfigError> {
     match v.get_ref() {
         Scalar::Int(n) => values::max_in_flight_int(*n).map_err(|m| cx.err(v.span(), key, m)),
         Scalar::Str(s) => values::max_in_flight_str(s).map_err(|m| cx.err(v.span(), key, m)),

@@ -1471,5 +1471,8 @@ fn bad_max_in_flight_names_file_line_and_key() {
     let c = env("", &[("MARATHON_ANTHROPIC_MAX_IN_FLIGHT", "3")]).unwrap();
     assert_eq!(c.providers["anthropic"].max_in_flight, Some(3));
     let e = env("", &[("MARATHON_ANTHROPIC_MAX_IN_FLIGHT", "none")]).unwrap_err();
-    assert!(e.to_string().contains("MARATHON_ANTHROPIC_MAX_IN_FLIGHT"), "{e}");
+    assert!(
+        e.to_string().contains("MARATHON_ANTHROPIC_MAX_IN_FLIGHT"),
+        "{e}"
+    );
 }

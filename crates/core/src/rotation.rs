@@ -639,9 +639,10 @@ impl<'a, S: Shared> Rotation<'a, S> {
         // was at fault (unreachable, timing out): that is the upstream's
         // failure, not "all accounts unavailable", and waiting for a
         // recovery that is not coming would loop.
-        let tried_usable = ex.accounts.iter().any(|a| {
-            usable(a) && self.excluded.contains(&a.id) && !self.busy.contains(&a.id)
-        });
+        let tried_usable = ex
+            .accounts
+            .iter()
+            .any(|a| usable(a) && self.excluded.contains(&a.id) && !self.busy.contains(&a.id));
         if tried_usable {
             let message = format!(
                 "could not reach the {} upstream with any account ({})",

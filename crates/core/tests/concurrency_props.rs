@@ -252,7 +252,9 @@ impl<'w> Run<'w> {
                 if let Some(live) = self.live[which].as_mut()
                     && matches!(live.pending, Pending::Send)
                 {
-                    let action = live.rotation.on_response(reply(choice, self.setup.all_ok), now);
+                    let action = live
+                        .rotation
+                        .on_response(reply(choice, self.setup.all_ok), now);
                     self.follow(which, action, choice)?;
                 }
             }
@@ -318,7 +320,12 @@ impl<'w> Run<'w> {
                 .filter(|l| l.rotation.holding() == Some(&status.id))
                 .count()
                 + self.streams.iter().filter(|a| **a == status.id).count();
-            prop_assert_eq!(status.in_flight as usize, holders, "slots of {}", status.label);
+            prop_assert_eq!(
+                status.in_flight as usize,
+                holders,
+                "slots of {}",
+                status.label
+            );
             prop_assert_eq!(status.max_in_flight, self.setup.caps[i]);
             if let Some(cap) = self.setup.caps[i] {
                 prop_assert!(
@@ -355,7 +362,11 @@ impl<'w> Run<'w> {
             {
                 let now = self.world.now.get();
                 let ok = reply(2, true);
-                let action = self.live[slot].as_mut().unwrap().rotation.on_response(ok, now);
+                let action = self.live[slot]
+                    .as_mut()
+                    .unwrap()
+                    .rotation
+                    .on_response(ok, now);
                 self.follow(slot, action, 0)?;
             } else if self.earliest_timer().is_some() {
                 self.fire()?;

@@ -69,6 +69,8 @@ pub(crate) enum ProxyBody {
         reuse: Option<Reuse>,
         /// Masks known secrets, for a body going to a client.
         mask: Option<Masker>,
+        /// A capped account's concurrency slot, ended when the body is dropped.
+        hold: Option<Box<crate::slots::SlotHold>>,
     },
 }
 
@@ -98,7 +100,17 @@ impl ProxyBody {
             watch: watch.map(Box::new),
             reuse,
             mask: None,
+            hold: None,
         }
+    }
+
+    /// A streamed body that holds a capped account's slot until it is
+    /// dropped; other bodies end the slot at once (they are in memory).
+    pub(crate) fn holding(mut self, slot: crate::slots::SlotHold) -> Self {
+        if let ProxyBody::Stream { hold, .. } = &mut self {
+            *hold = Some(Box::new(slot));
+        }
+        self
     }
 
     /// This body with every known secret masked ([`crate::scrub`]), for a
@@ -114,12 +126,14 @@ impl ProxyBody {
                 watch,
                 reuse,
                 mask: _,
+                hold,
             } => ProxyBody::Stream {
                 prefix,
                 inner,
                 watch,
                 reuse,
                 mask: Some(Masker::new(secrets)),
+                hold,
             },
         }
     }
@@ -148,6 +162,7 @@ impl Body for ProxyBody {
                 watch,
                 reuse,
                 mask: Some(mask),
+                ..
             } => loop {
                 // Everything goes through the masker; it may hold bytes back
                 // (then read on) and has its own end to flush.
@@ -177,6 +192,7 @@ impl Body for ProxyBody {
                 watch,
                 reuse,
                 mask: None,
+                ..
             } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));

@@ -44,6 +44,7 @@ use crate::headers::{
 };
 use marathon_core::tokens::TokenError;
 
+use crate::slots::{SharedSlot, SlotAnswer, SlotHold};
 use crate::state::{AccountCred, AppState, ProviderRuntime};
 use crate::upstream::{Endpoint, Reuse};
 use marathon_wire::Audience;
@@ -192,6 +193,9 @@ struct Exchange<'a> {
     body: ClientBody,
     /// The current account's credential.
     key: AttemptKey,
+    /// The shared concurrency slot of the account picked (capped accounts
+    /// on a shared store only).
+    lease: Option<(AccountId, SharedSlot)>,
 }
 
 /// The credential the current attempt goes out with: the picked account's
@@ -279,6 +283,7 @@ pub(crate) async fn forward(
         base_headers,
         body,
         key: AttemptKey::default(),
+        lease: None,
     };
     let resp = drive(&mut rotation, &mut exchange).await;
     log_request(
@@ -300,6 +305,9 @@ pub(crate) async fn forward(
 async fn drive(rotation: &mut Rotation<'_, Env<'_>>, x: &mut Exchange<'_>) -> Response<ProxyBody> {
     let mut action = rotation.start();
     loop {
+        if x.lease.is_some() {
+            x.drop_ended_lease(rotation);
+        }
         action = match action {
             Action::Send { attempt, picked } => {
                 if attempt > 1 {
@@ -309,6 +317,10 @@ async fn drive(rotation: &mut Rotation<'_, Env<'_>>, x: &mut Exchange<'_>) -> Re
                     action = rotation.on_unusable(Unusable::NoCredential, x.state.now());
                     continue;
                 };
+                if picked && account.cap.is_some() && !x.take_shared_slot(account).await {
+                    action = rotation.on_busy(x.state.now());
+                    continue;
+                }
                 if picked && let Err(e) = x.key.take(x.state, x.rt, account).await {
                     let why = match &e {
                         Some(e) => Unusable::Token(refresh_failure(e)),
@@ -383,6 +395,37 @@ async fn drive(rotation: &mut Rotation<'_, Env<'_>>, x: &mut Exchange<'_>) -> Re
                 );
             }
         };
+    }
+}
+
+impl Exchange<'_> {
+    /// Takes a capped account's slot in the store shared with other
+    /// instances; `false` when they hold every slot. Without a shared store,
+    /// or while it cannot be reached, the pool's local cap is the cap.
+    async fn take_shared_slot(&mut self, account: &Picked) -> bool {
+        self.lease = None;
+        let (Some(slots), Some(cap)) = (&self.state.slots, account.cap) else {
+            return true;
+        };
+        let answer = slots.acquire(&account.id, cap).await;
+        self.state.slots_outage.note(&answer);
+        match answer {
+            SlotAnswer::Held(slot) => {
+                self.lease = Some((account.id.clone(), slot));
+                true
+            }
+            SlotAnswer::Full => false,
+            SlotAnswer::Unavailable => true,
+        }
+    }
+
+    /// Gives the shared slot back once the machine has ended the account's.
+    fn drop_ended_lease(&mut self, rotation: &Rotation<'_, Env<'_>>) {
+        if let Some((id, _)) = &self.lease
+            && rotation.holding() != Some(id)
+        {
+            self.lease = None;
+        }
     }
 }
 
@@ -501,10 +544,15 @@ impl Exchange<'_> {
 
     /// The client gets the upstream's answer.
     fn pass_through(
-        &self,
+        &mut self,
         attempted: Attempted,
-        rotation: &Rotation<'_, Env<'_>>,
+        rotation: &mut Rotation<'_, Env<'_>>,
     ) -> Response<ProxyBody> {
+        // A capped account's slot stays taken until the answer's body ends.
+        let hold = rotation.take_stream_slot().map(|slot| {
+            let shared = self.lease.take().map(|(_, s)| s);
+            SlotHold::new(self.rt.clone(), slot, shared)
+        });
         // The machine passes on only responses, of accounts it picked.
         let internal = || {
             proxy_error(
@@ -520,7 +568,11 @@ impl Exchange<'_> {
             return internal();
         };
         let (trace, replayable) = (rotation.trace(), rotation.replayable());
-        respond(self.state, self.rt, up, account, cred, trace, replayable)
+        let resp = respond(self.state, self.rt, up, account, cred, trace, replayable);
+        match hold {
+            Some(hold) => resp.map(|body| body.holding(hold)),
+            None => resp,
+        }
     }
 
     /// marathon's own answer, in the provider's format.

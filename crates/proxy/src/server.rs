@@ -147,6 +147,9 @@ pub struct StartOptions {
     pub workers: usize,
     /// Other instances sharing the store (a team gateway on Redis), if any.
     pub peers: Option<Arc<dyn crate::shared::Peers>>,
+    /// Concurrency slots shared with other instances (the Redis store), so
+    /// `max_in_flight` holds across all of them; `None`: per process.
+    pub slots: Option<Arc<dyn crate::slots::SharedSlots>>,
 }
 
 impl StartOptions {
@@ -158,6 +161,7 @@ impl StartOptions {
             clock: Arc::new(SystemClock),
             workers: 1,
             peers: None,
+            slots: None,
         }
     }
 }
@@ -225,6 +229,8 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
         tokens: opts.tokens,
         browser,
         peers: opts.peers,
+        slots: opts.slots,
+        slots_outage: Default::default(),
         hot: Default::default(),
     });
 

@@ -187,6 +187,10 @@ pub(crate) struct AppState {
     pub access: crate::access::AccessKeys,
     /// Other instances sharing the store (a team gateway), if any.
     pub peers: Option<Arc<dyn crate::shared::Peers>>,
+    /// Concurrency slots shared with other instances (`max_in_flight`), if any.
+    pub slots: Option<Arc<dyn crate::slots::SharedSlots>>,
+    /// Whether the shared slots could be reached, to say a change once.
+    pub slots_outage: crate::slots::Outage,
     /// What this instance has folded into the store's shared hot state.
     pub hot: crate::shared::HotSync,
 }

@@ -126,10 +126,14 @@ pub(crate) async fn forward(
     let answer = handshake.drive(&state, &rt, &mut rotation).await;
     match answer {
         Answered::Switched(resp) => {
+            // A capped account's slot is held for the whole session.
+            let hold = rotation
+                .take_stream_slot()
+                .map(|slot| crate::slots::SlotHold::new(rt.clone(), slot, None));
             let (Some(account), trace) = (rotation.account(), rotation.trace()) else {
                 return internal(&rt);
             };
-            switch(&state, &rt, client_side, resp, account, trace)
+            switch(&state, &rt, client_side, resp, account, trace, hold)
         }
         Answered::Other(r) => r,
     }
@@ -309,6 +313,7 @@ fn switch(
     mut upstream: Response<Incoming>,
     account: &Picked,
     trace: &AttemptTrace,
+    hold: Option<crate::slots::SlotHold>,
 ) -> Response<ProxyBody> {
     let upstream_side = hyper::upgrade::on(&mut upstream);
     let watch = SpentWatch {
@@ -317,6 +322,8 @@ fn switch(
         id: account.id.clone(),
     };
     tokio::spawn(async move {
+        // Released when the session ends.
+        let _hold = hold;
         let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) else {
             return;
         };

@@ -11,7 +11,9 @@
 //!   compare-and-delete, and *fencing*: a write to an account whose lock this
 //!   process holds succeeds only while the lock is still its own);
 //! - [`Cluster`], pub/sub between instances: events and cooldowns pushed to
-//!   every other instance as they happen.
+//!   every other instance as they happen;
+//! - [`Slots`], per-account concurrency slots (`max_in_flight`) held across
+//!   every instance together, as leases that return when a holder dies.
 //!
 //! ## The bridge between the sync [`Store`] trait and async redis-rs
 //! [`Store`] is synchronous on purpose (its callers are CLI commands and the
@@ -26,7 +28,8 @@
 //! Keys, under a prefix (`marathon` by default, `[store] prefix`):
 //! `<p>:accounts` (the accounts document), `<p>:hot` (hot state JSON),
 //! `<p>:lock:<id>` (refresh locks), `<p>:lease:<what>:<id>` (leases such as
-//! the usage poll's), and the channel `<p>:events`.
+//! the usage poll's), `<p>:slots:<id>` (concurrency slots, [`Slots`]), and
+//! the channel `<p>:events`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,9 +47,11 @@ use redis::aio::ConnectionManager;
 
 mod cluster;
 mod durability;
+mod slots;
 
 pub use cluster::{Cluster, PeerMessage, WireCooldown};
 pub use durability::Durability;
+pub use slots::{Acquired, SlotLease, Slots};
 
 /// How long a refresh lock lives if its holder dies without releasing it.
 /// A refresh takes seconds; past this another instance may take over, and
@@ -98,6 +103,7 @@ pub(crate) struct Keys {
     pub(crate) hot: String,
     pub(crate) lock_prefix: String,
     pub(crate) lease_prefix: String,
+    pub(crate) slots_prefix: String,
     pub(crate) events: String,
 }
 
@@ -108,6 +114,7 @@ impl Keys {
             hot: format!("{prefix}:hot"),
             lock_prefix: format!("{prefix}:lock:"),
             lease_prefix: format!("{prefix}:lease:"),
+            slots_prefix: format!("{prefix}:slots:"),
             events: format!("{prefix}:events"),
         }
     }
@@ -153,6 +160,11 @@ impl Bridge {
             let _ = tx.send(fut.await);
         });
         rx.recv().ok()
+    }
+
+    /// The bridge's runtime.
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
     }
 
     /// Runs `fut` on the bridge's runtime without waiting.
@@ -261,6 +273,12 @@ impl RedisStore {
                 .await
         })?;
         Ok(Durability::from_info(&info))
+    }
+
+    /// Concurrency slots (`max_in_flight`) shared by the instances on this
+    /// Redis, each living `lease` unless renewed.
+    pub fn slots(&self, lease: Duration) -> Slots {
+        Slots::new(self.inner.clone(), lease)
     }
 
     /// Pub/sub between the instances on this Redis.

@@ -136,6 +136,17 @@ impl SimHandle {
         self.counts().get(name).copied().unwrap_or(0)
     }
 
+    /// The most requests each account had open at once (a request is open
+    /// from the moment its account is known until its answer's body ends).
+    pub fn max_concurrency(&self) -> HashMap<String, u64> {
+        self.shared.concurrency.max()
+    }
+
+    /// Requests each account has open right now.
+    pub fn open_requests(&self) -> HashMap<String, u64> {
+        self.shared.concurrency.open_now()
+    }
+
     /// Calls to the usage endpoints so far.
     pub fn usage_calls(&self) -> UsageCalls {
         self.shared.usage.calls()
@@ -147,8 +158,10 @@ impl SimHandle {
         self.shared.usage.set_throttle(retry_after);
     }
 
-    /// Sets every count to zero.
+    /// Sets every count to zero (and the concurrency high-water marks to
+    /// what is open now).
     pub fn reset_counts(&self) {
+        self.shared.concurrency.reset();
         self.shared.counts.reset();
     }
 

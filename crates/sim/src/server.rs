@@ -64,6 +64,8 @@ pub(crate) struct Current {
 pub(crate) struct Shared {
     current: RwLock<Arc<Current>>,
     pub(crate) counts: Counts,
+    /// Requests open per account, and the most at once.
+    pub(crate) concurrency: crate::world::Concurrency,
     /// The usage endpoints' call counts and throttle.
     pub(crate) usage: crate::usage::UsageDesk,
     ids: AtomicU64,
@@ -78,6 +80,7 @@ impl Shared {
         Ok(Shared {
             current: RwLock::new(Arc::new(current)),
             counts,
+            concurrency: Default::default(),
             usage: Default::default(),
             ids: AtomicU64::new(1),
             log,
@@ -212,6 +215,8 @@ pub(crate) struct SseBody {
     next: usize,
     slow: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The account's open request, closed when the stream ends or is dropped.
+    open: Option<crate::world::Open>,
 }
 
 impl Body for SimBody {
@@ -226,6 +231,7 @@ impl Body for SimBody {
             SimBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             SimBody::Sse(s) => {
                 if s.next >= s.events.len() {
+                    s.open = None;
                     return Poll::Ready(None);
                 }
                 if s.next > 0 && !s.slow.is_zero() {
@@ -629,6 +635,7 @@ async fn handle(
             return r;
         }
     };
+    let open = shared.concurrency.open(who.name());
     let outcome = who.decide(shared);
 
     // Read the request before answering even a failure, so the connection
@@ -697,6 +704,10 @@ async fn handle(
         && matches!(resp.body(), SimBody::Full(_))
     {
         tokio::time::sleep(Duration::from_millis(a.slow_ms)).await;
+    }
+    if let SimBody::Sse(s) = resp.body_mut() {
+        // A stream stays open until its last event.
+        s.open = Some(open);
     }
     resp
 }
@@ -780,6 +791,7 @@ fn sse_response(events: Arc<[Bytes]>, slow: Duration) -> Response<SimBody> {
             next: 0,
             slow,
             sleep: None,
+            open: None,
         })),
     );
     r.headers_mut()
@@ -924,7 +936,16 @@ async fn admin(shared: &Shared, parts: http::request::Parts, body: Incoming) -> 
             200,
             serde_json::to_string(&shared.counts.snapshot()).unwrap_or_else(|_| "{}".into()),
         ),
+        (&Method::GET, "/_sim/concurrency") => json_response(
+            200,
+            serde_json::json!({
+                "max": shared.concurrency.max(),
+                "open": shared.concurrency.open_now(),
+            })
+            .to_string(),
+        ),
         (&Method::POST, "/_sim/reset-counts") => {
+            shared.concurrency.reset();
             shared.counts.reset();
             shared.usage.reset();
             ok()

@@ -234,6 +234,69 @@ impl Counts {
     }
 }
 
+/// Requests each account has open right now (from the moment it is
+/// identified until its answer's body ends or is dropped), and the most it
+/// ever had at once: what a concurrency cap in front of the simulator is
+/// checked against.
+#[derive(Debug, Default)]
+pub(crate) struct Concurrency {
+    map: Mutex<HashMap<String, Arc<Gauge>>>,
+}
+
+/// One account's open requests and their high-water mark.
+#[derive(Debug, Default)]
+pub(crate) struct Gauge {
+    open: AtomicU64,
+    max: AtomicU64,
+}
+
+/// One open request; dropping it closes it.
+#[derive(Debug)]
+pub(crate) struct Open(Arc<Gauge>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Concurrency {
+    /// Opens a request of `name`.
+    pub(crate) fn open(&self, name: &str) -> Open {
+        let gauge = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(name.to_owned()).or_default().clone()
+        };
+        let now = gauge.open.fetch_add(1, Ordering::SeqCst) + 1;
+        gauge.max.fetch_max(now, Ordering::SeqCst);
+        Open(gauge)
+    }
+
+    /// The most requests each account had open at once.
+    pub(crate) fn max(&self) -> HashMap<String, u64> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.max.load(Ordering::SeqCst)))
+            .collect()
+    }
+
+    /// Requests each account has open now.
+    pub(crate) fn open_now(&self) -> HashMap<String, u64> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.open.load(Ordering::SeqCst)))
+            .collect()
+    }
+
+    /// Forgets the high-water marks (open requests stay counted).
+    pub(crate) fn reset(&self) {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for v in map.values() {
+            v.max.store(v.open.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+}
+
 /// An immutable snapshot of the scenario with its lookup tables; swapped whole.
 #[derive(Debug)]
 pub(crate) struct World {

@@ -103,6 +103,10 @@ pub(crate) async fn start_proxy(
     if let Some(cluster) = &opened.cluster {
         opts.peers = Some(Arc::new(crate::backend::RedisPeers(cluster.clone())));
     }
+    #[cfg(feature = "redis")]
+    if let Some(slots) = &opened.slots {
+        opts.slots = Some(Arc::new(crate::backend::RedisSlots(slots.clone())));
+    }
     let proxy = marathon_proxy::start(settings, opts).await?;
     #[cfg(feature = "redis")]
     if let Some(cluster) = opened.cluster {
