@@ -175,7 +175,10 @@ impl Handshake {
         let mut action = rotation.start();
         loop {
             action = match action {
-                Action::Send { picked, .. } => {
+                Action::Send { attempt, picked } => {
+                    if attempt > 1 {
+                        rt.metrics.retries.fetch_add(1, Relaxed);
+                    }
                     let Some(account) = rotation.account() else {
                         action = rotation.on_unusable(Unusable::NoCredential, state.now());
                         continue;

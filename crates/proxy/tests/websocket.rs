@@ -174,6 +174,15 @@ async fn a_handshake_answered_429_rotates_to_the_next_account() {
     let (_ws, resp) = connect(&w).await.expect("the next connection");
     assert_eq!(resp.headers()["x-marathon-attempts"], "bob=200");
     assert_eq!((w.sim.count("alice"), w.sim.count("bob")), (0, 1));
+    // Counted like any request's rotation.
+    let m = w.metrics().await;
+    for line in [
+        "marathon_requests_total{provider=\"codex\"} 2",
+        "marathon_failovers_total{provider=\"codex\"} 1",
+        "marathon_retries_total{provider=\"codex\"} 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+    }
 }
 
 /// An OAuth login of the Codex provider whose stored access token the
