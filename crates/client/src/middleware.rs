@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
 use http::{Extensions, StatusCode};
 use http_body_util::BodyExt;
@@ -564,7 +564,7 @@ fn classify_attempt(
                 Some(resp) => resp.headers(),
                 None => &up.head.headers,
             };
-            let body = contiguous(&up.prefix);
+            let body = marathon_wire::contiguous(&up.prefix);
             classify(
                 flavor,
                 &Outcome::Response {
@@ -578,19 +578,6 @@ fn classify_attempt(
     }
 }
 
-fn contiguous(chunks: &VecDeque<Bytes>) -> Bytes {
-    match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks[0].clone(),
-        _ => {
-            let mut b = BytesMut::new();
-            for c in chunks {
-                b.extend_from_slice(c);
-            }
-            b.freeze()
-        }
-    }
-}
 
 /// One line per request: debug for a plain first-try success, info for
 /// anything that retried, rotated or failed (as the proxy logs).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
@@ -121,7 +121,7 @@ async fn read_client_body(
     }
     Ok(ClientBody::Replayable(match first {
         Some(only) => only,
-        None => contiguous(&chunks),
+        None => marathon_wire::contiguous(&chunks),
     }))
 }
 
@@ -616,7 +616,7 @@ fn classify_attempt(
             classify(flavor, &Outcome::StreamError { data: error_data }, now)
         }
         Ok((up, None)) => {
-            let body = contiguous(&up.prefix);
+            let body = marathon_wire::contiguous(&up.prefix);
             classify(
                 flavor,
                 &Outcome::Response {
@@ -766,19 +766,6 @@ async fn read_head(
     )
 }
 
-fn contiguous(chunks: &VecDeque<Bytes>) -> Bytes {
-    match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks[0].clone(),
-        _ => {
-            let mut b = BytesMut::new();
-            for c in chunks {
-                b.extend_from_slice(c);
-            }
-            b.freeze()
-        }
-    }
-}
 
 /// Builds the client's response from the upstream's, streaming the body on.
 fn respond(
@@ -817,7 +804,7 @@ fn respond(
         .map(|scanner| watch_stream(state, rt, account, scanner));
     let body = match up.rest.take() {
         Some(rest) => ProxyBody::stream(up.prefix, rest, watch, up.reuse.take()),
-        None => ProxyBody::full(contiguous(&up.prefix)),
+        None => ProxyBody::full(marathon_wire::contiguous(&up.prefix)),
     };
     Response::from_parts(head, body)
 }

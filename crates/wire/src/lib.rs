@@ -267,6 +267,22 @@ impl HeaderLookup for Lookup<'_> {
     }
 }
 
+/// The chunks read so far as one buffer, for classifying an answer's head
+/// and first bytes (one chunk, the usual case, is shared, not copied).
+pub fn contiguous(chunks: &std::collections::VecDeque<bytes::Bytes>) -> bytes::Bytes {
+    match chunks.len() {
+        0 => bytes::Bytes::new(),
+        1 => chunks[0].clone(),
+        _ => {
+            let mut b = bytes::BytesMut::new();
+            for c in chunks {
+                b.extend_from_slice(c);
+            }
+            b.freeze()
+        }
+    }
+}
+
 /// Whether a response is a server-sent event stream.
 pub fn is_event_stream(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
