@@ -321,10 +321,15 @@ pids_of() {
 }
 wrk_args() { if [ "$1" = 1 ]; then echo "-t1 -c1"; else echo "-t2 -c64"; fi; }
 
+machine_ticks() { # "busy idle": the whole machine's CPU ticks so far (/proc/stat)
+    awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat
+}
+
 run_wrk() { # target conc round log
-    local target=$1 conc=$2 round=$3 log=$4 pids before after sampler json
+    local target=$1 conc=$2 round=$3 log=$4 pids before after sampler json mbefore mafter
     read -r -a pids <<<"$(pids_of "$target")"
     before=$(cpu_ticks "${pids[@]}")
+    mbefore=$(machine_ticks)
     # Sample RSS while the load runs (VmHWM only gives the lifetime peak).
     (
         max=0
@@ -339,13 +344,18 @@ run_wrk() { # target conc round log
     wrk $(wrk_args "$conc") -d "$DURATION" --timeout 5s --latency -s "$BENCH/post.lua" "$(url_of "$target")" \
         >"$WORK/wrk.out" 2>&1 || die "wrk failed: $(cat "$WORK/wrk.out")"
     after=$(cpu_ticks "${pids[@]}")
+    mafter=$(machine_ticks)
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
     json=$(sed -n 's/^WRKJSON //p' "$WORK/wrk.out")
     [ -n "$json" ] || die "no result from wrk: $(cat "$WORK/wrk.out")"
-    printf '{"kind":"wrk","target":"%s","conc":%s,"round":%s,"log":"%s","cpu_ticks":%s,"rss_max_kb":%s,"wrk":%s}\n' \
+    # The machine's idle share during the run: whether a core was left for
+    # --workers 2 to use (wrk, the origin and marathon share the machine).
+    read -r mb_busy mb_idle <<<"$mbefore"
+    read -r ma_busy ma_idle <<<"$mafter"
+    printf '{"kind":"wrk","target":"%s","conc":%s,"round":%s,"log":"%s","cpu_ticks":%s,"rss_max_kb":%s,"machine_busy_ticks":%s,"machine_idle_ticks":%s,"cpus":%s,"wrk":%s}\n' \
         "$target" "$conc" "$round" "$log" "$((after - before))" "$(cat "$WORK/rss.max" 2>/dev/null || echo null)" \
-        "$json" >>"$RAW"
+        "$((ma_busy - mb_busy))" "$((ma_idle - mb_idle))" "$(nproc)" "$json" >>"$RAW"
     rm -f "$WORK/rss.max"
     printf '   %-8s c%-2s round %s: %s\n' "$target" "$conc" "$round" "$json" >&2
 }
