@@ -578,7 +578,6 @@ fn classify_attempt(
     }
 }
 
-
 /// One line per request: debug for a plain first-try success, info for
 /// anything that retried, rotated or failed (as the proxy logs).
 fn log_request(env: &Env, resp: &Response, trace: &AttemptTrace, started: UnixMillis) {

@@ -766,7 +766,6 @@ async fn read_head(
     )
 }
 
-
 /// Builds the client's response from the upstream's, streaming the body on.
 fn respond(
     state: &Arc<AppState>,
