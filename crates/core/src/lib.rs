@@ -31,6 +31,7 @@
 //! - [`tokens`]: the seam drivers get OAuth access tokens through.
 
 pub mod account;
+pub mod accounting;
 pub mod budget;
 pub mod classify;
 pub mod clock;

@@ -55,6 +55,12 @@ pub struct AccessKeyReport {
     pub input_tokens: u64,
     /// Output tokens its requests used.
     pub output_tokens: u64,
+    /// Input tokens its requests read from the prompt cache.
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    /// Input tokens its requests wrote to the prompt cache.
+    #[serde(default)]
+    pub cache_write_tokens: u64,
 }
 
 /// Where a [`StatusReport`] comes from.
@@ -183,9 +189,26 @@ pub struct AccountReport {
     /// Quota windows (5h, 7d, primary, ...), as last learned.
     #[serde(default)]
     pub windows: Vec<WindowReport>,
-    /// Tokens used through marathon; `null` when not counted.
+    /// Tokens its answers reported since the proxy started (token
+    /// accounting, [`crate::accounting`]); `null` offline and before the
+    /// first answer that reported any.
     #[serde(default)]
     pub tokens: Option<TokenTotals>,
+    /// The same per model the answers named (`unknown` when none did,
+    /// `other` past 32 models or for a name that is not a safe label);
+    /// empty when `tokens` is `null`.
+    #[serde(default)]
+    pub tokens_by_model: Vec<ModelTokens>,
+}
+
+/// One model's tokens on an account.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelTokens {
+    /// The model, as the answers named it (a safe label).
+    pub model: String,
+    /// Its tokens.
+    #[serde(flatten)]
+    pub tokens: TokenTotals,
 }
 
 /// One quota window of an account.
@@ -302,7 +325,21 @@ impl AccountReport {
                 })
                 .collect(),
             tokens: None,
+            tokens_by_model: Vec::new(),
         }
+    }
+
+    /// Fills in the account's tokens from token accounting.
+    pub fn set_tokens(&mut self, t: &crate::accounting::AccountTokens) {
+        self.tokens = Some(t.total.clone());
+        self.tokens_by_model = t
+            .models
+            .iter()
+            .map(|(model, tokens)| ModelTokens {
+                model: model.clone(),
+                tokens: tokens.clone(),
+            })
+            .collect();
     }
 }
 
@@ -354,6 +391,62 @@ mod tests {
         assert_eq!(v["cooling_until"], 1_045_000);
         // Unknown fields are present as null, so jq filters see one shape.
         assert!(v.as_object().unwrap().contains_key("tokens"));
+        assert_eq!(v["tokens_by_model"], serde_json::json!([]));
+    }
+
+    /// The token fields' names are the schema: per account and per model,
+    /// flat, and a report written before they existed still reads.
+    #[test]
+    fn tokens_per_account_and_model_in_the_schema() {
+        use crate::accounting::{TokenLedger, TokenUsage};
+        let mut ledger = TokenLedger::new();
+        let id = AccountId("a1".into());
+        let u = TokenUsage {
+            input: 10,
+            output: 3,
+            cache_read: 100,
+            cache_write: 7,
+        };
+        ledger.add(&id, Some("claude-sonnet-4-5"), &u);
+        ledger.add(&id, None, &u);
+        let mut report = AccountReport::live(&status_of(&id), UnixMillis(0));
+        report.set_tokens(ledger.account(&id).unwrap());
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            v["tokens"],
+            serde_json::json!({"input": 20, "output": 6, "cache_read": 200, "cache_write": 14})
+        );
+        assert_eq!(
+            v["tokens_by_model"][0],
+            serde_json::json!({"model": "claude-sonnet-4-5", "input": 10, "output": 3, "cache_read": 100, "cache_write": 7})
+        );
+        assert_eq!(v["tokens_by_model"][1]["model"], "unknown");
+        let back: AccountReport = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back, report);
+        let mut old = v;
+        old.as_object_mut().unwrap().remove("tokens_by_model");
+        let old: AccountReport = serde_json::from_value(old).unwrap();
+        assert!(old.tokens_by_model.is_empty());
+    }
+
+    fn status_of(id: &AccountId) -> AccountStatus {
+        AccountStatus {
+            id: id.clone(),
+            label: "work".into(),
+            kind: AccountKind::ApiKey,
+            priority: 0,
+            enabled: true,
+            health: Health::Ready,
+            cooldown_remaining: None,
+            successes: 0,
+            failures: 0,
+            failure_streak: 0,
+            last_class: None,
+            last_reason: None,
+            usage: vec![],
+            forecast: vec![],
+            in_flight: 0,
+        }
     }
 
     #[test]

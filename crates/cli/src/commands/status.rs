@@ -118,6 +118,7 @@ pub(crate) fn offline_report(
             requests_per_minute: None,
             windows: Vec::new(),
             tokens: None,
+            tokens_by_model: Vec::new(),
         };
         match providers.last_mut() {
             Some(p) if p.name == a.provider => p.accounts.push(report),

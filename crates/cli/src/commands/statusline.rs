@@ -177,6 +177,7 @@ mod tests {
                 })
                 .collect(),
             tokens: None,
+            tokens_by_model: Vec::new(),
         }
     }
 
