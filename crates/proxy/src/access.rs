@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use marathon_config::AccessKey;
 use marathon_core::Secret;
+use marathon_core::accounting::TokenUsage;
 use marathon_core::status::AccessKeyReport;
 
 /// The configured access keys and each one's counters.
@@ -32,6 +33,8 @@ struct KeyUsage {
     requests: AtomicU64,
     input_tokens: AtomicU64,
     output_tokens: AtomicU64,
+    cache_read_tokens: AtomicU64,
+    cache_write_tokens: AtomicU64,
 }
 
 impl ClientKey {
@@ -41,6 +44,8 @@ impl ClientKey {
             requests: AtomicU64::new(0),
             input_tokens: AtomicU64::new(0),
             output_tokens: AtomicU64::new(0),
+            cache_read_tokens: AtomicU64::new(0),
+            cache_write_tokens: AtomicU64::new(0),
         }))
     }
 
@@ -49,10 +54,27 @@ impl ClientKey {
         &self.0.name
     }
 
-    /// Counts tokens a request of this key used (fed by token accounting).
+    /// Counts input and output tokens a request of this key used.
     pub fn add_tokens(&self, input: u64, output: u64) {
         self.0.input_tokens.fetch_add(input, Relaxed);
         self.0.output_tokens.fetch_add(output, Relaxed);
+    }
+
+    /// Counts an answer's usage (token accounting), cache tokens included.
+    pub fn add_usage(&self, u: &TokenUsage) {
+        self.add_tokens(u.input, u.output);
+        self.0.cache_read_tokens.fetch_add(u.cache_read, Relaxed);
+        self.0.cache_write_tokens.fetch_add(u.cache_write, Relaxed);
+    }
+
+    /// The tokens counted so far.
+    pub fn tokens(&self) -> TokenUsage {
+        TokenUsage {
+            input: self.0.input_tokens.load(Relaxed),
+            output: self.0.output_tokens.load(Relaxed),
+            cache_read: self.0.cache_read_tokens.load(Relaxed),
+            cache_write: self.0.cache_write_tokens.load(Relaxed),
+        }
     }
 
     pub(crate) fn count_request(&self) {
@@ -102,12 +124,14 @@ impl AccessKeys {
         self.keys
             .iter()
             .map(|(_, c)| {
-                let (requests, input_tokens, output_tokens) = c.usage();
+                let t = c.tokens();
                 AccessKeyReport {
                     name: c.name().to_owned(),
-                    requests,
-                    input_tokens,
-                    output_tokens,
+                    requests: c.usage().0,
+                    input_tokens: t.input,
+                    output_tokens: t.output,
+                    cache_read_tokens: t.cache_read,
+                    cache_write_tokens: t.cache_write,
                 }
             })
             .collect()
@@ -132,13 +156,15 @@ impl AccessKeys {
             "# HELP {name} Tokens used per access key.\n# TYPE {name} counter"
         );
         for (_, c) in &self.keys {
-            let (_, input, output) = c.usage();
-            let _ = writeln!(out, "{name}{{key=\"{}\",kind=\"input\"}} {input}", c.name());
-            let _ = writeln!(
-                out,
-                "{name}{{key=\"{}\",kind=\"output\"}} {output}",
-                c.name()
-            );
+            let t = c.tokens();
+            for (kind, n) in [
+                ("input", t.input),
+                ("output", t.output),
+                ("cache_read", t.cache_read),
+                ("cache_write", t.cache_write),
+            ] {
+                let _ = writeln!(out, "{name}{{key=\"{}\",kind=\"{kind}\"}} {n}", c.name());
+            }
         }
     }
 }
@@ -176,11 +202,19 @@ mod tests {
         let alice = k.check(["k-alice-1"].into_iter()).unwrap();
         alice.count_request();
         alice.add_tokens(10, 3);
+        alice.add_usage(&TokenUsage {
+            input: 0,
+            output: 0,
+            cache_read: 40,
+            cache_write: 2,
+        });
         let json = serde_json::to_value(k.status()).unwrap();
         assert_eq!(json[0]["name"], "alice");
         assert_eq!(json[0]["requests"], 1);
         assert_eq!(json[0]["input_tokens"], 10);
         assert_eq!(json[0]["output_tokens"], 3);
+        assert_eq!(json[0]["cache_read_tokens"], 40);
+        assert_eq!(json[0]["cache_write_tokens"], 2);
         assert_eq!(json[1]["requests"], 0);
         let status = json.to_string();
         let mut text = String::new();
@@ -191,6 +225,10 @@ mod tests {
         );
         assert!(
             text.contains("marathon_access_key_tokens_total{key=\"alice\",kind=\"input\"} 10"),
+            "{text}"
+        );
+        assert!(
+            text.contains("marathon_access_key_tokens_total{key=\"alice\",kind=\"cache_read\"} 40"),
             "{text}"
         );
         assert!(

@@ -15,28 +15,40 @@ use hyper::body::Incoming;
 use marathon_core::secret::Scrubber;
 use marathon_core::sse::ErrorScanner;
 
+use crate::accounting::Tally;
 use crate::scrub::{Masker, mask_bytes};
 use crate::upstream::Reuse;
 
 /// Called once with the data of an error event seen inside a streamed response.
 pub(crate) type OnStreamError = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
-/// Watches a streamed response for in-stream error events while passing every
-/// chunk through untouched.
+/// Watches a response passing through, every chunk untouched: a stream
+/// for in-stream error events, a success for the tokens it reports.
 pub(crate) struct StreamWatch {
     scanner: ErrorScanner,
     on_error: Option<OnStreamError>,
+    tally: Option<Tally>,
 }
 
 impl StreamWatch {
-    pub(crate) fn new(scanner: ErrorScanner, on_error: OnStreamError) -> Self {
+    /// `errors`: an SSE answer's error scanner and what to do on an error
+    /// event; `tally`: a success's token accounting.
+    pub(crate) fn new(errors: Option<(ErrorScanner, OnStreamError)>, tally: Option<Tally>) -> Self {
+        let (scanner, on_error) = match errors {
+            Some((s, cb)) => (s, Some(cb)),
+            None => (ErrorScanner::new(), None),
+        };
         StreamWatch {
             scanner,
-            on_error: Some(on_error),
+            on_error,
+            tally,
         }
     }
 
-    fn observe(&mut self, chunk: &[u8]) {
+    pub(crate) fn observe(&mut self, chunk: &[u8]) {
+        if let Some(t) = &mut self.tally {
+            t.feed(chunk);
+        }
         if self.on_error.is_none() {
             return;
         }
@@ -44,6 +56,14 @@ impl StreamWatch {
             && let Some(cb) = self.on_error.take()
         {
             cb(&data);
+        }
+    }
+
+    /// The body has ended: the tokens are counted now, before its last
+    /// bytes reach the client.
+    pub(crate) fn end(&mut self) {
+        if let Some(t) = &mut self.tally {
+            t.finish();
         }
     }
 }
@@ -84,7 +104,7 @@ impl ProxyBody {
     pub(crate) fn stream(
         prefix: VecDeque<Bytes>,
         inner: Incoming,
-        watch: Option<StreamWatch>,
+        mut watch: Option<StreamWatch>,
         mut reuse: Option<Reuse>,
     ) -> Self {
         if inner.is_end_stream() {
@@ -92,6 +112,9 @@ impl ProxyBody {
             // may never poll a body that says it has ended).
             if let Some(r) = reuse.take() {
                 r.finish();
+            }
+            if let Some(w) = &mut watch {
+                w.end();
             }
         }
         ProxyBody::Stream {
@@ -260,18 +283,25 @@ fn poll_peer(
             if let (Some(w), Some(data)) = (watch.as_mut(), frame.data_ref()) {
                 w.observe(data);
             }
-            if inner.is_end_stream()
-                && let Some(r) = reuse.take()
-            {
-                r.finish();
+            if inner.is_end_stream() {
+                if let Some(r) = reuse.take() {
+                    r.finish();
+                }
+                if let Some(w) = watch.as_mut() {
+                    w.end();
+                }
             }
         }
         Poll::Ready(None) => {
             if let Some(r) = reuse.take() {
                 r.finish();
             }
+            if let Some(w) = watch.as_mut() {
+                w.end();
+            }
         }
-        // A broken body's connection is not reused.
+        // A broken body's connection is not reused (its tokens so far are
+        // counted when the watch is dropped).
         Poll::Ready(Some(Err(_))) => drop(reuse.take()),
         Poll::Pending => {}
     }

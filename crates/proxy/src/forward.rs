@@ -35,6 +35,8 @@ use marathon_core::{
     AccountId, AccountKind, Class, Classification, Reason, Secret, TransportFailure, UnixMillis,
 };
 
+use crate::access::ClientKey;
+use crate::accounting::Tally;
 use crate::body::{ProxyBody, StreamWatch};
 use crate::errors::{proxy_error, refusal_response};
 use crate::guard;
@@ -568,11 +570,27 @@ impl Exchange<'_> {
             return internal();
         };
         let (trace, replayable) = (rotation.trace(), rotation.replayable());
-        let resp = respond(self.state, self.rt, up, account, cred, trace, replayable);
+        let resp = respond(self, up, account, cred, trace, replayable);
         match hold {
             Some(hold) => resp.map(|body| body.holding(hold)),
             None => resp,
         }
+    }
+
+    /// Token accounting for a successful answer of `account`.
+    fn tally(&self, account: &Picked, event_stream: bool) -> Tally {
+        let request = match &self.body {
+            ClientBody::Replayable(b) if !b.is_empty() => Some(b.clone()),
+            _ => None,
+        };
+        Tally::new(
+            self.rt.clone(),
+            account.id.clone(),
+            self.parts.extensions.get::<ClientKey>().cloned(),
+            event_stream,
+            self.uri.clone(),
+            request,
+        )
     }
 
     /// marathon's own answer, in the provider's format.
@@ -766,10 +784,10 @@ async fn read_head(
     )
 }
 
-/// Builds the client's response from the upstream's, streaming the body on.
+/// Builds the client's response from the upstream's, streaming the body on
+/// (watched for in-stream errors and, on a success, the tokens it reports).
 fn respond(
-    state: &Arc<AppState>,
-    rt: &Arc<ProviderRuntime>,
+    x: &Exchange<'_>,
     mut up: Upstream,
     account: &Picked,
     cred: &AccountCred,
@@ -796,46 +814,58 @@ fn respond(
         head.headers
             .insert(REPLAYABLE_HEADER.clone(), HeaderValue::from_static("false"));
     }
-    rt.metrics.count_status(head.status.as_u16());
-    let watch = up
+    x.rt.metrics.count_status(head.status.as_u16());
+    let mut tally = head
+        .status
+        .is_success()
+        .then(|| x.tally(account, up.scanner.is_some()));
+    if let Some(t) = &mut tally {
+        // What was read ahead (a stream's first event) is the answer's too.
+        for chunk in &up.prefix {
+            t.feed(chunk);
+        }
+    }
+    let errors = up
         .scanner
         .take()
-        .map(|scanner| watch_stream(state, rt, account, scanner));
+        .map(|scanner| (scanner, on_stream_error(x.state, x.rt, account)));
+    let mut watch = (errors.is_some() || tally.is_some()).then(|| StreamWatch::new(errors, tally));
     let body = match up.rest.take() {
         Some(rest) => ProxyBody::stream(up.prefix, rest, watch, up.reuse.take()),
-        None => ProxyBody::full(marathon_wire::contiguous(&up.prefix)),
+        None => {
+            if let Some(w) = &mut watch {
+                w.end();
+            }
+            ProxyBody::full(marathon_wire::contiguous(&up.prefix))
+        }
     };
     Response::from_parts(head, body)
 }
 
-/// Watches a passed-through stream for an error event; the machine's rule
-/// for it ([`rotation::stream_error`]) benches the account.
-fn watch_stream(
+/// What to do on an error event in a passed-through stream: the machine's
+/// rule for it ([`rotation::stream_error`]) benches the account.
+fn on_stream_error(
     state: &Arc<AppState>,
     rt: &Arc<ProviderRuntime>,
     account: &Picked,
-    scanner: ErrorScanner,
-) -> StreamWatch {
+) -> crate::body::OnStreamError {
     let (state, rt, id, label) = (
         state.clone(),
         rt.clone(),
         account.id.clone(),
         account.label.clone(),
     );
-    StreamWatch::new(
-        scanner,
-        Arc::new(move |data: &[u8]| {
-            let now = state.now();
-            let c = classify(rt.settings.flavor, &Outcome::StreamError { data }, now);
-            rt.metrics.stream_errors.fetch_add(1, Relaxed);
-            tracing::warn!(provider = %rt.settings.name, account = %label, reason = %c.reason, "error event inside the stream; passed to the client, account benched for the next request");
-            let env = Env {
-                state: &state,
-                rt: &rt,
-            };
-            rotation::stream_error(&env, &id, &c, now);
-        }),
-    )
+    Arc::new(move |data: &[u8]| {
+        let now = state.now();
+        let c = classify(rt.settings.flavor, &Outcome::StreamError { data }, now);
+        rt.metrics.stream_errors.fetch_add(1, Relaxed);
+        tracing::warn!(provider = %rt.settings.name, account = %label, reason = %c.reason, "error event inside the stream; passed to the client, account benched for the next request");
+        let env = Env {
+            state: &state,
+            rt: &rt,
+        };
+        rotation::stream_error(&env, &id, &c, now);
+    })
 }
 
 fn log_request(

@@ -35,6 +35,7 @@
 //! Only this crate knows hyper; the decisions are `marathon-core`'s.
 
 mod access;
+mod accounting;
 mod actions;
 mod activity;
 mod body;

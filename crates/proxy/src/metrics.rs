@@ -272,6 +272,38 @@ pub(crate) fn render_accounts(
     }
 }
 
+/// Tokens the answers reported, per account and model (token accounting),
+/// as `marathon_tokens_total{provider,account,model,kind}`; an account's
+/// total is the sum over its models.
+pub(crate) fn render_tokens(out: &mut String, providers: &[AccountGauges]) {
+    let name = "marathon_tokens_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Tokens the answers reported since the proxy started, per account and model (kind: input, output, cache_read, cache_write; input excludes the cache).\n# TYPE {name} counter"
+    );
+    for p in providers {
+        let pl = label(&p.provider);
+        for a in &p.accounts {
+            let al = label(&a.label);
+            for m in &a.tokens_by_model {
+                let t = &m.tokens;
+                for (kind, n) in [
+                    ("input", t.input),
+                    ("output", t.output),
+                    ("cache_read", t.cache_read),
+                    ("cache_write", t.cache_write),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{provider=\"{pl}\",account=\"{al}\",model=\"{}\",kind=\"{kind}\"}} {n}",
+                        label(&m.model)
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

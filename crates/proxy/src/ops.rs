@@ -54,6 +54,7 @@ pub(crate) fn route(
                 })
                 .collect();
             crate::metrics::render_accounts(&mut text, &gauges, report.now);
+            crate::metrics::render_tokens(&mut text, &gauges);
             let mut r = Response::new(ProxyBody::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -95,6 +96,7 @@ pub(crate) fn status(state: &AppState) -> StatusReport {
         .into_iter()
         .map(|(name, rt)| {
             let pool = rt.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let tokens = rt.tokens.lock().unwrap_or_else(|e| e.into_inner());
             ProviderReport {
                 name: name.clone(),
                 upstream: Some(rt.settings.upstream.to_string()),
@@ -107,6 +109,9 @@ pub(crate) fn status(state: &AppState) -> StatusReport {
                     .map(|a| {
                         let mut r = AccountReport::live(a, now);
                         r.requests_per_minute = state.bus.activity.per_minute(name, &a.label, now);
+                        if let Some(t) = tokens.account(&a.id) {
+                            r.set_tokens(t);
+                        }
                         r
                     })
                     .collect(),
@@ -185,6 +190,14 @@ fn session(state: &AppState, headers: &http::HeaderMap) -> Response<ProxyBody> {
             let status = pool.account_status(&id, now)?;
             let mut account = AccountReport::live(&status, now);
             account.requests_per_minute = state.bus.activity.per_minute(name, &status.label, now);
+            if let Some(t) = rt
+                .tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .account(&id)
+            {
+                account.set_tokens(t);
+            }
             Some(SessionAccount {
                 provider: name.clone(),
                 account,

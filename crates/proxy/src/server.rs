@@ -193,6 +193,7 @@ pub async fn start(settings: ProxySettings, opts: StartOptions) -> Result<ProxyH
             budget: Mutex::new(RetryBudget::default()),
             creds: RwLock::new(Default::default()),
             metrics: ProviderMetrics::default(),
+            tokens: Default::default(),
             last_exhausted_event: Default::default(),
             rotation: RotationConfig {
                 provider: p.name.clone(),

@@ -164,6 +164,9 @@ pub(crate) struct ProviderRuntime {
     /// `Arc` so a pick clones a pointer, not the credential.
     pub creds: RwLock<FastMap<AccountId, Arc<AccountCred>>>,
     pub metrics: ProviderMetrics,
+    /// Tokens per account and model (token accounting), written once at
+    /// each answer's end.
+    pub tokens: Mutex<marathon_core::accounting::TokenLedger>,
     /// When the last `exhausted` event went out (ms since the epoch).
     pub last_exhausted_event: std::sync::atomic::AtomicU64,
 }
@@ -231,6 +234,10 @@ impl AppState {
             );
             let mut creds = rt.creds.write().unwrap_or_else(|e| e.into_inner());
             creds.clear();
+            rt.tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|id| mine.iter().any(|a| &a.id == id));
             for a in mine {
                 creds.insert(
                     a.id.clone(),
