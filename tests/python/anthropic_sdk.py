@@ -6,6 +6,7 @@ Run by crates/proxy/tests/sdk.rs against an in-process simulator and proxy:
     python anthropic_sdk.py exhausted <proxy>/anthropic
     python anthropic_sdk.py spent     <proxy>/anthropic
     python anthropic_sdk.py wait      <proxy>/anthropic
+    python anthropic_sdk.py usage     <proxy>/anthropic [<access key>]
 
 The SDK's own retries are off (`max_retries=0`), so any failover seen here was
 marathon's — except in `spent` and `wait`, which are about them: every account
@@ -114,16 +115,42 @@ def wait(client):
     return {"elapsed": time.monotonic() - started}
 
 
-SCENARIOS = {"failover": failover, "exhausted": exhausted, "spent": spent, "wait": wait}
+def usage_of(model, u):
+    # Anthropic's input_tokens exclude the cache reads and writes.
+    return {"model": model, "input": u.input_tokens, "output": u.output_tokens,
+            "cache_read": u.cache_read_input_tokens or 0,
+            "cache_write": u.cache_creation_input_tokens or 0}
+
+
+def usage(client):
+    # The usage the SDK parsed from each answer (JSON, and the stream helper's
+    # final message: message_start's input, message_delta's output), for the
+    # Rust test to compare with what marathon counted.
+    # The first asks for prompt caching: the simulator then reads half the
+    # prompt from its cache.
+    system = [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}]
+    msg = client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, system=system)
+    calls = [{"call": "messages.create", **usage_of(msg.model, msg.usage)}]
+    with client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES) as stream:
+        for _ in stream.text_stream:
+            pass
+        final = stream.get_final_message()
+    calls.append({"call": "messages.stream", **usage_of(final.model, final.usage)})
+    return {"calls": calls}
+
+
+SCENARIOS = {"failover": failover, "exhausted": exhausted, "spent": spent, "wait": wait,
+             "usage": usage}
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in SCENARIOS:
-        sys.exit("usage: anthropic_sdk.py failover|exhausted|spent|wait <proxy base URL>/anthropic")
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in SCENARIOS:
+        sys.exit("usage: anthropic_sdk.py failover|exhausted|spent|wait|usage <proxy base URL>/anthropic [<access key>]")
     scenario, base_url = sys.argv[1], sys.argv[2]
+    api_key = sys.argv[3] if len(sys.argv) == 4 else "anything"
     # The SDK's own retries are off except where the scenario is about them.
     retries = {} if scenario in ("spent", "wait") else {"max_retries": 0}
-    client = anthropic.Anthropic(base_url=base_url, api_key="anything", timeout=60, **retries)
+    client = anthropic.Anthropic(base_url=base_url, api_key=api_key, timeout=60, **retries)
     summary = {"sdk": "anthropic", "version": anthropic.__version__, "scenario": scenario}
     summary.update(SCENARIOS[scenario](client))
     print("SUMMARY " + json.dumps(summary), flush=True)

@@ -6,6 +6,7 @@ Run by crates/proxy/tests/sdk.rs against an in-process simulator and proxy:
     python openai_sdk.py exhausted <proxy>/openai/v1
     python openai_sdk.py spent     <proxy>/openai/v1
     python openai_sdk.py wait      <proxy>/openai/v1
+    python openai_sdk.py usage     <proxy>/openai/v1 [<access key>]
 
 The SDK's own retries are off (`max_retries=0`), so any failover seen here was
 marathon's — except in `spent` and `wait`, which are about them: every account
@@ -131,16 +132,58 @@ def wait(client):
     return {"elapsed": time.monotonic() - started}
 
 
-SCENARIOS = {"failover": failover, "exhausted": exhausted, "spent": spent, "wait": wait}
+def usage_of(call, model, input_tokens, output_tokens, details):
+    # OpenAI's prompt/input counts include the cached part.
+    cached = (details.cached_tokens or 0) if details is not None else 0
+    return {"call": call, "model": model, "input": input_tokens - cached,
+            "output": output_tokens, "cache_read": cached, "cache_write": 0}
+
+
+def usage(client):
+    # The usage the SDK parsed from each answer, for the Rust test to compare
+    # with what marathon counted: Chat JSON, a Chat stream's usage chunk
+    # (stream_options.include_usage), Responses JSON and response.completed.
+    # The first asks for prompt caching: the simulator then reads half the
+    # prompt from its cache.
+    c = client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                       extra_body={"prompt_cache_key": "usage-test"})
+    u = c.usage
+    calls = [usage_of("chat.completions.create", c.model, u.prompt_tokens, u.completion_tokens,
+                      u.prompt_tokens_details)]
+    last = None
+    for chunk in client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True,
+                                                stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            last = chunk
+    u = last.usage
+    calls.append(usage_of("chat.completions.create(stream=True)", last.model, u.prompt_tokens,
+                          u.completion_tokens, u.prompt_tokens_details))
+    r = client.responses.create(model=MODEL, input="Say hello.")
+    calls.append(usage_of("responses.create", r.model, r.usage.input_tokens,
+                          r.usage.output_tokens, r.usage.input_tokens_details))
+    completed = None
+    for event in client.responses.create(model=MODEL, input="Say hello.", stream=True,
+                                         extra_body={"prompt_cache_key": "usage-test"}):
+        if event.type == "response.completed":
+            completed = event.response
+    u = completed.usage
+    calls.append(usage_of("responses.create(stream=True)", completed.model, u.input_tokens,
+                          u.output_tokens, u.input_tokens_details))
+    return {"calls": calls}
+
+
+SCENARIOS = {"failover": failover, "exhausted": exhausted, "spent": spent, "wait": wait,
+             "usage": usage}
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in SCENARIOS:
-        sys.exit("usage: openai_sdk.py failover|exhausted|spent|wait <proxy base URL>/openai/v1")
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in SCENARIOS:
+        sys.exit("usage: openai_sdk.py failover|exhausted|spent|wait|usage <proxy base URL>/openai/v1 [<access key>]")
     scenario, base_url = sys.argv[1], sys.argv[2]
+    api_key = sys.argv[3] if len(sys.argv) == 4 else "anything"
     # The SDK's own retries are off except where the scenario is about them.
     retries = {} if scenario in ("spent", "wait") else {"max_retries": 0}
-    client = openai.OpenAI(base_url=base_url, api_key="anything", timeout=60, **retries)
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=60, **retries)
     summary = {"sdk": "openai", "version": openai.__version__, "scenario": scenario}
     summary.update(SCENARIOS[scenario](client))
     print("SUMMARY " + json.dumps(summary), flush=True)

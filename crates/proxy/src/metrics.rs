@@ -336,4 +336,48 @@ mod tests {
             text.contains("marathon_responses_error_total{provider=\"anthropic\",class=\"4xx\"} 1")
         );
     }
+
+    /// Guards the token series: one per account, model and kind, labels
+    /// escaped, nothing for an account without tokens.
+    #[test]
+    fn tokens_per_account_model_and_kind() {
+        use marathon_core::accounting::{TokenLedger, TokenUsage};
+        use marathon_core::status::AccountReport;
+        let id = marathon_core::AccountId("a1".into());
+        let mut ledger = TokenLedger::new();
+        let usage = TokenUsage {
+            input: 5,
+            output: 7,
+            cache_read: 11,
+            cache_write: 13,
+        };
+        ledger.add(&id, Some("gpt-4.1"), &usage);
+        let json = serde_json::json!({"id": "a1", "label": "wo\"rk", "kind": "api_key",
+            "priority": 0, "enabled": true, "state": "ready"});
+        let mut with = serde_json::from_value::<AccountReport>(json.clone()).unwrap();
+        with.set_tokens(ledger.account(&id).unwrap());
+        let mut other = serde_json::from_value::<AccountReport>(json).unwrap();
+        other.label = "idle".into();
+        let mut out = String::new();
+        render_tokens(
+            &mut out,
+            &[AccountGauges {
+                provider: "openai".into(),
+                accounts: vec![with, other],
+                capacity_until: None,
+            }],
+        );
+        for (kind, n) in [
+            ("input", 5),
+            ("output", 7),
+            ("cache_read", 11),
+            ("cache_write", 13),
+        ] {
+            let line = format!(
+                "marathon_tokens_total{{provider=\"openai\",account=\"wo\\\"rk\",model=\"gpt-4.1\",kind=\"{kind}\"}} {n}\n"
+            );
+            assert!(out.contains(&line), "{line} in {out}");
+        }
+        assert!(!out.contains("idle"), "{out}");
+    }
 }

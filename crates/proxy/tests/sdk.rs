@@ -37,6 +37,17 @@ struct World {
 /// `provider_toml`: lines for `[providers.<provider>]` in the config file
 /// (empty: the defaults a user without a config file gets).
 async fn world(provider: &str, provider_toml: &str, alice: Account, bob: Account) -> World {
+    world_keyed(provider, provider_toml, alice, bob, None).await
+}
+
+/// [`world`], with an access key (named `team`) clients must present.
+async fn world_keyed(
+    provider: &str,
+    provider_toml: &str,
+    alice: Account,
+    bob: Account,
+    access_key: Option<&str>,
+) -> World {
     let sim = marathon_sim::start(Scenario::new([alice, bob]))
         .await
         .expect("simulator starts");
@@ -61,6 +72,9 @@ async fn world(provider: &str, provider_toml: &str, alice: Account, bob: Account
         .provider_mut(provider)
         .expect("built-in provider exists")
         .upstream = UpstreamBase::parse(&sim.url()).expect("simulator URL");
+    if let Some(key) = access_key {
+        settings.access_keys = vec![marathon_proxy::AccessKey::new("team", Secret::new(key))];
+    }
     let proxy = marathon_proxy::start(settings, StartOptions::new(store))
         .await
         .expect("proxy starts");
@@ -96,12 +110,23 @@ fn python() -> PathBuf {
 /// Runs `tests/python/<script> <scenario> <base_url>` and returns its summary.
 /// A failing script fails the test with its stdout and stderr.
 async fn run_script(script: &str, scenario: &str, base_url: &str) -> Value {
+    run_script_keyed(script, scenario, base_url, None).await
+}
+
+/// [`run_script`], the SDK presenting `access_key` as its API key.
+async fn run_script_keyed(
+    script: &str,
+    scenario: &str,
+    base_url: &str,
+    access_key: Option<&str>,
+) -> Value {
     let python = python();
     let path = repo_root().join("tests/python").join(script);
     let mut cmd = tokio::process::Command::new(&python);
     cmd.arg(&path)
         .arg(scenario)
         .arg(base_url)
+        .args(access_key)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -569,4 +594,71 @@ async fn anthropic_sdk_waits_for_an_account_back_in_20s_and_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_sdk_waits_for_an_account_back_in_20s_and_succeeds() {
     sdk_waits_for_a_reset_in_20s(1).await;
+}
+
+/// Guards token accounting against what the official SDKs parse: every
+/// answer's usage as the SDK saw it (Anthropic JSON and stream helper; Chat
+/// JSON and a stream with `include_usage`, Responses JSON and stream; some
+/// with prompt-cache reads, which OpenAI counts inside the prompt), summed,
+/// is what `/_marathon/status` shows per account, per model and for the
+/// access key the SDK used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_usage_is_what_marathon_counts() {
+    const KEY: &str = "mk-sdk-team-7d2c90b1e4";
+    for (provider, script, path, calls) in [
+        ("anthropic", "anthropic_sdk.py", "/anthropic", 2),
+        ("openai", "openai_sdk.py", "/openai/v1", 4),
+    ] {
+        let w = world_keyed(
+            provider,
+            "",
+            Account::ok("alice", ALICE_KEY),
+            Account::ok("bob", BOB_KEY),
+            Some(KEY),
+        )
+        .await;
+        let url = format!("{}{path}", w.proxy.url());
+        let summary = run_script_keyed(script, "usage", &url, Some(KEY)).await;
+        let seen = summary["calls"].as_array().expect("calls");
+        assert_eq!(seen.len(), calls, "{summary}");
+        let kinds = ["input", "output", "cache_read", "cache_write"];
+        let sum = |k: &str| seen.iter().map(|c| c[k].as_u64().expect(k)).sum::<u64>();
+        let want: Vec<u64> = kinds.iter().map(|k| sum(k)).collect();
+        assert!(want[0] > 0 && want[1] > 0, "the SDK saw usage: {summary}");
+        assert!(want[2] > 0, "a call asked for caching: {summary}");
+        let model = s(&seen[0], "model").to_owned();
+
+        // Both accounts, whichever served: the totals are the provider's.
+        let status = w.proxy.status();
+        let mut counted = vec![0u64; 4];
+        let mut by_model = vec![0u64; 4];
+        for label in ["alice", "bob"] {
+            let a = account_state(&w.proxy, provider, label);
+            if a["tokens"].is_null() {
+                continue;
+            }
+            for (i, k) in kinds.iter().enumerate() {
+                counted[i] += a["tokens"][*k].as_u64().unwrap();
+            }
+            let models = a["tokens_by_model"].as_array().unwrap();
+            assert_eq!(models.len(), 1, "one model: {a}");
+            assert_eq!(models[0]["model"], model.as_str(), "{a}");
+            for (i, k) in kinds.iter().enumerate() {
+                by_model[i] += models[0][*k].as_u64().unwrap();
+            }
+        }
+        assert_eq!(
+            counted, want,
+            "{provider}: counted vs the SDK's usage {summary}"
+        );
+        assert_eq!(by_model, want, "{provider}: per model");
+        let key = &status["access_keys"][0];
+        assert_eq!(key["name"], "team");
+        assert_eq!(key["requests"], calls);
+        assert_eq!(
+            (key["input_tokens"].as_u64(), key["output_tokens"].as_u64()),
+            (Some(want[0]), Some(want[1])),
+            "{key}"
+        );
+    }
 }

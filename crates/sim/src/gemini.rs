@@ -188,12 +188,24 @@ fn response(a: &Answer<'_>, text: &str, done: bool, output_tokens: u64) -> Value
     }
     json!({
         "candidates": [candidate],
-        "usageMetadata": {"promptTokenCount": a.input_tokens,
-                          "candidatesTokenCount": output_tokens,
-                          "totalTokenCount": a.input_tokens + output_tokens},
+        "usageMetadata": usage_metadata(a, output_tokens),
         "modelVersion": a.model,
         "responseId": a.id,
     })
+}
+
+/// `usageMetadata`: the prompt count includes the cached part, reported
+/// (with its details) only when there is one, as Google does.
+fn usage_metadata(a: &Answer<'_>, output_tokens: u64) -> Value {
+    let mut u = json!({"promptTokenCount": a.input_tokens,
+                       "candidatesTokenCount": output_tokens,
+                       "totalTokenCount": a.input_tokens + output_tokens,
+                       "promptTokensDetails": [{"modality": "TEXT", "tokenCount": a.input_tokens}]});
+    if a.cached_tokens > 0 {
+        u["cachedContentTokenCount"] = json!(a.cached_tokens);
+        u["cacheTokensDetails"] = json!([{"modality": "TEXT", "tokenCount": a.cached_tokens}]);
+    }
+    u
 }
 
 /// The non-streamed answer.

@@ -181,6 +181,7 @@ fn build_current(
             model: &model,
             text: &text,
             input_tokens: 16,
+            cached_tokens: 0,
             created: shapes::now_epoch(),
         };
         let apis = [Api::Messages, Api::Chat, Api::Responses, Api::Gemini];
@@ -868,6 +869,7 @@ fn success(
         model,
         text: &text,
         input_tokens: (body.len() as u64 / 4).max(1),
+        cached_tokens: shapes::cached_tokens(body, (body.len() as u64 / 4).max(1)),
         created: shapes::now_epoch(),
     };
     if stream {

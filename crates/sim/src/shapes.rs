@@ -109,7 +109,25 @@ pub(crate) struct Answer<'a> {
     pub(crate) model: &'a str,
     pub(crate) text: &'a Text,
     pub(crate) input_tokens: u64,
+    /// The part of the prompt read from the prompt cache (see
+    /// [`cached_tokens`]); included in `input_tokens` here, reported in
+    /// each provider's own way.
+    pub(crate) cached_tokens: u64,
     pub(crate) created: u64,
+}
+
+/// The simulator's prompt cache: a request that asks for caching
+/// (Anthropic `cache_control`, OpenAI `prompt_cache_key`, Gemini
+/// `cachedContent`) reads half its prompt from the cache; others none.
+pub(crate) fn cached_tokens(body: &[u8], input_tokens: u64) -> u64 {
+    let asks = [
+        &b"\"cache_control\""[..],
+        b"\"prompt_cache_key\"",
+        b"\"cachedContent\"",
+    ]
+    .iter()
+    .any(|k| body.windows(k.len()).any(|w| w == *k));
+    if asks { input_tokens / 2 } else { 0 }
 }
 
 pub(crate) fn now_epoch() -> u64 {
@@ -127,8 +145,12 @@ fn anthropic_message(a: &Answer<'_>, text: &str, stop: Option<&str>, output_toke
     json!({
         "id": a.id, "type": "message", "role": "assistant", "model": a.model,
         "content": content, "stop_reason": stop, "stop_sequence": null,
-        "usage": {"input_tokens": a.input_tokens, "output_tokens": output_tokens,
-                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        // Anthropic reports cache reads beside the uncached input.
+        "usage": {"input_tokens": a.input_tokens - a.cached_tokens,
+                  "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": a.cached_tokens,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                  "output_tokens": output_tokens, "service_tier": "standard"}
     })
 }
 
@@ -143,7 +165,7 @@ fn response_object(a: &Answer<'_>, status: &str, text: Option<&str>) -> Value {
         None => json!([]),
     };
     let usage = if text.is_some() {
-        json!({"input_tokens": a.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+        json!({"input_tokens": a.input_tokens, "input_tokens_details": {"cached_tokens": a.cached_tokens},
                "output_tokens": out, "output_tokens_details": {"reasoning_tokens": 0},
                "total_tokens": a.input_tokens + out})
     } else {
@@ -160,6 +182,16 @@ fn response_object(a: &Answer<'_>, status: &str, text: Option<&str>) -> Value {
     })
 }
 
+/// Chat Completions usage: the prompt count includes the cached part.
+fn chat_usage(a: &Answer<'_>, out: u64) -> Value {
+    json!({"prompt_tokens": a.input_tokens, "completion_tokens": out,
+           "total_tokens": a.input_tokens + out,
+           "prompt_tokens_details": {"cached_tokens": a.cached_tokens, "audio_tokens": 0},
+           "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                         "accepted_prediction_tokens": 0,
+                                         "rejected_prediction_tokens": 0}})
+}
+
 /// A non-streamed success body.
 pub(crate) fn json_body(api: Api, a: &Answer<'_>) -> String {
     let text = a.text.full();
@@ -170,8 +202,7 @@ pub(crate) fn json_body(api: Api, a: &Answer<'_>) -> String {
             "id": a.id, "object": "chat.completion", "created": a.created, "model": a.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
                          "logprobs": null, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": a.input_tokens, "completion_tokens": out,
-                      "total_tokens": a.input_tokens + out},
+            "usage": chat_usage(a, out),
             "system_fingerprint": null
         }),
         Api::Responses => response_object(a, "completed", Some(&text)),
@@ -266,8 +297,7 @@ pub(crate) fn sse_events(
                 ev.push(data(json!({
                     "id": a.id, "object": "chat.completion.chunk", "created": a.created,
                     "model": a.model, "choices": [],
-                    "usage": {"prompt_tokens": a.input_tokens, "completion_tokens": out,
-                              "total_tokens": a.input_tokens + out}})));
+                    "usage": chat_usage(a, out)})));
             }
             ev.push(sse(None, "[DONE]"));
         }
@@ -746,6 +776,7 @@ mod tests {
             model: "m",
             text,
             input_tokens: 3,
+            cached_tokens: 0,
             created: 1,
         }
     }

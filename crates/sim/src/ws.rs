@@ -231,6 +231,7 @@ async fn answer(
         model: &model,
         text: &text,
         input_tokens: (text_len(&request) / 4).max(1),
+        cached_tokens: 0,
         created: shapes::now_epoch(),
     };
     // `generate: false` only warms the connection up: no output, no quota.
