@@ -252,6 +252,15 @@ async fn dashboard_end_to_end(access_key: bool) {
         Duration::from_secs(3),
     )
     .await;
+    // The tokens the answer reported, on the serving account's row.
+    b.wait_for(
+        "work's tokens",
+        &format!(
+            "return /^[0-9]+ in · [0-9]+ out$/.test(document.querySelector('{ROW}[data-label=work] .tokens').textContent)"
+        ),
+        Duration::from_secs(5),
+    )
+    .await;
     let retry = "return document.querySelector('#providers tr.account[data-label=spare] .retry').textContent";
     let first = b.js(retry).await;
     b.wait_for(

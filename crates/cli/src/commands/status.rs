@@ -260,7 +260,7 @@ fn print_report(
     let style = Style::stdout();
     let now = report.now;
     let mut table = Table::new(&[
-        "PROVIDER", "LABEL", "KIND", "STATE", "RETRY IN", "OK", "FAILED", "QUOTA", "NOTE",
+        "PROVIDER", "LABEL", "KIND", "STATE", "RETRY IN", "OK", "FAILED", "TOKENS", "QUOTA", "NOTE",
     ]);
     for p in &report.providers {
         for a in &p.accounts {
@@ -287,6 +287,7 @@ fn print_report(
                 cell(retry),
                 cell(count(a.successes)),
                 cell(count(a.failures)),
+                cell(a.tokens.as_ref().map(tokens_cell).unwrap_or_default()),
                 cell(quota.join(", ")),
                 cell(notes(a, offline)),
             ]);
@@ -301,18 +302,50 @@ fn print_access_keys(report: &StatusReport, style: Style) -> anyhow::Result<()> 
     if report.access_keys.is_empty() {
         return Ok(());
     }
-    let mut table = Table::new(&["ACCESS KEY", "REQUESTS", "INPUT TOKENS", "OUTPUT TOKENS"]);
+    let mut table = Table::new(&[
+        "ACCESS KEY",
+        "REQUESTS",
+        "INPUT TOKENS",
+        "OUTPUT TOKENS",
+        "CACHE READ",
+        "CACHE WRITE",
+    ]);
     for k in &report.access_keys {
         table.row(vec![
             cell(&k.name),
             cell(k.requests.to_string()),
             cell(k.input_tokens.to_string()),
             cell(k.output_tokens.to_string()),
+            cell(k.cache_read_tokens.to_string()),
+            cell(k.cache_write_tokens.to_string()),
         ]);
     }
     outln!();
     out!("{}", table.render(style));
     Ok(())
+}
+
+/// The TOKENS column: what the answers reported since the proxy started,
+/// `12.3k in 4.1k out` and the cache reads and writes when there were any.
+fn tokens_cell(t: &marathon_core::status::TokenTotals) -> String {
+    let mut s = format!("{} in {} out", short_count(t.input), short_count(t.output));
+    if t.cache_read > 0 {
+        s.push_str(&format!(" {} cached", short_count(t.cache_read)));
+    }
+    if t.cache_write > 0 {
+        s.push_str(&format!(" {} cache write", short_count(t.cache_write)));
+    }
+    s
+}
+
+/// `950`, `12.3k`, `4.1M`, `2.0G`.
+fn short_count(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.1}G", n as f64 / 1e9),
+    }
 }
 
 /// The NOTE column: the last error, what to do, where the credential came from.
@@ -379,6 +412,28 @@ mod tests {
         assert_eq!(
             short_duration(t, UnixMillis(1_000_000 + 2 * 86_400_000 + 3_600_000)),
             "2d01h"
+        );
+    }
+
+    #[test]
+    fn token_cells() {
+        use marathon_core::status::TokenTotals;
+        let t = TokenTotals {
+            input: 950,
+            output: 12_345,
+            cache_read: 0,
+            cache_write: 0,
+        };
+        assert_eq!(tokens_cell(&t), "950 in 12.3k out");
+        let t = TokenTotals {
+            input: 4_100_000,
+            output: 2,
+            cache_read: 2_000_000_000,
+            cache_write: 1_000,
+        };
+        assert_eq!(
+            tokens_cell(&t),
+            "4.1M in 2 out 2.0G cached 1.0k cache write"
         );
     }
 }
