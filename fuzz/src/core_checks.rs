@@ -1,4 +1,5 @@
-//! What the `hints`, `classify` and `sse` fuzz targets check, over any input.
+//! What the `hints`, `classify`, `sse` and `usage` fuzz targets check, over
+//! any input.
 //!
 //! This file is compiled twice: by the fuzz crate (`fuzz/`, built only by
 //! `scripts/fuzz`) and, through `#[path]`, by `crates/core/tests/fuzz_seeds.rs`,
@@ -13,6 +14,7 @@
 
 use std::time::Duration;
 
+use marathon_core::accounting::{self, Framing, MAX_MODEL_BYTES, TokenUsage, UsageScanner};
 use marathon_core::classify::classify;
 use marathon_core::hints::{self, MAX_HINT_AHEAD};
 use marathon_core::sse::{ErrorScanner, first_event_end};
@@ -359,4 +361,69 @@ fn fnv1a(data: &[u8]) -> u64 {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     h | 1
+}
+
+/// The usage scanner (token accounting) over any answer, both framings:
+/// the same usage and model however the bytes are split, a model within its
+/// cap, and a model label (what reaches status and metrics) that is a safe
+/// word. The first byte picks the framing; `0xFF n b` runs expand as for `sse`.
+pub fn usage(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let framing = if first & 1 == 0 {
+        Framing::Json
+    } else {
+        Framing::EventStream
+    };
+    let body = expand(rest);
+    let whole = usage_scan(framing, &[&body]);
+    if body.len() <= 4096 {
+        let bytes: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(
+            usage_scan(framing, &bytes),
+            whole,
+            "byte-by-byte split changed the usage"
+        );
+    }
+    let mut chunks = Vec::new();
+    let mut left = &body[..];
+    let mut rng = fnv1a(&body);
+    while !left.is_empty() {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let len = if rng.is_multiple_of(8) {
+            rng % 4096
+        } else {
+            rng % 9
+        } as usize;
+        let (a, b) = left.split_at(len.min(left.len()));
+        chunks.push(a);
+        left = b;
+    }
+    assert_eq!(
+        usage_scan(framing, &chunks),
+        whole,
+        "a split changed the usage"
+    );
+    if let (_, Some(model)) = &whole {
+        assert!(
+            model.len() <= MAX_MODEL_BYTES,
+            "model over its cap: {}",
+            model.len()
+        );
+        if let Some(label) = accounting::model_label(model) {
+            assert!(label.len() <= 64 && label.bytes().all(|b| b.is_ascii_graphic()));
+        }
+    }
+    let _ = accounting::request_model(&body);
+}
+
+fn usage_scan(framing: Framing, chunks: &[&[u8]]) -> (Option<TokenUsage>, Option<String>) {
+    let mut s = UsageScanner::new(framing);
+    for c in chunks {
+        s.feed(c);
+    }
+    (s.usage(), s.model().map(str::to_owned))
 }

@@ -3,7 +3,7 @@
 //! `fuzz/` is built only by `scripts/fuzz` (it needs libFuzzer), so nothing in
 //! the normal build would notice if its checks stopped compiling or its seeds
 //! stopped being good inputs. This test compiles the very file the `hints`,
-//! `classify` and `sse` targets call and runs every seed through it: an API
+//! `classify`, `sse` and `usage` targets call and runs every seed through it: an API
 //! change breaks this test, and a seed that trips an invariant fails here too.
 
 #[path = "../../../fuzz/src/core_checks.rs"]
@@ -42,6 +42,14 @@ fn classify_seeds() {
     for (name, data) in seeds("classify") {
         eprintln!("{name}");
         core_checks::classify_all(&data);
+    }
+}
+
+#[test]
+fn usage_seeds() {
+    for (name, data) in seeds("usage") {
+        eprintln!("{name}");
+        core_checks::usage(&data);
     }
 }
 
