@@ -41,7 +41,7 @@ async fn with_key(w: &World, path: &str, key: &str) -> Resp {
     send(&w.client, req).await
 }
 
-/// Guards: per-key accounting (who used what) counting the wrong key, counting
+/// Guards: per-key accounting (who used what, requests and tokens) counting the wrong key, counting
 /// refused requests, or showing the key itself where the name belongs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_named_key_is_let_in_and_counted_under_its_name() {
@@ -67,7 +67,13 @@ async fn each_named_key_is_let_in_and_counted_under_its_name() {
     assert_eq!(keys[0]["requests"], 3);
     assert_eq!(keys[1]["name"], "ci-bot");
     assert_eq!(keys[1]["requests"], 1);
-    assert_eq!(keys[1]["input_tokens"], 0);
+    // Token accounting: the same request three times is three times the
+    // tokens of one, under the key that sent it.
+    let tokens = |k: &serde_json::Value, kind: &str| k[kind].as_u64().unwrap();
+    for kind in ["input_tokens", "output_tokens"] {
+        assert!(tokens(&keys[1], kind) > 0, "{keys}");
+        assert_eq!(tokens(&keys[0], kind), 3 * tokens(&keys[1], kind), "{keys}");
+    }
     let metrics = with_key(&w, "/_marathon/metrics", ALICE).await.text();
     assert!(
         metrics.contains("marathon_access_key_requests_total{key=\"alice\"} 3"),
