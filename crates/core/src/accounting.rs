@@ -149,6 +149,20 @@ impl UsageScanner {
         });
     }
 
+    /// A message of a message-framed transport (a WebSocket) ended: the
+    /// next bytes start a new JSON document, whatever this one left open.
+    pub fn end_document(&mut self) {
+        self.walker.reset();
+    }
+
+    /// The usage and model read so far, and a fresh start: for a transport
+    /// that carries many answers (a WebSocket), each counted on its own.
+    pub fn take(&mut self) -> (Option<TokenUsage>, Option<String>) {
+        let usage = self.usage();
+        self.fields = UsageFields::default();
+        (usage, self.model.take())
+    }
+
     /// The usage read so far; `None` when the answer carried none.
     pub fn usage(&self) -> Option<TokenUsage> {
         self.fields.normalize()

@@ -9,15 +9,16 @@
 //! back. Counts are since the process started (not persisted): processes
 //! sharing a store each count their own answers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::Uri;
 use marathon_core::AccountId;
-use marathon_core::accounting::{Framing, UsageScanner, path_model, request_model};
+use marathon_core::accounting::{
+    Framing, TokenLedger, TokenUsage, UsageScanner, path_model, request_model,
+};
 
 use crate::access::ClientKey;
-use crate::state::ProviderRuntime;
 
 /// One answer's usage on its way through.
 pub(crate) struct Tally {
@@ -29,7 +30,8 @@ pub(crate) struct Tally {
 /// Whom an answer's tokens count against, and where its model is when the
 /// answer names none.
 struct Counted {
-    rt: Arc<ProviderRuntime>,
+    /// The provider's ledger.
+    ledger: Arc<Mutex<TokenLedger>>,
     account: AccountId,
     key: Option<ClientKey>,
     /// The upstream URI (Gemini names the model in the path).
@@ -40,7 +42,7 @@ struct Counted {
 
 impl Tally {
     pub(crate) fn new(
-        rt: Arc<ProviderRuntime>,
+        ledger: Arc<Mutex<TokenLedger>>,
         account: AccountId,
         key: Option<ClientKey>,
         event_stream: bool,
@@ -55,7 +57,7 @@ impl Tally {
         Tally {
             scanner: UsageScanner::new(framing),
             to: Some(Counted {
-                rt,
+                ledger,
                 account,
                 key,
                 uri,
@@ -73,29 +75,42 @@ impl Tally {
     /// The body ended (or was dropped): counts what the answer reported,
     /// once.
     pub(crate) fn finish(&mut self) {
-        let Some(to) = self.to.take() else {
-            return;
-        };
-        let Some(usage) = self.scanner.usage().filter(|u| !u.is_zero()) else {
+        if let Some(to) = self.to.take() {
+            to.count(self.scanner.take());
+        }
+    }
+
+    /// A WebSocket message ended: counts what it reported (each
+    /// `response.completed` is one answer of many on the socket).
+    pub(crate) fn end_message(&mut self) {
+        self.scanner.end_document();
+        if let Some(to) = &self.to {
+            to.count(self.scanner.take());
+        }
+    }
+}
+
+impl Counted {
+    fn count(&self, (usage, model): (Option<TokenUsage>, Option<String>)) {
+        let Some(usage) = usage.filter(|u| !u.is_zero()) else {
             return;
         };
         let from_request;
-        let model = match self.scanner.model() {
+        let model = match model.as_deref() {
             Some(m) => Some(m),
-            None => match path_model(to.uri.path()) {
+            None => match path_model(self.uri.path()) {
                 Some(m) => Some(m),
                 None => {
-                    from_request = to.request.as_deref().and_then(request_model);
+                    from_request = self.request.as_deref().and_then(request_model);
                     from_request.as_deref()
                 }
             },
         };
-        to.rt
-            .tokens
+        self.ledger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add(&to.account, model, &usage);
-        if let Some(key) = &to.key {
+            .add(&self.account, model, &usage);
+        if let Some(key) = &self.key {
             key.add_usage(&usage);
         }
     }
@@ -106,5 +121,95 @@ impl Drop for Tally {
         // A body dropped half-way (the client left) still used what it
         // reported so far.
         self.finish();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use marathon_core::status::TokenTotals;
+
+    /// A tally on a ledger of its own for account `a1`, and a reader of
+    /// that account's totals.
+    pub(crate) fn tally() -> (Tally, impl Fn() -> TokenTotals) {
+        let ledger = Arc::new(Mutex::new(TokenLedger::new()));
+        let id = AccountId("a1".into());
+        let t = Tally::new(
+            ledger.clone(),
+            id.clone(),
+            None,
+            false,
+            Uri::from_static("/"),
+            None,
+        );
+        let read = move || {
+            let l = ledger.lock().unwrap();
+            l.account(&id).map(|a| a.total.clone()).unwrap_or_default()
+        };
+        (t, read)
+    }
+
+    /// Guards counting twice or not at all: an answer is counted once,
+    /// at its end or when dropped half-way, whichever comes first.
+    #[test]
+    fn counted_once_at_the_end_or_on_drop() {
+        let body = br#"{"model":"m","usage":{"input_tokens":3,"output_tokens":4}}"#;
+        let (mut t, read) = tally();
+        t.feed(body);
+        assert_eq!(read().input, 0, "not before the end");
+        t.finish();
+        t.finish();
+        drop(t);
+        assert_eq!((read().input, read().output), (3, 4));
+        let (mut t, read) = tally();
+        t.feed(b"event: message_start\n");
+        drop(t);
+        assert_eq!(
+            read(),
+            TokenTotals::default(),
+            "nothing reported, nothing counted"
+        );
+    }
+
+    /// The model comes from the request when the answer names none: the
+    /// Gemini path first, then the request body's `model`.
+    #[test]
+    fn the_model_falls_back_to_the_request() {
+        let ledger = Arc::new(Mutex::new(TokenLedger::new()));
+        let id = AccountId("a1".into());
+        let usage = br#"{"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":1}}"#;
+        for (uri, request, want) in [
+            (
+                "/v1beta/models/gemini-2.5-pro:generateContent",
+                None,
+                "gemini-2.5-pro",
+            ),
+            (
+                "/v1/messages",
+                Some(Bytes::from_static(br#"{"model":"claude-x"}"#)),
+                "claude-x",
+            ),
+            ("/v1/messages", None, "unknown"),
+        ] {
+            let mut t = Tally::new(
+                ledger.clone(),
+                id.clone(),
+                None,
+                false,
+                Uri::from_static(uri),
+                request,
+            );
+            t.feed(usage);
+            t.finish();
+            let l = ledger.lock().unwrap();
+            assert!(
+                l.account(&id)
+                    .unwrap()
+                    .models
+                    .iter()
+                    .any(|(m, _)| m == want),
+                "{want}"
+            );
+        }
     }
 }

@@ -584,7 +584,7 @@ impl Exchange<'_> {
             _ => None,
         };
         Tally::new(
-            self.rt.clone(),
+            self.rt.tokens.clone(),
             account.id.clone(),
             self.parts.extensions.get::<ClientKey>().cloned(),
             event_stream,

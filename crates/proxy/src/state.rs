@@ -166,7 +166,7 @@ pub(crate) struct ProviderRuntime {
     pub metrics: ProviderMetrics,
     /// Tokens per account and model (token accounting), written once at
     /// each answer's end.
-    pub tokens: Mutex<marathon_core::accounting::TokenLedger>,
+    pub tokens: Arc<Mutex<marathon_core::accounting::TokenLedger>>,
     /// When the last `exhausted` event went out (ms since the epoch).
     pub last_exhausted_event: std::sync::atomic::AtomicU64,
 }

@@ -45,6 +45,8 @@ use marathon_wire::{Audience, add_trace_headers};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::access::ClientKey;
+use crate::accounting::Tally;
 use crate::body::ProxyBody;
 use crate::errors::proxy_error;
 use crate::forward::{AttemptKey, Env, own_answer};
@@ -133,7 +135,19 @@ pub(crate) async fn forward(
             let (Some(account), trace) = (rotation.account(), rotation.trace()) else {
                 return internal(&rt);
             };
-            switch(&state, &rt, client_side, resp, account, trace, hold)
+            // Answers on the socket count against the account and the
+            // access key that opened it.
+            let key = parts.extensions.get::<ClientKey>().cloned();
+            let tally = Tally::new(
+                rt.tokens.clone(),
+                account.id.clone(),
+                key,
+                false,
+                handshake.uri.clone(),
+                None,
+            );
+            let session = Session { hold, tally };
+            switch(&state, &rt, client_side, resp, account, trace, session)
         }
         Answered::Other(r) => r,
     }
@@ -307,6 +321,15 @@ fn internal(rt: &ProviderRuntime) -> Response<ProxyBody> {
     )
 }
 
+/// What a WebSocket session keeps for its whole life.
+struct Session {
+    /// A capped account's slot, released when the session ends.
+    hold: Option<crate::slots::SlotHold>,
+    /// Counts the tokens of every answer on the socket (each
+    /// `response.completed` message).
+    tally: Tally,
+}
+
 /// `101` to the client with the upstream's handshake headers, and a task that
 /// joins the two upgraded connections.
 fn switch(
@@ -316,7 +339,7 @@ fn switch(
     mut upstream: Response<Incoming>,
     account: &Picked,
     trace: &AttemptTrace,
-    hold: Option<crate::slots::SlotHold>,
+    session: Session,
 ) -> Response<ProxyBody> {
     let upstream_side = hyper::upgrade::on(&mut upstream);
     let watch = SpentWatch {
@@ -325,12 +348,12 @@ fn switch(
         id: account.id.clone(),
     };
     tokio::spawn(async move {
-        // Released when the session ends.
-        let _hold = hold;
+        // The slot is released when the session ends.
+        let Session { hold: _hold, tally } = session;
         let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) else {
             return;
         };
-        relay(client, upstream, watch).await;
+        relay(client, upstream, watch, tally).await;
     });
     let (parts, _) = upstream.into_parts();
     let mut r = Response::from_parts(parts, ProxyBody::Empty);
@@ -339,7 +362,7 @@ fn switch(
 }
 
 /// Bytes both ways, unchanged; the upstream's text messages read on the way.
-async fn relay(client: Upgraded, upstream: Upgraded, watch: SpentWatch) {
+async fn relay(client: Upgraded, upstream: Upgraded, watch: SpentWatch, mut tally: Tally) {
     let (mut client_rd, mut client_wr) = tokio::io::split(TokioIo::new(client));
     let (mut up_rd, mut up_wr) = tokio::io::split(TokioIo::new(upstream));
     let to_upstream = async {
@@ -376,7 +399,7 @@ async fn relay(client: Upgraded, upstream: Upgraded, watch: SpentWatch) {
             };
             // Read before passing on: once the client has seen a spent
             // event, the account is already benched for its next connection.
-            for message in frames.feed(&buf[..n]) {
+            for message in frames.feed_counting(&buf[..n], Some(&mut tally)) {
                 watch.check(&message);
             }
             let chunk = http_body::Frame::data(Bytes::copy_from_slice(&buf[..n]));
@@ -503,10 +526,22 @@ struct FrameReader {
     /// The text message being gathered, `None` when it is not kept (binary,
     /// too long, or no message started).
     message: Option<Vec<u8>>,
+    /// A text message is in progress (kept or not: the token tally reads
+    /// every text payload as it passes, whatever its length).
+    in_text: bool,
+    /// The current frame's payload is part of that text message.
+    text: bool,
 }
 
 impl FrameReader {
-    fn feed(&mut self, mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    #[cfg(test)]
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        self.feed_counting(bytes, None)
+    }
+
+    /// [`FrameReader::feed`], handing every text payload byte to `tally` as
+    /// it passes and telling it where each text message ends.
+    fn feed_counting(&mut self, mut bytes: &[u8], mut tally: Option<&mut Tally>) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         while !bytes.is_empty() {
             if self.remaining == 0 {
@@ -514,13 +549,20 @@ impl FrameReader {
                 self.head.push(bytes[0]);
                 bytes = &bytes[1..];
                 if header_len(&self.head) == Some(self.head.len()) {
-                    self.start_frame(&mut out);
+                    self.start_frame(&mut out, tally.as_deref_mut());
                 }
                 continue;
             }
             let take = usize::try_from(self.remaining)
                 .unwrap_or(usize::MAX)
                 .min(bytes.len());
+            // Server frames are not masked; a masked one is not read.
+            if self.text
+                && self.mask.is_none()
+                && let Some(t) = tally.as_deref_mut()
+            {
+                t.feed(&bytes[..take]);
+            }
             if self.keep
                 && let Some(m) = self.message.as_mut()
             {
@@ -539,14 +581,14 @@ impl FrameReader {
             bytes = &bytes[take..];
             self.remaining -= take as u64;
             if self.remaining == 0 {
-                self.end_frame(&mut out);
+                self.end_frame(&mut out, tally.as_deref_mut());
             }
         }
         out
     }
 
     /// A complete header is in `head`: start its frame.
-    fn start_frame(&mut self, out: &mut Vec<Vec<u8>>) {
+    fn start_frame(&mut self, out: &mut Vec<Vec<u8>>, tally: Option<&mut Tally>) {
         let h = std::mem::take(&mut self.head);
         let fin = h[0] & 0x80 != 0;
         let opcode = h[0] & 0x0f;
@@ -567,31 +609,44 @@ impl FrameReader {
             1 => {
                 self.message = Some(Vec::new());
                 self.keep = true;
+                (self.in_text, self.text) = (true, true);
             }
             2 => {
                 self.message = None;
                 self.keep = false;
+                (self.in_text, self.text) = (false, false);
             }
             // A continuation belongs to the message in progress.
-            0 => self.keep = self.message.is_some(),
+            0 => {
+                self.keep = self.message.is_some();
+                self.text = self.in_text;
+            }
             // Control frames sit between a message's fragments.
             _ => {
                 self.keep = false;
                 self.fin = false;
+                self.text = false;
             }
         }
         if len == 0 {
-            self.end_frame(out);
+            self.end_frame(out, tally);
         }
     }
 
-    fn end_frame(&mut self, out: &mut Vec<Vec<u8>>) {
+    fn end_frame(&mut self, out: &mut Vec<Vec<u8>>, tally: Option<&mut Tally>) {
         if self.keep
             && self.fin
             && let Some(m) = self.message.take()
         {
             out.push(m);
         }
+        if self.text && self.fin {
+            self.in_text = false;
+            if let Some(t) = tally {
+                t.end_message();
+            }
+        }
+        self.text = false;
         self.keep = false;
     }
 }
@@ -658,6 +713,34 @@ mod tests {
         let mut r = FrameReader::default();
         let got: Vec<Vec<u8>> = stream.iter().flat_map(|b| r.feed(&[*b])).collect();
         assert_eq!(got, want);
+    }
+
+    /// Guards the token tally missing an answer because TCP split its frame
+    /// or the message was too long to keep: every text payload reaches it,
+    /// each message ends once, however the bytes are cut.
+    #[test]
+    fn the_tally_reads_every_text_message_however_split() {
+        let completed = |n: u64| {
+            format!(
+                r#"{{"type":"response.completed","response":{{"model":"m","usage":{{"input_tokens":{n},"output_tokens":1}},"pad":"{}"}}}}"#,
+                "x".repeat(MAX_SCANNED_MESSAGE)
+            )
+        };
+        let (one, two) = (completed(3), completed(5));
+        let mut stream = frame(1, false, &one.as_bytes()[..40]);
+        stream.extend(frame(9, true, b"ping"));
+        stream.extend(frame(0, true, &one.as_bytes()[40..]));
+        stream.extend(frame(2, true, br#"{"usage":{"input_tokens":100}}"#));
+        stream.extend(frame(1, true, two.as_bytes()));
+        for cut in [1, 2, 30, 45, 50, stream.len() / 2, stream.len() - 1] {
+            let (mut tally, ledger) = crate::accounting::tests::tally();
+            let mut r = FrameReader::default();
+            r.feed_counting(&stream[..cut], Some(&mut tally));
+            r.feed_counting(&stream[cut..], Some(&mut tally));
+            drop(tally);
+            let t = ledger();
+            assert_eq!((t.input, t.output), (8, 2), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -276,3 +276,47 @@ async fn every_account_refusing_the_handshake_gets_the_exhaustion_answer() {
     }
     assert_eq!((w.sim.count("alice"), w.sim.count("bob")), (0, 0));
 }
+
+/// Guards token accounting on the Responses WebSocket: every turn on one
+/// socket is an answer of its own (`response.completed`), each counted
+/// against the account that opened the socket — not only the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_turn_on_a_socket_is_counted() {
+    let w = codex_world(
+        Account::ok("alice", "sk-test-alice-0123456789"),
+        Account::ok("bob", "sk-test-bob-9876543210"),
+    )
+    .await;
+    let (mut ws, _) = connect(&w).await.expect("handshake through marathon");
+    let (mut input, mut output) = (0, 0);
+    for _ in 0..3 {
+        let events = turn(&mut ws).await;
+        let usage = &events.last().unwrap()["response"]["usage"];
+        let cached = usage["input_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0);
+        input += usage["input_tokens"].as_u64().unwrap() - cached;
+        output += usage["output_tokens"].as_u64().unwrap();
+    }
+    assert!(input > 0 && output > 0);
+    let status = w.proxy.status();
+    let alice = status["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "codex")
+        .unwrap()["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["label"] == "alice")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        alice["tokens"],
+        json!({"input": input, "output": output, "cache_read": 0, "cache_write": 0}),
+        "{alice}"
+    );
+    assert_eq!(alice["tokens_by_model"][0]["model"], "gpt-5-codex");
+    ws.close(None).await.unwrap();
+}

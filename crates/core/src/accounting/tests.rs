@@ -315,6 +315,36 @@ fn memory_stays_bounded_on_huge_values() {
     assert!(s.walker.buf.capacity() <= 2 * MAX_USAGE_BYTES);
 }
 
+/// A WebSocket carries many answers, one JSON document per message: each
+/// is taken on its own, and a broken message does not spoil the next.
+#[test]
+fn message_framed_answers_are_taken_one_by_one() {
+    let mut s = UsageScanner::new(Framing::Json);
+    let completed = |n: u64| {
+        format!(
+            r#"{{"type":"response.completed","response":{{"model":"gpt-5-codex","usage":{{"input_tokens":{n},"input_tokens_details":{{"cached_tokens":1}},"output_tokens":2}}}}}}"#
+        )
+    };
+    s.feed(br#"{"type":"response.created","response":{"model":"gpt-5-codex","usage":null}}"#);
+    s.end_document();
+    assert_eq!(s.take(), (None, Some("gpt-5-codex".to_owned())));
+    s.feed(completed(10).as_bytes());
+    s.end_document();
+    assert_eq!(
+        s.take(),
+        (Some(usage(9, 2, 1, 0)), Some("gpt-5-codex".to_owned()))
+    );
+    s.feed(br#"{"type":"response.output_text.delta","delta":"{"usage":"#);
+    s.end_document();
+    s.feed(completed(20).as_bytes());
+    s.end_document();
+    assert_eq!(
+        s.take(),
+        (Some(usage(19, 2, 1, 0)), Some("gpt-5-codex".to_owned()))
+    );
+    assert_eq!(s.take(), (None, None));
+}
+
 #[test]
 fn deep_nesting_is_counted_not_stored() {
     let mut s = UsageScanner::new(Framing::Json);
