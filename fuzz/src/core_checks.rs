@@ -425,5 +425,5 @@ fn usage_scan(framing: Framing, chunks: &[&[u8]]) -> (Option<TokenUsage>, Option
     for c in chunks {
         s.feed(c);
     }
-    (s.usage(), s.model().map(str::to_owned))
+    (s.usage(), s.model().map(|m| m.into_owned()))
 }

@@ -35,10 +35,11 @@
 //! `completion_tokens`/`output_tokens` already, Gemini's
 //! `thoughtsTokenCount` is added.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use memchr::{memchr2, memchr3};
-use serde_json::{Map, Value};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::account::AccountId;
 use crate::status::TokenTotals;
@@ -107,7 +108,10 @@ pub struct UsageScanner {
     sse: SseLines,
     walker: Walker,
     fields: UsageFields,
-    model: Option<String>,
+    /// The last `model` string, raw JSON with its quotes (no allocation);
+    /// empty: none yet.
+    model: [u8; MAX_MODEL_BYTES],
+    model_len: usize,
 }
 
 impl UsageScanner {
@@ -118,7 +122,8 @@ impl UsageScanner {
             sse: SseLines::default(),
             walker: Walker::default(),
             fields: UsageFields::default(),
-            model: None,
+            model: [0; MAX_MODEL_BYTES],
+            model_len: 0,
         }
     }
 
@@ -138,14 +143,15 @@ impl UsageScanner {
     }
 
     fn walk(&mut self, bytes: &[u8]) {
-        let (fields, model) = (&mut self.fields, &mut self.model);
+        let (fields, model, model_len) = (&mut self.fields, &mut self.model, &mut self.model_len);
         self.walker.feed(bytes, &mut |target, raw| match target {
             Target::Usage => fields.merge(raw),
-            Target::Model => {
-                if let Ok(m) = serde_json::from_slice::<String>(raw) {
-                    *model = Some(m);
-                }
+            // A string: `"…"` (a capture is at most MAX_MODEL_BYTES).
+            Target::Model if raw.len() >= 2 && raw.len() <= model.len() && raw.ends_with(b"\"") => {
+                model[..raw.len()].copy_from_slice(raw);
+                *model_len = raw.len();
             }
+            Target::Model => {}
         });
     }
 
@@ -155,12 +161,11 @@ impl UsageScanner {
         self.walker.reset();
     }
 
-    /// The usage and model read so far, and a fresh start: for a transport
-    /// that carries many answers (a WebSocket), each counted on its own.
-    pub fn take(&mut self) -> (Option<TokenUsage>, Option<String>) {
-        let usage = self.usage();
+    /// Forgets the usage and model read so far: for a transport that
+    /// carries many answers (a WebSocket), each counted on its own.
+    pub fn clear_answer(&mut self) {
         self.fields = UsageFields::default();
-        (usage, self.model.take())
+        self.model_len = 0;
     }
 
     /// The usage read so far; `None` when the answer carried none.
@@ -170,8 +175,15 @@ impl UsageScanner {
 
     /// The answer's model as it named it (untrusted text: see
     /// [`model_label`] before showing it).
-    pub fn model(&self) -> Option<&str> {
-        self.model.as_deref()
+    /// Borrowed unless the name has escapes.
+    pub fn model(&self) -> Option<Cow<'_, str>> {
+        let raw = &self.model[..self.model_len];
+        let inner = raw.get(1..raw.len().checked_sub(1)?)?;
+        if inner.contains(&b'\\') {
+            serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+        } else {
+            std::str::from_utf8(inner).ok().map(Cow::Borrowed)
+        }
     }
 }
 
@@ -582,47 +594,43 @@ struct UsageFields {
 }
 
 impl UsageFields {
-    /// Takes the fields a usage object (raw JSON) has.
+    /// Takes the fields a usage object (raw JSON) has. Parsed into a typed,
+    /// lenient shape: no allocation, unknown fields skipped, a field that is
+    /// not a count ignored on its own; anything else but an object ignored.
     fn merge(&mut self, raw: &[u8]) {
-        let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(raw) else {
+        // An object only (serde would read an array as the fields in order).
+        if raw.first() != Some(&b'{') {
+            return;
+        }
+        let Ok(u) = serde_json::from_slice::<RawUsage>(raw) else {
             return;
         };
-        let n = |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_u64);
-        let set = |slot: &mut Option<u64>, v: Option<u64>| {
-            if v.is_some() {
-                *slot = v;
+        let set = |slot: &mut Option<u64>, v: Count| {
+            if v.0.is_some() {
+                *slot = v.0;
             }
         };
-        set(&mut self.input_tokens, n(&o, "input_tokens"));
-        set(&mut self.output_tokens, n(&o, "output_tokens"));
-        set(
-            &mut self.cache_read_input_tokens,
-            n(&o, "cache_read_input_tokens"),
-        );
+        set(&mut self.input_tokens, u.input_tokens);
+        set(&mut self.output_tokens, u.output_tokens);
+        set(&mut self.cache_read_input_tokens, u.cache_read_input_tokens);
         set(
             &mut self.cache_creation_input_tokens,
-            n(&o, "cache_creation_input_tokens"),
+            u.cache_creation_input_tokens,
         );
-        set(&mut self.prompt_tokens, n(&o, "prompt_tokens"));
-        set(&mut self.completion_tokens, n(&o, "completion_tokens"));
-        for details in ["input_tokens_details", "prompt_tokens_details"] {
-            if let Some(Value::Object(d)) = o.get(details) {
-                set(&mut self.cached, n(d, "cached_tokens"));
-            }
-        }
-        set(&mut self.prompt_token_count, n(&o, "promptTokenCount"));
+        set(&mut self.prompt_tokens, u.prompt_tokens);
+        set(&mut self.completion_tokens, u.completion_tokens);
+        set(&mut self.cached, u.input_tokens_details);
+        set(&mut self.cached, u.prompt_tokens_details);
+        set(&mut self.prompt_token_count, u.prompt_token_count);
         set(
             &mut self.tool_use_prompt_token_count,
-            n(&o, "toolUsePromptTokenCount"),
+            u.tool_use_prompt_token_count,
         );
-        set(
-            &mut self.candidates_token_count,
-            n(&o, "candidatesTokenCount"),
-        );
-        set(&mut self.thoughts_token_count, n(&o, "thoughtsTokenCount"));
+        set(&mut self.candidates_token_count, u.candidates_token_count);
+        set(&mut self.thoughts_token_count, u.thoughts_token_count);
         set(
             &mut self.cached_content_token_count,
-            n(&o, "cachedContentTokenCount"),
+            u.cached_content_token_count,
         );
     }
 
@@ -670,6 +678,135 @@ impl UsageFields {
         }
         None
     }
+}
+
+/// A usage object as any provider writes it (the fields of all of them).
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct RawUsage {
+    input_tokens: Count,
+    output_tokens: Count,
+    cache_read_input_tokens: Count,
+    cache_creation_input_tokens: Count,
+    prompt_tokens: Count,
+    completion_tokens: Count,
+    /// `{"cached_tokens": n, ...}`, read as `n`.
+    #[serde(deserialize_with = "cached_tokens")]
+    input_tokens_details: Count,
+    #[serde(deserialize_with = "cached_tokens")]
+    prompt_tokens_details: Count,
+    #[serde(rename = "promptTokenCount")]
+    prompt_token_count: Count,
+    #[serde(rename = "toolUsePromptTokenCount")]
+    tool_use_prompt_token_count: Count,
+    #[serde(rename = "candidatesTokenCount")]
+    candidates_token_count: Count,
+    #[serde(rename = "thoughtsTokenCount")]
+    thoughts_token_count: Count,
+    #[serde(rename = "cachedContentTokenCount")]
+    cached_content_token_count: Count,
+}
+
+/// A token count, or nothing when the value is not one (any JSON value is
+/// read, and skipped if it is not a non-negative integer).
+#[derive(Clone, Copy, Default)]
+struct Count(Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CountVisitor { key: None })
+    }
+}
+
+/// Reads a count; given a `key`, the count under that key of an object.
+struct CountVisitor {
+    key: Option<&'static str>,
+}
+
+impl<'de> Visitor<'de> for CountVisitor {
+    type Value = Count;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a token count")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+        Ok(Count(self.key.is_none().then_some(v)))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+        Ok(Count(u64::try_from(v).ok().filter(|_| self.key.is_none())))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Count, E> {
+        Ok(Count(None))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Count, E> {
+        Ok(Count(None))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Count, E> {
+        Ok(Count(None))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Count, E> {
+        Ok(Count(None))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Count, E> {
+        Ok(Count(None))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Count, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
+        while a.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Count(None))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
+        let mut found = Count(None);
+        while let Some(k) = a.next_key::<KeyName<'de>>()? {
+            if self.key.is_some_and(|want| k.0 == want) {
+                found = a.next_value::<Count>()?;
+            } else {
+                a.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// An object key, borrowed when it has no escapes (else not one of ours).
+struct KeyName<'a>(&'a str);
+
+impl<'de> Deserialize<'de> for KeyName<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<KeyName<'de>, E> {
+                Ok(KeyName(v))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<KeyName<'de>, E> {
+                Ok(KeyName(""))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `{"cached_tokens": n, ...}` → `n`; anything else → nothing.
+fn cached_tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+    d.deserialize_any(CountVisitor {
+        key: Some("cached_tokens"),
+    })
 }
 
 /// One piece of an event stream for the usage scanner.

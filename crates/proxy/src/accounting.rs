@@ -76,7 +76,7 @@ impl Tally {
     /// once.
     pub(crate) fn finish(&mut self) {
         if let Some(to) = self.to.take() {
-            to.count(self.scanner.take());
+            to.count(self.scanner.usage(), self.scanner.model().as_deref());
         }
     }
 
@@ -85,18 +85,19 @@ impl Tally {
     pub(crate) fn end_message(&mut self) {
         self.scanner.end_document();
         if let Some(to) = &self.to {
-            to.count(self.scanner.take());
+            to.count(self.scanner.usage(), self.scanner.model().as_deref());
         }
+        self.scanner.clear_answer();
     }
 }
 
 impl Counted {
-    fn count(&self, (usage, model): (Option<TokenUsage>, Option<String>)) {
+    fn count(&self, usage: Option<TokenUsage>, model: Option<&str>) {
         let Some(usage) = usage.filter(|u| !u.is_zero()) else {
             return;
         };
         let from_request;
-        let model = match model.as_deref() {
+        let model = match model {
             Some(m) => Some(m),
             None => match path_model(self.uri.path()) {
                 Some(m) => Some(m),

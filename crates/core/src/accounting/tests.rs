@@ -7,7 +7,7 @@ fn scan(framing: Framing, chunks: &[&[u8]]) -> (Option<TokenUsage>, Option<Strin
     for c in chunks {
         s.feed(c);
     }
-    (s.usage(), s.model().map(str::to_owned))
+    (s.usage(), s.model().map(|m| m.into_owned()))
 }
 
 /// The same answer whole, cut in two at every byte, and byte by byte.
@@ -325,24 +325,44 @@ fn message_framed_answers_are_taken_one_by_one() {
             r#"{{"type":"response.completed","response":{{"model":"gpt-5-codex","usage":{{"input_tokens":{n},"input_tokens_details":{{"cached_tokens":1}},"output_tokens":2}}}}}}"#
         )
     };
+    let take = |s: &mut UsageScanner| {
+        let got = (s.usage(), s.model().map(|m| m.into_owned()));
+        s.clear_answer();
+        got
+    };
     s.feed(br#"{"type":"response.created","response":{"model":"gpt-5-codex","usage":null}}"#);
     s.end_document();
-    assert_eq!(s.take(), (None, Some("gpt-5-codex".to_owned())));
+    assert_eq!(take(&mut s), (None, Some("gpt-5-codex".to_owned())));
     s.feed(completed(10).as_bytes());
     s.end_document();
     assert_eq!(
-        s.take(),
+        take(&mut s),
         (Some(usage(9, 2, 1, 0)), Some("gpt-5-codex".to_owned()))
     );
-    s.feed(br#"{"type":"response.output_text.delta","delta":"{"usage":"#);
+    s.feed(br#"{"type":"response.output_text.delta","delta":"{\"usage\":"#);
     s.end_document();
     s.feed(completed(20).as_bytes());
     s.end_document();
     assert_eq!(
-        s.take(),
+        take(&mut s),
         (Some(usage(19, 2, 1, 0)), Some("gpt-5-codex".to_owned()))
     );
-    assert_eq!(s.take(), (None, None));
+    assert_eq!(take(&mut s), (None, None));
+}
+
+/// A model name with JSON escapes is read decoded; lenient counts.
+#[test]
+fn escaped_models_and_odd_fields() {
+    let body = br#"{"model":"gpt-4.1","usage":{"prompt_tokens":10,"completion_tokens":2,"prompt_tokens_details":7,"completion_tokens_details":{"reasoning_tokens":"x"}}}"#;
+    assert_eq!(
+        scan(Framing::Json, &[body]),
+        (Some(usage(10, 2, 0, 0)), Some("gpt-4.1".to_owned()))
+    );
+    let body = br#"{"model":12,"usage":{"input_tokens":3,"input_tokens_details":{"cached_tokens":5,"other":[1,{"a":2}]},"output_tokens":1}}"#;
+    assert_eq!(
+        scan(Framing::Json, &[body]),
+        (Some(usage(0, 1, 5, 0)), None)
+    );
 }
 
 #[test]
@@ -355,7 +375,7 @@ fn deep_nesting_is_counted_not_stored() {
     s.feed(&close);
     s.feed(b",\"usage\":{\"prompt_tokens\":5},\"model\":\"m\"}");
     assert_eq!(s.usage(), Some(usage(5, 0, 0, 0)));
-    assert_eq!(s.model(), Some("m"));
+    assert_eq!(s.model().as_deref(), Some("m"));
 }
 
 #[test]
@@ -517,7 +537,7 @@ mod props {
             s.feed(c);
             assert!(s.walker.buf.len() <= MAX_USAGE_BYTES);
         }
-        (s.usage(), s.model().map(str::to_owned))
+        (s.usage(), s.model().map(|m| m.into_owned()))
     }
 
     proptest! {
