@@ -446,6 +446,7 @@ mod tests {
             usage: vec![],
             forecast: vec![],
             in_flight: 0,
+            max_in_flight: None,
         }
     }
 
