@@ -175,6 +175,12 @@ impl UsageScanner {
 
     /// The answer's model as it named it (untrusted text: see
     /// [`model_label`] before showing it).
+    /// Whether the answer has named its model yet (cheap; see
+    /// [`UsageScanner::model`]).
+    pub fn has_model(&self) -> bool {
+        self.model_len > 0
+    }
+
     /// Borrowed unless the name has escapes.
     pub fn model(&self) -> Option<Cow<'_, str>> {
         let raw = &self.model[..self.model_len];

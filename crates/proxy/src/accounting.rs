@@ -36,7 +36,10 @@ struct Counted {
     key: Option<ClientKey>,
     /// The upstream URI (Gemini names the model in the path).
     uri: Uri,
-    /// The request body, when it was buffered (its `model` field).
+    /// The request body, when it was buffered (its `model` field), kept
+    /// only until the answer names its model — at its start in every
+    /// provider's answers — so a big prompt is not held for a whole stream;
+    /// never for a path that names the model (Gemini).
     request: Option<Bytes>,
 }
 
@@ -54,6 +57,7 @@ impl Tally {
         } else {
             Framing::Json
         };
+        let request = request.filter(|_| path_model(uri.path()).is_none());
         Tally {
             scanner: UsageScanner::new(framing),
             to: Some(Counted {
@@ -67,8 +71,11 @@ impl Tally {
     }
 
     pub(crate) fn feed(&mut self, chunk: &[u8]) {
-        if self.to.is_some() {
+        if let Some(to) = &mut self.to {
             self.scanner.feed(chunk);
+            if to.request.is_some() && self.scanner.has_model() {
+                to.request = None;
+            }
         }
     }
 
@@ -170,6 +177,35 @@ pub(crate) mod tests {
             TokenTotals::default(),
             "nothing reported, nothing counted"
         );
+    }
+
+    /// Guards a big prompt held for a whole stream: the request body is let
+    /// go as soon as the answer names its model, and never kept for a path
+    /// that names it.
+    #[test]
+    fn the_request_body_is_let_go_once_the_answer_names_its_model() {
+        let ledger = Arc::new(Mutex::new(TokenLedger::new()));
+        let id = AccountId("a1".into());
+        let request = Bytes::from(vec![b' '; 1 << 20]);
+        let mut t = Tally::new(
+            ledger.clone(),
+            id.clone(),
+            None,
+            true,
+            Uri::from_static("/v1/messages"),
+            Some(request.clone()),
+        );
+        t.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",");
+        assert!(t.to.as_ref().unwrap().request.is_none());
+        let t = Tally::new(
+            ledger,
+            id,
+            None,
+            true,
+            Uri::from_static("/v1beta/models/g:streamGenerateContent"),
+            Some(request),
+        );
+        assert!(t.to.as_ref().unwrap().request.is_none());
     }
 
     /// The model comes from the request when the answer names none: the
