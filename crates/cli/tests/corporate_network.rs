@@ -424,3 +424,174 @@ fn upstream_traffic_goes_through_the_forward_proxy_and_trusts_the_configured_ca(
     assert_eq!(sim.count("work"), 4);
     assert!(!serve.log().contains(PROXY_PASSWORD));
 }
+
+/// A token endpoint (plain HTTP, behind the test's TLS terminator): every
+/// POST gets a fresh token pair whose access token is the simulator's key
+/// for `work`. Counts the requests it answered.
+fn token_endpoint(rt: &tokio::runtime::Runtime) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    rt.spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then as much body as it announced.
+                loop {
+                    let Ok(n) = tcp.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                count.fetch_add(1, SeqCst);
+                let body = format!(
+                    r#"{{"access_token":"{ACCOUNT_KEY}","refresh_token":"rt-rotated-{}","token_type":"Bearer","expires_in":3600}}"#,
+                    count.load(SeqCst)
+                );
+                let _ = tcp
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, served)
+}
+
+/// An OAuth account whose access token has expired (the simulator does not
+/// know it): the first request needs a refresh.
+fn add_expired_oauth_account(home: &Path) {
+    use marathon_store::{Credential, NewAccount, Store as _};
+    let store = marathon_store::FileStore::open(&home.join("data")).unwrap();
+    store
+        .add(NewAccount {
+            provider: "anthropic".into(),
+            label: Some("work".into()),
+            kind: marathon_core::AccountKind::Oauth,
+            priority: 0,
+            identity: None,
+            credential: Credential::Oauth {
+                access: marathon_core::Secret::new("at-expired-2b7c"),
+                refresh: Some(marathon_core::Secret::new("rt-first-91ad")),
+                expires_at: Some(marathon_core::UnixMillis(1_000)),
+                id_token: None,
+                scopes: Vec::new(),
+            },
+            extras: Default::default(),
+            source: None,
+        })
+        .unwrap();
+}
+
+/// Guards (issue 12, item 9): token refresh that ignores the egress
+/// settings (it connected directly with the bundled roots, so behind a
+/// corporate proxy or a TLS-inspecting gateway refresh failed while
+/// requests worked). Here the token endpoint is `https://` with a
+/// certificate from the test's private CA, reached through tinyproxy with
+/// Basic credentials: the refresh goes through the proxy (tinyproxy logs the
+/// CONNECT) and succeeds with the CA configured; without it the handshake is
+/// refused and the token endpoint is never reached.
+#[test]
+fn token_refresh_goes_through_the_forward_proxy_and_trusts_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    make_certificates(&certs);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt
+        .block_on(marathon_sim::start(marathon_sim::Scenario::new([
+            marathon_sim::Account::ok("work", ACCOUNT_KEY),
+        ])))
+        .unwrap();
+    let (token_addr, token_requests) = token_endpoint(&rt);
+    let tls = tls_upstream(&rt, &certs, token_addr);
+    let proxy = Tinyproxy::start(dir.path());
+    let token_host = format!("localhost:{}", tls.port);
+    let ca = certs.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let proxy_url = proxy.url();
+    // The upstream is plain http on loopback: only the refresh needs the proxy.
+    let config = |port: u16| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[providers.anthropic]\nupstream = \"{}\"\n\
+             usage_poll = \"off\"\n\n[providers.anthropic.oauth]\ntoken_url = \"https://{token_host}/v1/oauth/token\"\n",
+            sim.url()
+        )
+    };
+
+    // 1. Through the proxy, trusting the test CA: refreshed, request served.
+    let home = dir.path().join("home-ca");
+    std::fs::create_dir(&home).unwrap();
+    let port = free_port();
+    std::fs::write(home.join("config.toml"), config(port)).unwrap();
+    add_expired_oauth_account(&home);
+    let serve = Serve::start(
+        &home,
+        port,
+        &[("HTTPS_PROXY", &proxy_url), ("MARATHON_EXTRA_CA_FILE", ca)],
+    );
+    assert_eq!(serve.call(), 200, "{}", serve.log());
+    assert_eq!(token_requests.load(SeqCst), 1, "one refresh");
+    assert_eq!(
+        proxy.connects_to(&token_host),
+        1,
+        "the refresh went through the proxy"
+    );
+    assert_eq!(tls.accepted.load(SeqCst), 1);
+    assert_eq!(sim.count("work"), 1, "served with the refreshed token");
+    let log = serve.log();
+    assert!(!log.contains(PROXY_PASSWORD), "{log}");
+    assert!(!log.contains("rt-rotated"), "{log}");
+    drop(serve);
+
+    // 2. The same, without the CA: the token endpoint's certificate is refused.
+    let home = dir.path().join("home-no-ca");
+    std::fs::create_dir(&home).unwrap();
+    let port = free_port();
+    std::fs::write(home.join("config.toml"), config(port)).unwrap();
+    add_expired_oauth_account(&home);
+    let serve = Serve::start(&home, port, &[("HTTPS_PROXY", &proxy_url)]);
+    assert_ne!(serve.call(), 200);
+    assert!(
+        proxy.connects_to(&token_host) >= 2,
+        "it went through the proxy"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tls.refused.load(SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the TLS handshake was not refused"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        token_requests.load(SeqCst),
+        1,
+        "the endpoint was never reached"
+    );
+    assert_eq!(sim.count("work"), 1);
+    assert!(!serve.log().contains(PROXY_PASSWORD));
+}

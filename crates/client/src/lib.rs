@@ -124,9 +124,10 @@ pub enum Error {
     /// The session header is not a valid header name.
     #[error("providers.{0}.session_headers: not a valid header name")]
     SessionHeader(String),
-    /// A provider's OAuth server could not be set up.
+    /// A provider's OAuth server (or the CA file its client trusts) could
+    /// not be set up.
     #[error(transparent)]
-    OAuth(#[from] marathon_oauth::from_config::PresetError),
+    OAuth(#[from] marathon_oauth::from_config::SetupError),
     /// The store could not be read.
     #[error("cannot read accounts: {0}")]
     Store(String),

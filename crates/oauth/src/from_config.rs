@@ -31,6 +31,17 @@ pub struct PresetError {
     pub source: Box<DiscoveryError>,
 }
 
+/// The OAuth client of a config could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A provider's OAuth server.
+    #[error(transparent)]
+    Preset(#[from] PresetError),
+    /// `server.extra_ca_file` holds no usable certificate.
+    #[error(transparent)]
+    Ca(#[from] crate::egress::BadCa),
+}
+
 /// The OAuth preset a configured provider logs in and refreshes with, if any:
 /// the built-in preset its `oauth.preset` (or its kind) names, with the
 /// `[providers.<name>.oauth]` overrides applied; or, for a provider without a
@@ -148,20 +159,34 @@ async fn override_preset(
     Ok(preset)
 }
 
+/// The HTTP client OAuth uses under `config`: its connections leave as the
+/// proxy's upstream traffic does (`server.upstream_proxy`, the environment's
+/// `HTTPS_PROXY`/`NO_PROXY`, `server.extra_ca_file`, the OS roots).
+pub fn http_client(config: &Config) -> Result<HyperHttpClient, crate::egress::BadCa> {
+    let egress = crate::egress::Egress::from_config(&config.server)?;
+    Ok(HyperHttpClient::with_egress(HTTP_TIMEOUT, &egress))
+}
+
+/// The OAuth client's per-request timeout.
+const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A refresher for every configured provider that has an OAuth preset,
 /// resolved now (issuer discovery included): a provider whose OAuth server
 /// cannot be set up stops the start, naming the provider and the URL.
+/// Refreshes go out as [`http_client`] says; an account with its own egress
+/// proxy (`account_proxies`) refreshes through it.
 pub async fn refresher(
     config: &Config,
     store: Arc<dyn Store>,
-) -> Result<Arc<Refresher>, PresetError> {
+) -> Result<Arc<Refresher>, SetupError> {
     let lead = config
         .providers
         .values()
         .map(|p| p.refresh_lead)
         .min()
         .unwrap_or(RefresherConfig::default().refresh_lead);
-    let http = Arc::new(HyperHttpClient::new());
+    let egress = crate::egress::Egress::from_config(&config.server)?;
+    let http = Arc::new(HyperHttpClient::with_egress(HTTP_TIMEOUT, &egress));
     let refresher = Refresher::new(
         store,
         http.clone(),
@@ -174,6 +199,10 @@ pub async fn refresher(
     for (name, p) in &config.providers {
         if let Some(preset) = preset_for(p, http.as_ref()).await? {
             refresher.set_preset(name.clone(), preset);
+        }
+        for (label, proxy) in &p.account_proxies {
+            let own = HyperHttpClient::with_egress(HTTP_TIMEOUT, &egress.through(proxy));
+            refresher.set_account_client(name.clone(), label.clone(), Arc::new(own));
         }
     }
     Ok(Arc::new(refresher))

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -241,12 +242,13 @@ pub trait HttpClient: Send + Sync {
 }
 
 type HyperInner = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    hyper_rustls::HttpsConnector<crate::egress::EgressConnector>,
     Full<Bytes>,
 >;
 
-/// The real client: hyper-util's pooled client over rustls (ring, webpki
-/// roots), HTTP/1.1, with a per-request timeout.
+/// The real client: hyper-util's pooled client over rustls (ring; the
+/// bundled, OS and configured roots), HTTP/1.1, with a per-request timeout,
+/// through the forward proxy its [`Egress`](crate::egress::Egress) names.
 #[derive(Clone)]
 pub struct HyperHttpClient {
     inner: HyperInner,
@@ -275,15 +277,29 @@ impl HyperHttpClient {
         Self::with_timeout(Duration::from_secs(30))
     }
 
-    /// A client with the given per-request timeout (connect + response).
+    /// A client with the given per-request timeout (connect + response),
+    /// straight out (no forward proxy).
     pub fn with_timeout(timeout: Duration) -> Self {
-        // ring is the only rustls provider built into this workspace, so the
-        // builder's default provider lookup is unambiguous.
+        Self::with_egress(timeout, &crate::egress::Egress::direct())
+    }
+
+    /// A client whose connections leave as `egress` says: forward proxy
+    /// (`CONNECT` tunnels) and trusted roots.
+    pub fn with_egress(timeout: Duration, egress: &crate::egress::Egress) -> Self {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.with_root_certificates(egress.root_store())
+                .with_no_client_auth()
+        })
+        .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(egress.connector());
         let inner =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))

@@ -14,11 +14,15 @@
 //! - [`from_config`]: a provider's preset from `marathon-config`, the
 //!   [`Refresher`] for a whole config, and the `Refresher` as the token
 //!   source of both faces (`marathon_core::tokens::TokenSource`);
-//! - [`http`]: the injected [`HttpClient`] (real one: [`HyperHttpClient`]).
+//! - [`http`]: the injected [`HttpClient`] (real one: [`HyperHttpClient`]);
+//!   [`egress`]: the forward proxies and CAs it connects through, as the
+//!   proxy's upstream traffic does (`HTTPS_PROXY`, `NO_PROXY`, per-account
+//!   proxies, OS roots, `server.extra_ca_file`).
 //!
 //! No secret reaches a log line, an error or a `Debug` output: tokens are
 //! [`Secret`]s, request bodies are redacted, and PKCE verifiers are not `Clone`.
 
+pub mod egress;
 pub mod from_config;
 pub mod http;
 pub mod login;
@@ -27,6 +31,7 @@ pub mod preset;
 pub mod refresh;
 pub mod token;
 
+pub use egress::Egress;
 pub use http::{HttpClient, HttpError, HttpRequest, HttpResponse, HyperHttpClient};
 pub use login::{
     DeviceLogin, LoginError, LoginResult, LoopbackLogin, OAuthClient, PasteLogin,

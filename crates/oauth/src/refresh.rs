@@ -196,6 +196,9 @@ pub struct Refresher {
     cache: Mutex<HashMap<AccountId, Cached>>,
     counters: Counters,
     listener: Mutex<Option<RefreshListener>>,
+    /// Accounts whose refreshes leave through a client of their own (their
+    /// egress proxy), by provider and label.
+    account_http: Mutex<HashMap<(String, String), Arc<dyn HttpClient>>>,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -232,6 +235,7 @@ impl Refresher {
             cache: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             listener: Mutex::new(None),
+            account_http: Mutex::new(HashMap::new()),
         }
     }
 
@@ -244,6 +248,17 @@ impl Refresher {
     /// Registers (or replaces) the preset used for accounts of `provider`.
     pub fn set_preset(&self, provider: impl Into<String>, preset: OAuthPreset) {
         lock(&self.presets).insert(provider.into(), preset);
+    }
+
+    /// Sends the refreshes of `provider`'s account labelled `label` through
+    /// `http` (e.g. a client on that account's own egress proxy).
+    pub fn set_account_client(
+        &self,
+        provider: impl Into<String>,
+        label: impl Into<String>,
+        http: Arc<dyn HttpClient>,
+    ) {
+        lock(&self.account_http).insert((provider.into(), label.into()), http);
     }
 
     /// Calls `listener` after every successful network refresh, routine or
@@ -436,7 +451,11 @@ impl Refresher {
                 provider: account.provider.clone(),
             });
         };
-        match self.refresh_network(&preset, &refresh).await {
+        let http = lock(&self.account_http)
+            .get(&(account.provider.clone(), account.label.clone()))
+            .cloned()
+            .unwrap_or_else(|| self.http.clone());
+        match self.refresh_network(http.as_ref(), &preset, &refresh).await {
             Ok(renewed) => {
                 self.store_renewed(id, &account, renewed, rejected.is_none())
                     .await
@@ -468,6 +487,7 @@ impl Refresher {
 
     async fn refresh_network(
         &self,
+        http: &dyn HttpClient,
         preset: &OAuthPreset,
         refresh: &Secret,
     ) -> Result<Renewed, TokenError> {
@@ -478,7 +498,7 @@ impl Refresher {
             self.counters.attempts.fetch_add(1, Ordering::SeqCst);
             let result = match &preset.refresh {
                 RefreshKind::RefreshToken { .. } => {
-                    send_token_request(self.http.as_ref(), refresh_request(preset, refresh))
+                    send_token_request(http, refresh_request(preset, refresh))
                         .await
                         .map(|t| Renewed {
                             access: t.access,
@@ -491,15 +511,13 @@ impl Refresher {
                         })
                 }
                 RefreshKind::CopilotExchange { url } => {
-                    copilot_exchange(self.http.as_ref(), url, refresh)
-                        .await
-                        .map(|c| Renewed {
-                            access: c.token,
-                            refresh: None,
-                            expires_at: c.expires_at,
-                            id_token: None,
-                            scopes: Vec::new(),
-                        })
+                    copilot_exchange(http, url, refresh).await.map(|c| Renewed {
+                        access: c.token,
+                        refresh: None,
+                        expires_at: c.expires_at,
+                        id_token: None,
+                        scopes: Vec::new(),
+                    })
                 }
             };
             match result {

@@ -47,16 +47,31 @@ pub(crate) fn run(ctx: &Context, args: &LoginArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(login(&name, provider, args))?;
+    let result = runtime.block_on(login(&name, provider, &config, args))?;
     save(&*store, &name, result, args, &config)
 }
 
 async fn login(
     name: &str,
     provider: &ProviderConfig,
+    config: &marathon_config::Config,
     args: &LoginArgs,
 ) -> anyhow::Result<LoginResult> {
-    let client = OAuthClient::system();
+    // The token exchange leaves as every upstream request does (forward
+    // proxy, extra CA); the account's own proxy once it has a label.
+    let mut egress = marathon_oauth::Egress::from_config(&config.server)?;
+    if let Some(proxy) = args
+        .label
+        .as_ref()
+        .and_then(|l| provider.account_proxies.get(l))
+    {
+        egress = egress.through(proxy);
+    }
+    let http = marathon_oauth::HyperHttpClient::with_egress(Duration::from_secs(30), &egress);
+    let client = OAuthClient::new(
+        std::sync::Arc::new(http),
+        std::sync::Arc::new(marathon_core::SystemClock),
+    );
     let preset = marathon_oauth::from_config::preset_for(provider, client.http().as_ref())
         .await?
         .with_context(|| format!("{name} has no OAuth preset"))?;
