@@ -26,8 +26,8 @@ use marathon_core::{
     AccountKind, Class, Classification, Outcome, Reason, Secret, TransportFailure, UnixMillis,
 };
 use marathon_wire::{
-    self as wire, ACCOUNT_HEADER, ATTEMPTS_HEADER, Lookup, OwnAnswer, REPLAYABLE_HEADER,
-    add_trace_headers, is_event_stream,
+    self as wire, ACCOUNT_HEADER, ATTEMPTS_HEADER, OwnAnswer, REPLAYABLE_HEADER, add_trace_headers,
+    is_event_stream,
 };
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
 use reqwest_middleware::{Middleware, Next};
@@ -559,21 +559,11 @@ fn classify_attempt(
             classify(flavor, &Outcome::StreamError { data: error_data }, now)
         }
         Ok((up, None)) => {
-            let status = up.head.status.as_u16();
             let headers = match &up.untouched {
                 Some(resp) => resp.headers(),
                 None => &up.head.headers,
             };
-            let body = marathon_wire::contiguous(&up.prefix);
-            classify(
-                flavor,
-                &Outcome::Response {
-                    status,
-                    headers: &Lookup(headers),
-                    body: &body,
-                },
-                now,
-            )
+            marathon_wire::classify_answer(flavor, up.head.status, headers, &up.prefix, now)
         }
     }
 }

@@ -41,8 +41,8 @@ use crate::body::{ProxyBody, StreamWatch};
 use crate::errors::{proxy_error, refusal_response};
 use crate::guard;
 use crate::headers::{
-    ACCOUNT_HEADER, ATTEMPTS_HEADER, Lookup, REPLAYABLE_HEADER, add_trace_headers,
-    prepare_request_headers, strip_hop_by_hop,
+    ACCOUNT_HEADER, ATTEMPTS_HEADER, REPLAYABLE_HEADER, add_trace_headers, prepare_request_headers,
+    strip_hop_by_hop,
 };
 use marathon_core::tokens::TokenError;
 
@@ -633,18 +633,13 @@ fn classify_attempt(
         Ok((_, Some(error_data))) => {
             classify(flavor, &Outcome::StreamError { data: error_data }, now)
         }
-        Ok((up, None)) => {
-            let body = marathon_wire::contiguous(&up.prefix);
-            classify(
-                flavor,
-                &Outcome::Response {
-                    status: up.head.status.as_u16(),
-                    headers: &Lookup(&up.head.headers),
-                    body: &body,
-                },
-                now,
-            )
-        }
+        Ok((up, None)) => marathon_wire::classify_answer(
+            flavor,
+            up.head.status,
+            &up.head.headers,
+            &up.prefix,
+            now,
+        ),
     }
 }
 

@@ -267,6 +267,29 @@ impl HeaderLookup for Lookup<'_> {
     }
 }
 
+/// Classifies an upstream answer from its status, headers and the first
+/// body chunks read (an error body, or the first events of a stream): the
+/// one way both faces turn an answer into a
+/// [`Classification`](marathon_core::outcome::Classification).
+pub fn classify_answer(
+    flavor: marathon_core::ApiFlavor,
+    status: http::StatusCode,
+    headers: &HeaderMap,
+    prefix: &std::collections::VecDeque<bytes::Bytes>,
+    now: marathon_core::UnixMillis,
+) -> marathon_core::outcome::Classification {
+    let body = contiguous(prefix);
+    marathon_core::classify::classify(
+        flavor,
+        &marathon_core::outcome::Outcome::Response {
+            status: status.as_u16(),
+            headers: &Lookup(headers),
+            body: &body,
+        },
+        now,
+    )
+}
+
 /// The chunks read so far as one buffer, for classifying an answer's head
 /// and first bytes (one chunk, the usual case, is shared, not copied).
 pub fn contiguous(chunks: &std::collections::VecDeque<bytes::Bytes>) -> bytes::Bytes {
