@@ -312,15 +312,23 @@ impl Marathon {
     }
 
     /// Each account's state in one provider's pool, in the schema of the
-    /// proxy's `/_marathon/status` ([`AccountReport`]).
+    /// proxy's `/_marathon/status` ([`AccountReport`]), with the tokens its
+    /// answers reported through this [`Marathon`] (per model too).
     pub fn accounts(&self, provider: &str) -> Option<Vec<AccountReport>> {
         let p = self.inner.providers.get(provider)?;
         let now = self.inner.clock.now();
-        let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let statuses = p.pool.lock().unwrap_or_else(|e| e.into_inner()).status(now);
+        let tokens = p.tokens.lock().unwrap_or_else(|e| e.into_inner());
         Some(
-            pool.status(now)
+            statuses
                 .iter()
-                .map(|s| AccountReport::live(s, now))
+                .map(|s| {
+                    let mut report = AccountReport::live(s, now);
+                    if let Some(t) = tokens.account(&s.id) {
+                        report.set_tokens(t);
+                    }
+                    report
+                })
                 .collect(),
         )
     }

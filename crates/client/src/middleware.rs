@@ -4,6 +4,7 @@
 //! and holds no rotation rule of its own.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +12,9 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
 use http::{Extensions, StatusCode};
 use http_body_util::BodyExt;
+use marathon_core::accounting::{Framing, Tally};
 use marathon_core::classify::classify;
 use marathon_core::decision::AttemptTrace;
-use std::hash::BuildHasher as _;
-
 use marathon_core::pool::SessionKey;
 use marathon_core::rotation::{
     self, Action, Answer, Picked, RefreshFailure, Refusal, RefusalKind, RequestFacts, Rotation,
@@ -23,7 +23,8 @@ use marathon_core::rotation::{
 use marathon_core::sse::ErrorScanner;
 use marathon_core::tokens::TokenError;
 use marathon_core::{
-    AccountKind, Class, Classification, Outcome, Reason, Secret, TransportFailure, UnixMillis,
+    AccountId, AccountKind, Class, Classification, Outcome, Reason, Secret, TransportFailure,
+    UnixMillis,
 };
 use marathon_wire::{
     self as wire, ACCOUNT_HEADER, ATTEMPTS_HEADER, OwnAnswer, REPLAYABLE_HEADER, add_trace_headers,
@@ -32,7 +33,7 @@ use marathon_wire::{
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::body::{PassBody, StreamWatch};
+use crate::body::{PassBody, RequestBody, StreamWatch};
 use crate::provider::{Cred, Env, Provider};
 use crate::{Error, Inner};
 
@@ -355,16 +356,29 @@ impl Exchange<'_, '_> {
         }
     }
 
-    /// The program gets the upstream's answer, with the trace headers.
+    /// The program gets the upstream's answer, with the trace headers; a
+    /// success's body is counted (token accounting) as it passes.
     fn pass_through(
-        &self,
+        &mut self,
         mut up: Upstream,
         account: &Picked,
         rotation: &Rotation<'_, Env>,
     ) -> Response {
-        let watch = up.scanner.take().map(|scanner| StreamWatch {
-            scanner,
-            on_error: Some(self.stream_error_handler(account)),
+        let status = up
+            .untouched
+            .as_ref()
+            .map_or(up.head.status, Response::status);
+        let tally = status
+            .is_success()
+            .then(|| self.tally(&up, account.id.clone()));
+        let on_error = up
+            .scanner
+            .is_some()
+            .then(|| self.stream_error_handler(account));
+        let watch = (on_error.is_some() || tally.is_some()).then(|| StreamWatch {
+            scanner: up.scanner.take().unwrap_or_default(),
+            on_error,
+            tally,
         });
         let mut resp = match (up.untouched.take(), watch) {
             (Some(resp), None) => resp,
@@ -412,6 +426,34 @@ impl Exchange<'_, '_> {
                 .insert(REPLAYABLE_HEADER.clone(), HeaderValue::from_static("false"));
         }
         resp
+    }
+
+    /// Token accounting for a successful answer of `account`, fed what was
+    /// read ahead of it; the request's body goes with it (its `model`, for
+    /// answers that name none): the program has its answer now.
+    fn tally(&mut self, up: &Upstream, account: AccountId) -> Tally<RequestBody> {
+        let framing = if up.scanner.is_some() {
+            Framing::EventStream
+        } else {
+            Framing::Json
+        };
+        let request = self
+            .request
+            .take()
+            .and_then(|mut r| r.body_mut().take())
+            .filter(|b| b.as_bytes().is_some_and(|b| !b.is_empty()))
+            .map(RequestBody);
+        let mut t = Tally::new(
+            self.env.provider.tokens.clone(),
+            account,
+            framing,
+            up.url.path(),
+            request,
+        );
+        for chunk in &up.prefix {
+            t.feed(chunk);
+        }
+        t
     }
 
     /// What to do with an error event inside a passed-on stream: the

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use http::{HeaderName, HeaderValue};
 use marathon_config::ProviderConfig;
+use marathon_core::accounting::TokenLedger;
 use marathon_core::budget::RetryBudget;
 use marathon_core::decision::{AttemptEntry, AttemptTrace};
 use marathon_core::events::{Event, EventKind};
@@ -78,6 +79,8 @@ pub(crate) struct Provider {
     pub(crate) pool: Mutex<Pool>,
     pub(crate) budget: Mutex<RetryBudget>,
     pub(crate) creds: RwLock<HashMap<AccountId, Arc<Cred>>>,
+    /// Tokens per account and model since the [`crate::Marathon`] was made.
+    pub(crate) tokens: Arc<Mutex<TokenLedger>>,
     last_exhausted_event: AtomicU64,
 }
 
@@ -115,6 +118,7 @@ impl Provider {
             )),
             budget: Mutex::new(RetryBudget::default()),
             creds: RwLock::new(HashMap::new()),
+            tokens: Arc::default(),
             last_exhausted_event: AtomicU64::new(0),
         })
     }
@@ -130,6 +134,10 @@ impl Provider {
             &mine,
             now,
         );
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id| mine.iter().any(|a| &a.id == id));
         let mut creds = self.creds.write().unwrap_or_else(|e| e.into_inner());
         creds.clear();
         for a in mine {

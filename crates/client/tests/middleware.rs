@@ -372,3 +372,84 @@ async fn without_the_peek_a_stream_keeps_its_head_and_is_still_watched() {
         .unwrap();
     assert_eq!(a1.state.as_str(), "cooling");
 }
+
+/// (input, output) as an Anthropic answer reported them, read the plain way
+/// (the whole body parsed; a stream's last usage wins).
+fn reported(body: &str) -> (u64, u64) {
+    let docs: Vec<serde_json::Value> = match serde_json::from_str(body) {
+        Ok(v) => vec![v],
+        Err(_) => body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect(),
+    };
+    let (mut input, mut output) = (0, 0);
+    for d in docs {
+        for usage in [&d["usage"], &d["message"]["usage"]] {
+            if let Some(i) = usage["input_tokens"].as_u64() {
+                input = i;
+            }
+            if let Some(o) = usage["output_tokens"].as_u64() {
+                output = o;
+            }
+        }
+    }
+    (input, output)
+}
+
+/// Token accounting in-process: what each answer reported, JSON and
+/// streamed, is counted per account and model in `Marathon::accounts`, once
+/// the program has read the body; an answer the program drops half-way
+/// counts what it reported so far; a refused request counts nothing.
+#[tokio::test]
+async fn answers_are_counted_per_account_and_model() {
+    let sim = marathon_sim::start(Scenario::new(
+        [Account::ok("a1", "sk-a1").stream_events(50)],
+    ))
+    .await
+    .unwrap();
+    let (marathon, client) = client(&sim.url(), &[("a1", "sk-a1")]).await;
+    let url = format!("{}/v1/messages", sim.url());
+    let tokens = || {
+        let a1 = marathon
+            .accounts("anthropic")
+            .unwrap()
+            .into_iter()
+            .find(|a| a.label == "a1")
+            .unwrap();
+        (a1.tokens, a1.tokens_by_model)
+    };
+    assert_eq!(tokens().0, None, "nothing counted before any answer");
+
+    let r = client.post(&url).body(BODY).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let json = r.text().await.unwrap();
+    let stream_body = BODY.replace("\"max_tokens\":16,", "\"max_tokens\":16,\"stream\":true,");
+    let r = client
+        .post(&url)
+        .body(stream_body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let streamed = r.text().await.unwrap();
+    let (ji, jo) = reported(&json);
+    let (si, so) = reported(&streamed);
+    assert!(ji > 0 && jo > 0 && si > 0 && so > 0, "{json}\n{streamed}");
+
+    let (total, by_model) = tokens();
+    let total = total.expect("counted");
+    assert_eq!((total.input, total.output), (ji + si, jo + so));
+    assert_eq!(by_model.len(), 1, "{by_model:?}");
+    assert_eq!(by_model[0].model, "claude-sonnet-4-5");
+    assert_eq!(by_model[0].tokens, total);
+
+    // Dropped after its head: a stream counts what it reported before (its
+    // first event, read ahead, carries the input).
+    let r = client.post(&url).body(stream_body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r);
+    let after = tokens().0.unwrap();
+    assert_eq!(after.input, total.input + si, "{after:?}");
+}

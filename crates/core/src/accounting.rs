@@ -37,6 +37,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use memchr::{memchr2, memchr3};
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -947,6 +948,138 @@ impl SseLines {
         self.state = LineState::Name;
         self.name_len = 0;
         self.line_bytes = false;
+    }
+}
+
+/// Whatever else an answer's usage counts against besides its account (the
+/// proxy's access keys), called once per counted answer.
+pub type AlsoCount = Box<dyn Fn(&TokenUsage) + Send + Sync>;
+
+/// One successful answer's token accounting on its way through, for either
+/// face: fed every chunk of the body as it passes (a few KiB held, never the
+/// body), it counts what the answer reported into the provider's ledger
+/// once, at the body's end or when it is dropped half-way (the client left,
+/// having used what was reported so far).
+///
+/// The model is the answer's own; else the one a Gemini path names; else the
+/// request body's `model`. The request body (`R`: any shared bytes) is kept
+/// only until the answer names its model — at its start in every provider's
+/// answers — so a big prompt is not held for a whole stream, and never when
+/// the path names the model.
+pub struct Tally<R: AsRef<[u8]> = Vec<u8>> {
+    scanner: UsageScanner,
+    /// `None` once counted.
+    to: Option<Counted<R>>,
+}
+
+/// Whom an answer's tokens count against, and where its model is when the
+/// answer names none.
+struct Counted<R> {
+    ledger: Arc<Mutex<TokenLedger>>,
+    account: AccountId,
+    also: Option<AlsoCount>,
+    /// The model the request path names (Gemini).
+    path_model: Option<Box<str>>,
+    request: Option<R>,
+}
+
+impl<R: AsRef<[u8]>> Tally<R> {
+    /// A tally for an answer of `account` to a request for `path` (its
+    /// body: `request`, when it was buffered).
+    pub fn new(
+        ledger: Arc<Mutex<TokenLedger>>,
+        account: AccountId,
+        framing: Framing,
+        path: &str,
+        request: Option<R>,
+    ) -> Self {
+        let path_model = path_model(path).map(Box::from);
+        let request = request.filter(|_| path_model.is_none());
+        Tally {
+            scanner: UsageScanner::new(framing),
+            to: Some(Counted {
+                ledger,
+                account,
+                also: None,
+                path_model,
+                request,
+            }),
+        }
+    }
+
+    /// Counts each answer against `also` too.
+    pub fn also(mut self, also: AlsoCount) -> Self {
+        if let Some(to) = &mut self.to {
+            to.also = Some(also);
+        }
+        self
+    }
+
+    /// The next chunk of the body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if let Some(to) = &mut self.to {
+            self.scanner.feed(chunk);
+            if to.request.is_some() && self.scanner.has_model() {
+                to.request = None;
+            }
+        }
+    }
+
+    /// The body ended (or was dropped): counts what the answer reported,
+    /// once.
+    pub fn finish(&mut self) {
+        if let Some(to) = self.to.take() {
+            to.count(self.scanner.usage(), self.scanner.model().as_deref());
+        }
+    }
+
+    /// One message of many ended (a WebSocket carries many answers): counts
+    /// what it reported, and goes on counting the next.
+    pub fn end_message(&mut self) {
+        self.scanner.end_document();
+        if let Some(to) = &self.to {
+            to.count(self.scanner.usage(), self.scanner.model().as_deref());
+        }
+        self.scanner.clear_answer();
+    }
+
+    /// Whether the request body is still held (tests of its early release).
+    #[doc(hidden)]
+    pub fn holds_request(&self) -> bool {
+        self.to.as_ref().is_some_and(|t| t.request.is_some())
+    }
+}
+
+impl<R: AsRef<[u8]>> Counted<R> {
+    fn count(&self, usage: Option<TokenUsage>, model: Option<&str>) {
+        let Some(usage) = usage.filter(|u| !u.is_zero()) else {
+            return;
+        };
+        let from_request;
+        let model = match (model, &self.path_model) {
+            (Some(m), _) => Some(m),
+            (None, Some(m)) => Some(&**m),
+            (None, None) => {
+                from_request = self
+                    .request
+                    .as_ref()
+                    .and_then(|r| request_model(r.as_ref()));
+                from_request.as_deref()
+            }
+        };
+        self.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(&self.account, model, &usage);
+        if let Some(also) = &self.also {
+            also(&usage);
+        }
+    }
+}
+
+impl<R: AsRef<[u8]>> Drop for Tally<R> {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

@@ -583,12 +583,12 @@ impl Exchange<'_> {
             ClientBody::Replayable(b) if !b.is_empty() => Some(b.clone()),
             _ => None,
         };
-        Tally::new(
+        crate::accounting::tally(
             self.rt.tokens.clone(),
             account.id.clone(),
             self.parts.extensions.get::<ClientKey>().cloned(),
             event_stream,
-            self.uri.clone(),
+            &self.uri,
             request,
         )
     }

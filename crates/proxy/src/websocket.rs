@@ -138,12 +138,12 @@ pub(crate) async fn forward(
             // Answers on the socket count against the account and the
             // access key that opened it.
             let key = parts.extensions.get::<ClientKey>().cloned();
-            let tally = Tally::new(
+            let tally = crate::accounting::tally(
                 rt.tokens.clone(),
                 account.id.clone(),
                 key,
                 false,
-                handshake.uri.clone(),
+                &handshake.uri,
                 None,
             );
             let session = Session { hold, tally };

@@ -489,6 +489,119 @@ fn ledger_totals_per_account_and_model_bounded() {
     assert!(l.account(&b).is_none());
 }
 
+/// A tally on a ledger of its own for account `a1`, and a reader of that
+/// account's totals.
+fn tally_on(path: &str, request: Option<Vec<u8>>) -> (Tally, impl Fn() -> AccountTokens) {
+    let ledger = Arc::new(Mutex::new(TokenLedger::new()));
+    let id = AccountId("a1".into());
+    let t = Tally::new(ledger.clone(), id.clone(), Framing::Json, path, request);
+    let read = move || {
+        let l = ledger.lock().unwrap();
+        l.account(&id).cloned().unwrap_or_default()
+    };
+    (t, read)
+}
+
+/// Guards counting twice or not at all: an answer is counted once, at its
+/// end or when dropped half-way, whichever comes first.
+#[test]
+fn a_tally_counts_once_at_the_end_or_on_drop() {
+    let body = br#"{"model":"m","usage":{"input_tokens":3,"output_tokens":4}}"#;
+    let (mut t, read) = tally_on("/v1/messages", None);
+    t.feed(body);
+    assert_eq!(read().total.input, 0, "not before the end");
+    t.finish();
+    t.finish();
+    drop(t);
+    assert_eq!((read().total.input, read().total.output), (3, 4));
+    let (mut t, read) = tally_on("/v1/messages", None);
+    t.feed(body);
+    drop(t);
+    assert_eq!(
+        read().total.output,
+        4,
+        "a body dropped half-way still counts"
+    );
+    let (mut t, read) = tally_on("/v1/messages", None);
+    t.feed(b"{\"type\":\"message\",");
+    drop(t);
+    assert_eq!(
+        read(),
+        AccountTokens::default(),
+        "nothing reported, nothing counted"
+    );
+}
+
+/// Each message of a socket is counted on its own, and `also` sees each.
+#[test]
+fn a_tally_counts_every_message_and_calls_also() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (t, read) = tally_on("/v1/responses", None);
+    let s = seen.clone();
+    let mut t = t.also(Box::new(move |u| s.lock().unwrap().push(u.output)));
+    for out in [5, 7] {
+        t.feed(format!(r#"{{"type":"response.completed","response":{{"model":"gpt-5","usage":{{"input_tokens":1,"output_tokens":{out}}}}}}}"#).as_bytes());
+        t.end_message();
+    }
+    drop(t);
+    assert_eq!(read().total.output, 12);
+    assert_eq!(*seen.lock().unwrap(), vec![5, 7]);
+}
+
+/// Guards a big prompt held for a whole stream: the request body is let go
+/// as soon as the answer names its model, and never kept for a path that
+/// names it.
+#[test]
+fn a_tally_lets_the_request_go_once_the_answer_names_its_model() {
+    let ledger = Arc::new(Mutex::new(TokenLedger::new()));
+    let id = AccountId("a1".into());
+    let request = vec![b' '; 1 << 20];
+    let mut t = Tally::new(
+        ledger.clone(),
+        id.clone(),
+        Framing::EventStream,
+        "/v1/messages",
+        Some(request.clone()),
+    );
+    assert!(t.holds_request());
+    t.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",");
+    assert!(!t.holds_request());
+    let t = Tally::new(
+        ledger,
+        id,
+        Framing::EventStream,
+        "/v1beta/models/g:streamGenerateContent",
+        Some(request),
+    );
+    assert!(!t.holds_request());
+}
+
+/// The model comes from the request when the answer names none: the Gemini
+/// path first, then the request body's `model`.
+#[test]
+fn a_tallys_model_falls_back_to_the_request() {
+    let usage = br#"{"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":1}}"#;
+    for (path, request, want) in [
+        (
+            "/v1beta/models/gemini-2.5-pro:generateContent",
+            None,
+            "gemini-2.5-pro",
+        ),
+        (
+            "/v1/messages",
+            Some(br#"{"model":"claude-x"}"#.to_vec()),
+            "claude-x",
+        ),
+        ("/v1/messages", None, UNKNOWN_MODEL),
+    ] {
+        let (mut t, read) = tally_on(path, request);
+        t.feed(usage);
+        t.finish();
+        let models: Vec<String> = read().models.into_iter().map(|(m, _)| m).collect();
+        assert_eq!(models, vec![want.to_string()]);
+    }
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;
