@@ -475,13 +475,16 @@ def cmd_report(args):
         )
     w("\n</details>\n")
 
-    variants = [t for t in ("marathon-w2", "marathon-1thread", "marathon-mimalloc") if runs(t, 64)]
+    variants = [
+        t for t in ("marathon-w2", "marathon-1thread", "marathon-mimalloc", "marathon-other") if runs(t, 64)
+    ]
     if variants:
-        w("## marathon variants (same binary, same rounds): what a change would buy\n")
+        w("## marathon variants (same rounds): what a change would buy\n")
         w(
             "`marathon-w2`: `serve --workers 2` (two event loops, each on its own SO_REUSEPORT listener). "
             "`marathon-1thread`: TOKIO_WORKER_THREADS=1 (one tokio worker, like nginx's one worker). "
-            "`marathon-mimalloc`: LD_PRELOAD of Debian's libmimalloc (instead of glibc malloc).\n"
+            "`marathon-mimalloc`: LD_PRELOAD of Debian's libmimalloc (instead of glibc malloc). "
+            "`marathon-other`: another binary (`OTHER_BIN`), same config.\n"
         )
         w("| | marathon | " + " | ".join(variants) + " | nginx |\n|---|---:|" + "---:|" * len(variants) + "---:|")
         for t in variants:

@@ -23,6 +23,10 @@ KEEP=${KEEP:-0}                         # keep the temporary directory (logs, co
 # VARIANTS=1: also measure marathon with one tokio worker thread (TOKIO_WORKER_THREADS=1) and
 # with mimalloc preloaded (Debian's libmimalloc2.0), to see what those changes would buy.
 VARIANTS=${VARIANTS:-0}
+# OTHER_BIN=/path/to/marathon: also measure another marathon binary (another
+# build or profile) in the same interleaved rounds, as `marathon-other`: an A/B
+# of a change that noise between two runs would hide.
+OTHER_BIN=${OTHER_BIN:-}
 # WORKERS=0: skip the `serve --workers 2` row (a second marathon, two event loops on SO_REUSEPORT listeners).
 WORKERS=${WORKERS:-1}
 # REDIS=1 (default): also marathon on the Redis store backend (a local
@@ -115,9 +119,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free ports, all held at once so they differ.
-read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM P_M1 P_MMI P_IDLE P_MW2 P_REDIS P_MR < <(python3 -c '
+read -r P_ORIGIN P_NGINX P_SIMPROXY P_SIM P_MARATHON P_HYPER P_HYPERSIM P_M1 P_MMI P_IDLE P_MW2 P_REDIS P_MR P_MO < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(13)]
+ss = [socket.socket() for _ in range(14)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 
@@ -263,6 +267,14 @@ if [ "$VARIANTS" = 1 ]; then
     wait_http "http://127.0.0.1:$P_MMI/_marathon/health"
     targets+=(marathon-1thread marathon-mimalloc)
 fi
+if [ -n "$OTHER_BIN" ]; then
+    [ -x "$OTHER_BIN" ] || die "OTHER_BIN=$OTHER_BIN is not an executable"
+    MARATHON_LOG=warn "$OTHER_BIN" serve --listen "127.0.0.1:$P_MO" 2>"$WORK/marathon-other.log" &
+    MO_PID=$!
+    PIDS+=("$MO_PID")
+    wait_http "http://127.0.0.1:$P_MO/_marathon/health"
+    targets+=(marathon-other)
+fi
 
 if [ "$REDIS" = 1 ]; then
     # The same accounts and providers, on a Redis store: copied from the file
@@ -305,6 +317,7 @@ url_of() {
         marathon-1thread) echo "http://127.0.0.1:$P_M1/openai/v1/chat/completions" ;;
         marathon-mimalloc) echo "http://127.0.0.1:$P_MMI/openai/v1/chat/completions" ;;
         marathon-redis) echo "http://127.0.0.1:$P_MR/openai/v1/chat/completions" ;;
+        marathon-other) echo "http://127.0.0.1:$P_MO/openai/v1/chat/completions" ;;
     esac
 }
 pids_of() {
@@ -317,6 +330,7 @@ pids_of() {
         marathon-1thread) echo "$M1_PID" ;;
         marathon-mimalloc) echo "$MMI_PID" ;;
         marathon-redis) echo "$MR_PID" ;;
+        marathon-other) echo "$MO_PID" ;;
     esac
 }
 wrk_args() { if [ "$1" = 1 ]; then echo "-t1 -c1"; else echo "-t2 -c64"; fi; }
