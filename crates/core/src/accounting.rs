@@ -289,6 +289,14 @@ impl Key {
 /// The longest key worth reading (`usageMetadata`).
 const MAX_KEY: usize = 16;
 
+/// The capture buffer's first size: real usage objects are under 600 bytes.
+const CAPTURE_RESERVE: usize = 640;
+
+/// JSON's punctuation: what ends a number or literal outside strings.
+fn is_punctuation(b: u8) -> bool {
+    matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b':' | b',')
+}
+
 /// Where the walker is inside a string.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Lex {
@@ -296,6 +304,17 @@ enum Lex {
     Structure,
     Str,
     StrEscape,
+}
+
+/// What a value starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// `{` or `[`.
+    Container,
+    /// `"`.
+    Text,
+    /// A number or literal.
+    Bare,
 }
 
 /// A value being kept.
@@ -306,6 +325,8 @@ struct Capture {
     depth: u32,
     /// A scalar (string, number, literal) rather than an object or array.
     scalar: bool,
+    /// A string: it ends at its closing quote.
+    quoted: bool,
     /// It outgrew its cap: dropped at its end.
     overflow: bool,
 }
@@ -336,6 +357,9 @@ struct Walker {
     /// A `:` has been seen after a key: the next value belongs to it.
     after_colon: bool,
     capture: Option<Capture>,
+    /// Where in the current chunk the kept value's bytes not yet in `buf`
+    /// start.
+    from: usize,
     buf: Vec<u8>,
     /// Keep only the `model` at level 1 (a request body).
     only_model: bool,
@@ -354,13 +378,15 @@ impl Walker {
     }
 
     fn feed(&mut self, bytes: &[u8], found: &mut dyn FnMut(Target, &[u8])) {
+        // A value being kept is kept as slices of the chunk (from `from`),
+        // not byte by byte.
+        self.from = 0;
         let mut i = 0;
         while i < bytes.len() {
             match self.lex {
                 Lex::Str => {
                     // Skip the string's plain bytes in one step.
                     let run = memchr2(b'"', b'\\', &bytes[i..]).unwrap_or(bytes.len() - i);
-                    self.keep(&bytes[i..i + run]);
                     if self.in_key {
                         self.push_key(&bytes[i..i + run]);
                     }
@@ -368,44 +394,57 @@ impl Walker {
                     if i == bytes.len() {
                         break;
                     }
-                    let b = bytes[i];
-                    self.keep(&[b]);
-                    if b == b'\\' {
+                    if bytes[i] == b'\\' {
                         self.lex = Lex::StrEscape;
                         // An escaped key is not one of ours.
                         self.key_overflow |= self.in_key;
                     } else {
                         self.lex = Lex::Structure;
-                        self.string_end(found);
+                        self.string_end(bytes, i, found);
                     }
                     i += 1;
                 }
                 Lex::StrEscape => {
-                    self.keep(&bytes[i..=i]);
                     self.lex = Lex::Str;
                     i += 1;
                 }
                 Lex::Structure => {
-                    // Outside strings only structure matters; scalars are
-                    // skipped byte by byte (they are short).
                     let b = bytes[i];
-                    self.structure(b, found);
+                    if !self.after_colon && !self.capturing_scalar() && !is_punctuation(b) {
+                        // A number, literal or whitespace nothing waits
+                        // for: skipped to the next punctuation at once.
+                        i += 1;
+                        while i < bytes.len() && !is_punctuation(bytes[i]) {
+                            i += 1;
+                        }
+                        continue;
+                    }
+                    self.structure(bytes, i, found);
                     i += 1;
                 }
             }
         }
+        // The chunk ends inside a kept value: keep what it had.
+        if self.capture.is_some() {
+            self.keep(&bytes[self.from..]);
+        }
     }
 
-    fn keep(&mut self, bytes: &[u8]) {
+    fn capturing_scalar(&self) -> bool {
+        self.capture.is_some_and(|c| c.scalar)
+    }
+
+    /// Adds a piece of the value being kept, within its cap.
+    fn keep(&mut self, piece: &[u8]) {
         if let Some(c) = &mut self.capture {
             let cap = match c.target {
                 Target::Usage => MAX_USAGE_BYTES,
                 Target::Model => MAX_MODEL_BYTES,
             };
-            if self.buf.len() + bytes.len() > cap {
+            if self.buf.len() + piece.len() > cap {
                 c.overflow = true;
             } else {
-                self.buf.extend_from_slice(bytes);
+                self.buf.extend_from_slice(piece);
             }
         }
     }
@@ -428,28 +467,24 @@ impl Walker {
         self.depth >= 1 && self.depth <= 64 && self.objects & (1 << (self.depth - 1)) != 0
     }
 
-    fn structure(&mut self, b: u8, found: &mut dyn FnMut(Target, &[u8])) {
+    /// The byte at `bytes[i]`, outside strings.
+    fn structure(&mut self, bytes: &[u8], i: usize, found: &mut dyn FnMut(Target, &[u8])) {
+        let b = bytes[i];
         match b {
-            b' ' | b'\t' | b'\n' | b'\r' => {
-                self.scalar_end(found);
-                self.keep(&[b]);
-            }
+            b' ' | b'\t' | b'\n' | b'\r' => self.scalar_end(bytes, i, found),
             b':' => {
-                self.scalar_end(found);
-                self.keep(&[b]);
+                self.scalar_end(bytes, i, found);
                 self.after_colon = self.key_level > 0;
             }
             b',' => {
-                self.scalar_end(found);
-                self.keep(&[b]);
+                self.scalar_end(bytes, i, found);
                 self.after_colon = false;
                 self.key_level = 0;
                 self.expect_key = self.in_object();
             }
             b'{' | b'[' => {
-                self.scalar_end(found);
-                self.value_start(false);
-                self.keep(&[b]);
+                self.scalar_end(bytes, i, found);
+                self.value_start(i, Shape::Container);
                 if self.depth == 0 {
                     self.root_array = b == b'[';
                 }
@@ -465,11 +500,10 @@ impl Walker {
                 self.expect_key = b == b'{';
             }
             b'}' | b']' => {
-                self.scalar_end(found);
+                self.scalar_end(bytes, i, found);
                 if self.depth == 0 {
                     return;
                 }
-                self.keep(&[b]);
                 self.depth -= 1;
                 self.expect_key = false;
                 self.after_colon = false;
@@ -478,44 +512,48 @@ impl Walker {
                     && !c.scalar
                     && self.depth == c.depth
                 {
-                    self.finish_capture(found);
+                    self.finish_capture(bytes, i + 1, found);
                 }
             }
             b'"' => {
-                self.scalar_end(found);
+                self.scalar_end(bytes, i, found);
                 if self.expect_key && self.in_object() {
                     self.expect_key = false;
                     self.in_key = true;
                     self.key_len = 0;
                     self.key_overflow = false;
                 } else {
-                    self.value_start(true);
+                    self.value_start(i, Shape::Text);
                 }
-                self.keep(&[b]);
                 self.lex = Lex::Str;
             }
             _ => {
                 // A number or literal: kept if it is a wanted value (then
                 // dropped: usage and model are never scalars of this kind).
                 if self.capture.is_none() {
-                    self.value_start(true);
+                    self.value_start(i, Shape::Bare);
                 }
-                self.keep(&[b]);
             }
         }
     }
 
-    /// A value starts: keep it if its path is wanted.
-    fn value_start(&mut self, scalar: bool) {
+    /// A value of `shape` starts at `bytes[i]`: keep it if its path is
+    /// wanted.
+    fn value_start(&mut self, i: usize, shape: Shape) {
         if std::mem::take(&mut self.after_colon) {
             let target = self.target();
             self.key_level = 0;
             if let (Some(target), None) = (target, self.capture) {
                 self.buf.clear();
+                // One allocation for a usual usage object, not a doubling
+                // per few bytes.
+                self.buf.reserve(CAPTURE_RESERVE);
+                self.from = i;
                 self.capture = Some(Capture {
                     target,
                     depth: self.depth,
-                    scalar,
+                    scalar: shape != Shape::Container,
+                    quoted: shape == Shape::Text,
                     overflow: false,
                 });
             }
@@ -537,7 +575,8 @@ impl Walker {
         }
     }
 
-    fn string_end(&mut self, found: &mut dyn FnMut(Target, &[u8])) {
+    /// A string's closing quote is at `bytes[i]`.
+    fn string_end(&mut self, bytes: &[u8], i: usize, found: &mut dyn FnMut(Target, &[u8])) {
         if std::mem::take(&mut self.in_key) {
             let level = self.level();
             let key = if self.key_overflow {
@@ -552,23 +591,26 @@ impl Walker {
                 self.key_level = 0;
             }
         } else if let Some(c) = self.capture
-            && c.scalar
-            && self.buf.first() == Some(&b'"')
+            && c.quoted
         {
-            self.finish_capture(found);
+            self.finish_capture(bytes, i + 1, found);
         }
     }
 
-    /// A scalar (number, literal) ends at whitespace or punctuation.
-    fn scalar_end(&mut self, found: &mut dyn FnMut(Target, &[u8])) {
+    /// A scalar (number, literal) ends before `bytes[i]` (whitespace or
+    /// punctuation).
+    fn scalar_end(&mut self, bytes: &[u8], i: usize, found: &mut dyn FnMut(Target, &[u8])) {
         if let Some(c) = self.capture
             && c.scalar
+            && !c.quoted
         {
-            self.finish_capture(found);
+            self.finish_capture(bytes, i, found);
         }
     }
 
-    fn finish_capture(&mut self, found: &mut dyn FnMut(Target, &[u8])) {
+    /// The value being kept ends before `bytes[end]`.
+    fn finish_capture(&mut self, bytes: &[u8], end: usize, found: &mut dyn FnMut(Target, &[u8])) {
+        self.keep(&bytes[self.from..end]);
         if let Some(c) = self.capture.take()
             && !c.overflow
         {
