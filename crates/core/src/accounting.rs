@@ -230,24 +230,11 @@ pub fn model_label(model: &str) -> Option<&str> {
         && model
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b))
-        && ![
-            "sk-",
-            "sk_",
-            "sess-",
-            "eyJ",
-            "ya29.",
-            "AIza",
-            "ghp_",
-            "gho_",
-            "ghu_",
-            "ghs_",
-            "github_pat_",
-            "glpat-",
-            "xox",
-            "Bearer",
-        ]
-        .iter()
-        .any(|p| model.starts_with(p))
+        // The credential prefixes reasons refuse, and any Slack token.
+        && !crate::reason::CREDENTIAL_PREFIXES
+            .iter()
+            .chain(&["xox"])
+            .any(|p| model.starts_with(p))
         && !model.split(['.', '_', ':', '/', '@', '+', '-']).any(|seg| {
             let digits = seg.bytes().filter(u8::is_ascii_digit).count();
             seg.len() > 24 || (seg.len() >= 10 && digits > 0 && digits < seg.len())

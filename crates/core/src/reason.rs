@@ -39,7 +39,7 @@ const MAX_SEGMENT: usize = 24;
 /// Prefixes of credentials in the wild: API keys (`sk-`, `sk-ant-`,
 /// `sk-proj-`), sessions, JWTs (`eyJ`, base64 of `{"`), Google access tokens
 /// and API keys, GitHub, GitLab and Slack tokens.
-const CREDENTIAL_PREFIXES: [&str; 16] = [
+pub(crate) const CREDENTIAL_PREFIXES: [&str; 16] = [
     "sk-",
     "sk_",
     "sess-",
