@@ -6,6 +6,7 @@
 #   bash bench/instructions.sh                      # target/release/marathon
 #   bash bench/instructions.sh path/to/marathon …   # several binaries, one line each
 #   N=5000 PROFILE=1 bash bench/instructions.sh     # PROFILE=1: top functions too
+#   KEEP=/tmp/cg bash bench/instructions.sh          # keep the callgrind file(s) there
 #
 # One connection sends N requests (non-streamed chat completions, the same
 # body as bench/proxy.sh) to `marathon serve` in front of an nginx origin; the
@@ -64,6 +65,10 @@ count() { # binary
     printf '%s: %s instructions per request (%s over %s requests)\n' "$bin" "$((total / N))" "$total" "$N"
     if [ "$PROFILE" = 1 ]; then
         callgrind_annotate --inclusive=yes "$f" 2>/dev/null | grep -E 'marathon_' | head -25 | cut -c1-160
+    fi
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP"
+        cp "$f" "$KEEP/$(basename "$bin").cg"
     fi
     rm -rf "$w"
 }

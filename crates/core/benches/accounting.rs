@@ -1,7 +1,8 @@
 //! What token accounting costs an answer passing through the proxy: the
 //! usage scanner over a 64 KiB Anthropic stream (text deltas, then the
 //! usage events), a 64 KiB OpenAI chat stream, and a 64 KiB JSON answer,
-//! fed in 4 KiB chunks as they would arrive. Reported as throughput.
+//! fed in 4 KiB chunks as they would arrive, and over the 700-byte chat
+//! completion `bench/proxy.sh`'s origin answers. Reported as throughput.
 //!
 //! `cargo bench -p marathon-core --bench accounting -- --warm-up-time 1 --measurement-time 3`
 
@@ -40,6 +41,9 @@ fn json_answer() -> Vec<u8> {
     format!("{{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[{{\"type\":\"text\",\"text\":\"{text}\"}}],\"stop_reason\":\"end_turn\",\"usage\":{{\"input_tokens\":12,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":25}}}}").into_bytes()
 }
 
+/// The answer of `bench/proxy.sh`'s origin (`bench/origin.conf.in`).
+const CHAT_COMPLETION: &str = r#"{"id":"chatcmpl-bench0000000000000001","object":"chat.completion","created":1735689600,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hi! How can I help you today?","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":9,"total_tokens":20,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_bench"}"#;
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("usage_scanner");
     for (name, framing, body) in [
@@ -50,6 +54,11 @@ fn bench(c: &mut Criterion) {
         ),
         ("chat_stream_64k", Framing::EventStream, chat_stream()),
         ("json_answer_64k", Framing::Json, json_answer()),
+        (
+            "chat_completion_700b",
+            Framing::Json,
+            CHAT_COMPLETION.as_bytes().to_vec(),
+        ),
     ] {
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_function(name, |b| {

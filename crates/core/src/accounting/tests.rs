@@ -287,23 +287,25 @@ fn a_broken_event_does_not_spoil_the_next() {
     );
 }
 
+/// Nothing of the body is held: a usage object or a line of any size is
+/// read as it passes, and a model name past its cap is not read.
 #[test]
 fn memory_stays_bounded_on_huge_values() {
+    // The scanner owns no heap: its size is all it holds.
+    assert!(std::mem::size_of::<UsageScanner>() <= 1024);
     let mut s = UsageScanner::new(Framing::Json);
     s.feed(b"{\"usage\":{\"input_tokens\":1,\"pad\":\"");
     let big = vec![b'x'; 1 << 20];
     for _ in 0..8 {
         s.feed(&big);
     }
-    assert!(s.walker.buf.capacity() <= 2 * MAX_USAGE_BYTES);
-    s.feed(b"\"},\"model\":\"");
+    s.feed(b"\",\"output_tokens\":2},\"model\":\"");
     for _ in 0..8 {
         s.feed(&big);
     }
     s.feed(b"\"}");
-    assert!(s.walker.buf.capacity() <= 2 * MAX_USAGE_BYTES);
-    // Both overflowed their caps: dropped, not misread.
-    assert_eq!((s.usage(), s.model()), (None, None));
+    // The usage is read whatever its padding; the model outgrew its cap.
+    assert_eq!((s.usage(), s.model()), (Some(usage(1, 2, 0, 0)), None));
     // A huge SSE line costs nothing either.
     let mut s = UsageScanner::new(Framing::EventStream);
     s.feed(b"data: {\"text\":\"");
@@ -312,7 +314,6 @@ fn memory_stays_bounded_on_huge_values() {
     }
     s.feed(b"\",\"usage\":{\"prompt_tokens\":2}}\n\n");
     assert_eq!(s.usage(), Some(usage(2, 0, 0, 0)));
-    assert!(s.walker.buf.capacity() <= 2 * MAX_USAGE_BYTES);
 }
 
 /// A WebSocket carries many answers, one JSON document per message: each
@@ -362,6 +363,18 @@ fn escaped_models_and_odd_fields() {
     assert_eq!(
         scan(Framing::Json, &[body]),
         (Some(usage(0, 1, 5, 0)), None)
+    );
+}
+
+/// A model name with escapes is read decoded at any split; a usage object
+/// that repeats a count keeps its last value.
+#[test]
+fn escaped_models_and_repeated_counts() {
+    every_split(
+        Framing::Json,
+        r#"{"model":"gpt-4o\u002dmini \"x\"","usage":{"input_tokens":1,"input_tokens":7,"output_tokens":2}}"#,
+        usage(7, 2, 0, 0),
+        "gpt-4o-mini \"x\"",
     );
 }
 
@@ -648,9 +661,180 @@ mod props {
         let mut s = UsageScanner::new(framing);
         for c in chunks {
             s.feed(c);
-            assert!(s.walker.buf.len() <= MAX_USAGE_BYTES);
         }
         (s.usage(), s.model().map(|m| m.into_owned()))
+    }
+
+    use serde_json::{Map, Value, json};
+
+    /// A count's value: mostly a count, sometimes what is not one.
+    fn count_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            6 => (0u64..1_000_000).prop_map(Value::from),
+            1 => Just(json!(-3)),
+            1 => Just(json!(1.5)),
+            1 => Just(json!(1e3)),
+            1 => Just(json!("12")),
+            1 => Just(Value::Null),
+            1 => Just(json!([1, 2])),
+        ]
+    }
+
+    fn details_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            3 => (0u64..1000).prop_map(|n| json!({"cached_tokens": n})),
+            1 => (0u64..1000).prop_map(|n| json!({"audio_tokens": 1, "cached_tokens": n, "x": [1, {"cached_tokens": 9}]})),
+            1 => Just(json!(7)),
+            1 => Just(json!({"cached_tokens": "x"})),
+        ]
+    }
+
+    /// A usage object as any provider writes it, or what is not one.
+    fn usage_value() -> impl Strategy<Value = Value> {
+        let count = prop::sample::select(vec![
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "promptTokenCount",
+            "toolUsePromptTokenCount",
+            "candidatesTokenCount",
+            "thoughtsTokenCount",
+            "cachedContentTokenCount",
+            "cached_tokens",
+        ]);
+        let field = prop_oneof![
+            4 => (count, count_value()).prop_map(|(k, v)| (k.to_owned(), v)),
+            1 => (
+                prop::sample::select(vec!["input_tokens_details", "prompt_tokens_details"]),
+                details_value()
+            )
+                .prop_map(|(k, v)| (k.to_owned(), v)),
+        ];
+        prop_oneof![
+            6 => prop::collection::vec(field, 0..6).prop_map(|f| Value::Object(f.into_iter().collect())),
+            1 => Just(Value::Null),
+            1 => Just(json!([{"input_tokens": 5}])),
+            1 => Just(json!("{\"input_tokens\":5}")),
+        ]
+    }
+
+    fn model_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => "[a-z0-9.-]{1,24}".prop_map(Value::from),
+            1 => "[ -~]{0,12}".prop_map(Value::from),
+            1 => "\\PC{0,6}".prop_map(Value::from),
+            1 => Just(Value::from("m".repeat(140))),
+            1 => Just(json!(12)),
+        ]
+    }
+
+    /// What no reader of usage should take: look-alikes one level too deep,
+    /// or in text.
+    fn noise() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!({"usage": {"input_tokens": 999}, "model": "fake"})),
+            Just(json!([{"usage": {"output_tokens": 5}}, "]}", {"message": {"model": "deep"}}])),
+            Just(json!("\"usage\":{\"output_tokens\":5} \\")),
+            Just(json!({"type": "text", "text": "a } b ] c { d [ e"})),
+            Just(Value::Null),
+            Just(json!(123)),
+        ]
+    }
+
+    fn leaf_entry() -> impl Strategy<Value = (String, Value)> {
+        prop_oneof![
+            (
+                prop::sample::select(vec!["model", "modelVersion"]),
+                model_value()
+            )
+                .prop_map(|(k, v)| (k.to_owned(), v)),
+            (
+                prop::sample::select(vec!["usage", "usageMetadata"]),
+                usage_value()
+            )
+                .prop_map(|(k, v)| (k.to_owned(), v)),
+            (
+                prop::sample::select(vec!["id", "choices", "content", "delta"]),
+                noise()
+            )
+                .prop_map(|(k, v)| (k.to_owned(), v)),
+        ]
+    }
+
+    fn object(entries: Vec<(String, Value)>) -> Value {
+        Value::Object(entries.into_iter().collect())
+    }
+
+    /// An answer (or one event of a stream): usage and model at the root
+    /// or one wrapper down, with a wrapper inside the wrapper (not read).
+    fn answer() -> impl Strategy<Value = Value> {
+        let inner = prop::collection::vec(leaf_entry(), 0..4).prop_map(object);
+        let wrapper_entry = prop_oneof![
+            3 => leaf_entry(),
+            1 => (prop::sample::select(vec!["message", "response"]), inner)
+                .prop_map(|(k, v)| (k.to_owned(), v)),
+        ];
+        let wrapper = prop::collection::vec(wrapper_entry, 0..5).prop_map(object);
+        let entry = prop_oneof![
+            3 => leaf_entry(),
+            1 => (prop::sample::select(vec!["message", "response"]), wrapper)
+                .prop_map(|(k, v)| (k.to_owned(), v)),
+        ];
+        prop::collection::vec(entry, 0..7).prop_map(object)
+    }
+
+    /// What a reader should take from `answers`, in order, independently of
+    /// the scanner: the last model string (within the cap), and every count
+    /// of every usage object at the root or one wrapper down, last one
+    /// winning. Returned as one flat answer.
+    fn reference(answers: &[Value]) -> Value {
+        fn visit(
+            obj: &Map<String, Value>,
+            top: bool,
+            usage: &mut Map<String, Value>,
+            model: &mut Option<String>,
+        ) {
+            for (k, v) in obj {
+                match (k.as_str(), v) {
+                    ("model" | "modelVersion", Value::String(s)) => {
+                        let raw = serde_json::to_string(s).unwrap().len() - 2;
+                        if (1..=MAX_MODEL_BYTES).contains(&raw) {
+                            *model = Some(s.clone());
+                        }
+                    }
+                    ("usage" | "usageMetadata", Value::Object(u)) => {
+                        for (ck, cv) in u {
+                            if ck == "input_tokens_details" || ck == "prompt_tokens_details" {
+                                if let Some(n) = cv.get("cached_tokens").filter(|n| n.is_u64()) {
+                                    // Both name the one cached count.
+                                    usage.insert(
+                                        "prompt_tokens_details".into(),
+                                        json!({"cached_tokens": n}),
+                                    );
+                                }
+                            } else if cv.is_u64() {
+                                usage.insert(ck.clone(), cv.clone());
+                            }
+                        }
+                    }
+                    ("message" | "response", Value::Object(w)) if top => {
+                        visit(w, false, usage, model)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (mut usage, mut model) = (Map::new(), None);
+        for a in answers {
+            if let Value::Object(obj) = a {
+                visit(obj, true, &mut usage, &mut model);
+            }
+        }
+        json!({"model": model, "usage": usage})
     }
 
     proptest! {
@@ -684,7 +868,6 @@ mod props {
                 let mut s = UsageScanner::new(framing);
                 for c in &chunks {
                     s.feed(c);
-                    prop_assert!(s.walker.buf.capacity() <= 2 * MAX_USAGE_BYTES);
                 }
                 let _ = s.usage();
                 prop_assert!(s.model().is_none_or(|m| m.len() <= MAX_MODEL_BYTES));
@@ -692,6 +875,39 @@ mod props {
             let joined = chunks.concat();
             let _ = request_model(&joined);
             let _ = path_model(&String::from_utf8_lossy(&joined));
+        }
+
+        /// Whatever the answers hold and however they are framed and split,
+        /// the scanner reads what the reference reads.
+        #[test]
+        fn reads_what_a_full_parse_reads(
+            answers in prop::collection::vec(answer(), 1..4),
+            framing in 0..3u8,
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let docs: Vec<String> = answers.iter().map(|a| a.to_string()).collect();
+            let (framing, body) = match framing {
+                0 => (Framing::Json, docs.join("\n")),
+                1 => (Framing::Json, format!("[{}]", docs.join(","))),
+                _ => (
+                    Framing::EventStream,
+                    docs.iter().map(|d| format!("data: {d}\n\n")).collect(),
+                ),
+            };
+            let body = body.into_bytes();
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for p in points {
+                chunks.push(&body[last..p]);
+                last = p;
+            }
+            chunks.push(&body[last..]);
+            let want = reference(&answers);
+            let (usage, model) = run(framing, &chunks);
+            prop_assert_eq!(model.as_deref(), want["model"].as_str());
+            prop_assert_eq!(usage, run(Framing::Json, &[want.to_string().as_bytes()]).0);
         }
 
         /// A real answer keeps its counts whatever junk text its content holds.
