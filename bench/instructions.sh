@@ -40,7 +40,7 @@ count() { # binary
     export MARATHON_HOME=$w/home
     mkdir -p "$MARATHON_HOME"
     printf '[server]\nlisten = "127.0.0.1:%s"\n[providers.openai]\nupstream = "http://127.0.0.1:%s"\n' "$pm" "$po" >"$MARATHON_HOME/config.toml"
-    printf %s sk-bench-origin | "$bin" auth add openai --label bench >/dev/null
+    printf %s "${BENCH_KEY:-sk-bench-origin}" | "$bin" auth add openai --label bench >/dev/null
     MARATHON_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$w/cg.out" \
         "$bin" serve 2>"$w/valgrind.log" &
     pids+=($!)

@@ -532,6 +532,11 @@ impl Walker {
                         if j < bytes.len() && bytes[j] == b'"' {
                             self.plain_string_end(text, &bytes[i..j]);
                             i = j + 1;
+                            // A key's colon nearly always follows at once.
+                            if text == Text::Key && bytes.get(i) == Some(&b':') {
+                                self.step = Step::Value;
+                                i += 1;
+                            }
                             continue;
                         }
                         self.key_len = 0;
