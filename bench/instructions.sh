@@ -15,6 +15,8 @@ set -euo pipefail
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH")
 N=${N:-2000}
+# As long as a real key, as in proxy.sh (KEY_SUFFIX= for the short key of sessions 1-6).
+KEY_SUFFIX=${KEY_SUFFIX--0123456789abcdefghijklmnopqrstuvwxyzABCDEFGH}
 PROFILE=${PROFILE:-0}
 (($#)) || set -- "${CARGO_TARGET_DIR:-$ROOT/target}/release/marathon"
 
@@ -40,7 +42,7 @@ count() { # binary
     export MARATHON_HOME=$w/home
     mkdir -p "$MARATHON_HOME"
     printf '[server]\nlisten = "127.0.0.1:%s"\n[providers.openai]\nupstream = "http://127.0.0.1:%s"\n' "$pm" "$po" >"$MARATHON_HOME/config.toml"
-    printf %s "${BENCH_KEY:-sk-bench-origin}" | "$bin" auth add openai --label bench >/dev/null
+    printf %s "sk-bench-origin$KEY_SUFFIX" | "$bin" auth add openai --label bench >/dev/null
     MARATHON_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$w/cg.out" \
         "$bin" serve 2>"$w/valgrind.log" &
     pids+=($!)

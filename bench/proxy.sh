@@ -14,6 +14,11 @@ ROUNDS=${ROUNDS:-3}                     # interleaved rounds of direct/nginx/mar
 DURATION=${DURATION:-6s}                # per wrk run
 WARMUP=${WARMUP:-2s}
 STREAM_EVENTS=${STREAM_EVENTS:-2000}    # SSE text deltas per streamed answer
+# The accounts' keys are as long as real ones (OpenAI's and Anthropic's are
+# 51-164 bytes): what marathon does per byte of an answer to keep keys out
+# of it depends on the shortest key it holds. KEY_SUFFIX= gives the 14-16
+# byte keys of sessions 1-6.
+KEY_SUFFIX=${KEY_SUFFIX--0123456789abcdefghijklmnopqrstuvwxyzABCDEFGH}
 STREAM_REPEATS=${STREAM_REPEATS:-20}
 FAILOVER_SECONDS=${FAILOVER_SECONDS:-20}
 INFO_RUN=${INFO_RUN:-1}                 # one extra marathon run with request logging on
@@ -168,7 +173,7 @@ PIDS+=("$ORIGIN_PID")
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
 
-sed "s/@STREAM_EVENTS@/$STREAM_EVENTS/" "$BENCH/sim.toml" >"$WORK/sim.toml"
+sed "s/@STREAM_EVENTS@/$STREAM_EVENTS/; s/@KEY_SUFFIX@/$KEY_SUFFIX/" "$BENCH/sim.toml" >"$WORK/sim.toml"
 "$SIM" --port "$P_SIM" --fast --quiet --scenario "$WORK/sim.toml" >"$WORK/sim.log" 2>&1 &
 SIM_PID=$!
 PIDS+=("$SIM_PID")
@@ -217,11 +222,11 @@ kind = "openai-compatible"
 upstream = "http://127.0.0.1:$P_SIM"
 strategy = "priority"
 EOF
-printf %s sk-bench-origin | "$MARATHON" auth add openai --label bench >/dev/null
-printf %s sk-bench-stream | "$MARATHON" auth add stream --label streamer >/dev/null
-printf %s sk-bench-short | "$MARATHON" auth add short --label short >/dev/null
-printf %s sk-bench-limited | "$MARATHON" auth add fail --label limited --priority 0 >/dev/null
-printf %s sk-bench-steady | "$MARATHON" auth add fail --label steady --priority 1 >/dev/null
+printf %s "sk-bench-origin$KEY_SUFFIX" | "$MARATHON" auth add openai --label bench >/dev/null
+printf %s "sk-bench-stream$KEY_SUFFIX" | "$MARATHON" auth add stream --label streamer >/dev/null
+printf %s "sk-bench-short$KEY_SUFFIX" | "$MARATHON" auth add short --label short >/dev/null
+printf %s "sk-bench-limited$KEY_SUFFIX" | "$MARATHON" auth add fail --label limited --priority 0 >/dev/null
+printf %s "sk-bench-steady$KEY_SUFFIX" | "$MARATHON" auth add fail --label steady --priority 1 >/dev/null
 
 start_marathon() { # log-level logfile
     MARATHON_LOG=$1 "$MARATHON" serve 2>"$2" &
@@ -403,12 +408,12 @@ RSS_HYPER_HWM=$(status_kb VmHWM "$HYPER_PID")
 
 say "streams: first byte on a short stream, then $STREAM_EVENTS events, $STREAM_REPEATS requests per target"
 stream_pids=(--pid "direct=$SIM_PID" --pid "nginx=$(IFS=,; echo "${NGINX_PIDS[*]}")" --pid "hyper=$HYPERSIM_PID" --pid "marathon=$MARATHON_PID")
-python3 "$BENCH/measure.py" stream --kind first-byte --key sk-bench-short --repeats "$((STREAM_REPEATS * 5))" "${stream_pids[@]}" \
+python3 "$BENCH/measure.py" stream --kind first-byte --key "sk-bench-short$KEY_SUFFIX" --repeats "$((STREAM_REPEATS * 5))" "${stream_pids[@]}" \
     --target "direct=http://127.0.0.1:$P_SIM/v1/chat/completions" \
     --target "nginx=http://127.0.0.1:$P_SIMPROXY/v1/chat/completions" \
     --target "hyper=http://127.0.0.1:$P_HYPERSIM/v1/chat/completions" \
     --target "marathon=http://127.0.0.1:$P_MARATHON/short/v1/chat/completions" >>"$RAW"
-python3 "$BENCH/measure.py" stream --kind stream --key sk-bench-stream --repeats "$STREAM_REPEATS" "${stream_pids[@]}" \
+python3 "$BENCH/measure.py" stream --kind stream --key "sk-bench-stream$KEY_SUFFIX" --repeats "$STREAM_REPEATS" "${stream_pids[@]}" \
     --target "direct=http://127.0.0.1:$P_SIM/v1/chat/completions" \
     --target "nginx=http://127.0.0.1:$P_SIMPROXY/v1/chat/completions" \
     --target "hyper=http://127.0.0.1:$P_HYPERSIM/v1/chat/completions" \
@@ -417,7 +422,7 @@ python3 "$BENCH/measure.py" stream --kind stream --key sk-bench-stream --repeats
 say "failover: ${FAILOVER_SECONDS}s of requests, the preferred account rate-limited in 1 s windows"
 python3 "$BENCH/measure.py" failover --seconds "$FAILOVER_SECONDS" \
     --proxy "http://127.0.0.1:$P_MARATHON/fail/v1/chat/completions" \
-    --direct "http://127.0.0.1:$P_SIM/v1/chat/completions" --direct-key sk-bench-steady >>"$RAW"
+    --direct "http://127.0.0.1:$P_SIM/v1/chat/completions" --direct-key "sk-bench-steady$KEY_SUFFIX" >>"$RAW"
 
 if [ "$IDLE_CONNECTIONS" -gt 0 ]; then
     say "idle keep-alive connections: $IDLE_CONNECTIONS to nginx and to marathon, one request each, then quiet"

@@ -837,6 +837,20 @@ mod props {
         json!({"model": model, "usage": usage})
     }
 
+    /// `body` cut at the sampled points.
+    fn cut<'a>(body: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
+        points.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut last = 0;
+        for p in points {
+            chunks.push(&body[last..p]);
+            last = p;
+        }
+        chunks.push(&body[last..]);
+        chunks
+    }
+
     proptest! {
         #[test]
         fn any_split_same_answer(
@@ -846,15 +860,7 @@ mod props {
         ) {
             let framing = if sse { Framing::EventStream } else { Framing::Json };
             let whole = run(framing, &[&body]);
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut last = 0;
-            for p in points {
-                chunks.push(&body[last..p]);
-                last = p;
-            }
-            chunks.push(&body[last..]);
+            let chunks = cut(&body, &cuts);
             prop_assert_eq!(run(framing, &chunks), whole.clone());
             let bytes: Vec<&[u8]> = body.chunks(1).collect();
             prop_assert_eq!(run(framing, &bytes), whole);
@@ -895,15 +901,7 @@ mod props {
                 ),
             };
             let body = body.into_bytes();
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut last = 0;
-            for p in points {
-                chunks.push(&body[last..p]);
-                last = p;
-            }
-            chunks.push(&body[last..]);
+            let chunks = cut(&body, &cuts);
             let want = reference(&answers);
             let (usage, model) = run(framing, &chunks);
             prop_assert_eq!(model.as_deref(), want["model"].as_str());
