@@ -252,6 +252,9 @@ pub struct Scrubber {
     /// Over secrets of [`LONG`] bytes or more, and over the shorter ones.
     filters: [WindowFilter; 2],
     longest: usize,
+    /// The length of the shortest secret; `usize::MAX` when there is none,
+    /// so no text is long enough.
+    shortest: usize,
 }
 
 impl fmt::Debug for Scrubber {
@@ -347,6 +350,10 @@ impl Scrubber {
             })
             .flatten();
         let longest = secrets.iter().map(|s| s.len()).max().unwrap_or(0);
+        let shortest = match &matcher {
+            Some(_) => secrets.iter().map(|s| s.len()).min().unwrap_or(usize::MAX),
+            None => usize::MAX,
+        };
         let (long, short): (Vec<&[u8]>, Vec<&[u8]>) = secrets
             .iter()
             .map(|s| s.as_bytes())
@@ -357,6 +364,7 @@ impl Scrubber {
             matcher,
             filters,
             longest,
+            shortest,
         }
     }
 
@@ -390,7 +398,14 @@ impl Scrubber {
     }
 
     /// Whether `text` holds a secret (ignoring ASCII case).
+    #[inline]
     pub fn finds(&self, text: &[u8]) -> bool {
+        // Inline, so the common case of a short text (most header names and
+        // values next to keys of 40 bytes and more) costs one comparison.
+        text.len() >= self.shortest && self.finds_in(text)
+    }
+
+    fn finds_in(&self, text: &[u8]) -> bool {
         self.may_hold(text) && self.matcher.as_ref().is_some_and(|m| m.is_match(text))
     }
 
